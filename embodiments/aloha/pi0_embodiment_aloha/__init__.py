@@ -1,0 +1,178 @@
+"""ALOHA (bimanual, 14 dims) for pi0, real and simulated.
+
+State and actions are ``[left 6 joints, left gripper, right 6 joints, right gripper]``. ALOHA's own gripper
+values are linear (normalised finger position); the pi0 base model was trained on Trossen data whose
+grippers are angular and whose joints have other signs, so with ``adapt_to_pi`` the inputs flip joint
+signs and turn gripper positions into angles, and the outputs undo both (reference constants).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pi0cli import hookimpl
+from pi0cli.embodiment import Camera, Embodiment, RobotInputs, StateField
+from pi0cli.transforms import Data, SliceActions, bool_mask, compose, resize_with_pad, to_uint8_hwc
+
+DIM = 14
+GRIPPER_DIMS = (6, 13)
+#: Joint sign flips between ALOHA and the pi0 base model's convention (grippers untouched).
+JOINT_FLIP = np.array([1, -1, -1, 1, 1, 1, 1, 1, -1, -1, 1, 1, 1, 1], dtype=np.float32)
+
+# Reference constants of the ALOHA gripper linkage.
+GRIPPER_POSITION_OPEN = 0.05800  # metres, finger position at normalised 1
+GRIPPER_POSITION_CLOSED = 0.01844  # metres, finger position at normalised 0
+GRIPPER_ARM_LENGTH = 0.036
+GRIPPER_HORN_RADIUS = 0.022
+PI_GRIPPER_ANGLE_MIN, PI_GRIPPER_ANGLE_MAX = 0.5476, 1.6296  # state range in the pi0 convention
+ALOHA_GRIPPER_ANGLE_MIN, ALOHA_GRIPPER_ANGLE_MAX = -0.6213, 1.4910  # command range on the robot
+
+
+def gripper_to_angular(value: np.ndarray) -> np.ndarray:
+    """Normalised linear gripper position (0 closed .. 1 open) -> normalised angle of the pi0 convention."""
+    position = value * (GRIPPER_POSITION_OPEN - GRIPPER_POSITION_CLOSED) + GRIPPER_POSITION_CLOSED
+    # Law of cosines on the horn/arm linkage gives the horn angle for a finger position.
+    cosine = (GRIPPER_HORN_RADIUS**2 + position**2 - GRIPPER_ARM_LENGTH**2) / (2 * GRIPPER_HORN_RADIUS * position)
+    angle = np.arcsin(np.clip(cosine, -1.0, 1.0))
+    return (angle - PI_GRIPPER_ANGLE_MIN) / (PI_GRIPPER_ANGLE_MAX - PI_GRIPPER_ANGLE_MIN)
+
+
+def gripper_from_angular(value: np.ndarray) -> np.ndarray:
+    """Model gripper action (angular) -> the robot's normalised gripper command."""
+    return (value + PI_GRIPPER_ANGLE_MIN - ALOHA_GRIPPER_ANGLE_MIN) / (ALOHA_GRIPPER_ANGLE_MAX - ALOHA_GRIPPER_ANGLE_MIN)
+
+
+def gripper_from_angular_inv(value: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`gripper_from_angular`: recorded gripper commands -> model (angular) actions."""
+    return value * (ALOHA_GRIPPER_ANGLE_MAX - ALOHA_GRIPPER_ANGLE_MIN) + ALOHA_GRIPPER_ANGLE_MIN - PI_GRIPPER_ANGLE_MIN
+
+
+def decode_state(state: np.ndarray) -> np.ndarray:
+    """Robot state -> pi0 convention (joint flips, gripper position -> angle)."""
+    state = JOINT_FLIP * np.asarray(state, dtype=np.float32)
+    state[..., GRIPPER_DIMS] = gripper_to_angular(state[..., GRIPPER_DIMS])
+    return state
+
+
+def decode_actions(actions: np.ndarray) -> np.ndarray:
+    """Recorded robot actions ``[..., 14]`` -> pi0 convention (training inputs)."""
+    actions = JOINT_FLIP * np.asarray(actions, dtype=np.float32)
+    actions[..., GRIPPER_DIMS] = gripper_from_angular_inv(actions[..., GRIPPER_DIMS])
+    return actions
+
+
+def encode_actions(actions: np.ndarray) -> np.ndarray:
+    """pi0 actions ``[..., 14]`` -> robot commands; inverts :func:`decode_actions`."""
+    actions = JOINT_FLIP * np.asarray(actions, dtype=np.float32)
+    actions[..., GRIPPER_DIMS] = gripper_from_angular(actions[..., GRIPPER_DIMS])
+    return actions
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptToPi:
+    """Inputs step: robot conventions -> pi0 base-model conventions (state, and actions when training)."""
+
+    def __call__(self, data: Data) -> Data:
+        out = {**data, "state": decode_state(data["state"])}
+        if "actions" in data:
+            out["actions"] = decode_actions(data["actions"])
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptFromPi:
+    """Outputs step: pi0 actions -> robot commands."""
+
+    def __call__(self, data: Data) -> Data:
+        return {**data, "actions": encode_actions(data["actions"])}
+
+
+def aloha_io(cameras: tuple[Camera, ...], adapt_to_pi: bool = True):
+    """Input and output transforms of an ALOHA with these cameras."""
+    inputs = compose(RobotInputs(cameras, STATE), AdaptToPi() if adapt_to_pi else None)
+    outputs = compose(SliceActions(DIM), AdaptFromPi() if adapt_to_pi else None)
+    return inputs, outputs
+
+
+STATE = (StateField("state", DIM),)
+CAMERAS = (
+    Camera("images/cam_high", "base_0_rgb", height=480, width=640, channels_first=True),
+    Camera("images/cam_low", None, required=False, height=480, width=640, channels_first=True),
+    Camera("images/cam_left_wrist", "left_wrist_0_rgb", required=False, height=480, width=640, channels_first=True),
+    Camera("images/cam_right_wrist", "right_wrist_0_rgb", required=False, height=480, width=640, channels_first=True),
+)
+GRIPPER = "linear, normalised 0 = closed .. 1 = open (dims 6 and 13); angular in model space"
+DESCRIPTION_SUFFIX = "state/actions [left 6 joints, left gripper, right 6 joints, right gripper]"
+
+_inputs, _outputs = aloha_io(CAMERAS)
+ALOHA = Embodiment(
+    name="aloha",
+    description=f"ALOHA bimanual robot (Trossen ViperX arms); {DESCRIPTION_SUFFIX}",
+    state=STATE,
+    action_dim=DIM,
+    control_hz=50.0,
+    cameras=CAMERAS,
+    inputs=_inputs,
+    outputs=_outputs,
+    asset_id="trossen",
+    dataset_keys={
+        "images/cam_high": "observation.images.cam_high",
+        "images/cam_low": "observation.images.cam_low",
+        "images/cam_left_wrist": "observation.images.cam_left_wrist",
+        "images/cam_right_wrist": "observation.images.cam_right_wrist",
+        "state": "observation.state",
+        "actions": "action",
+    },
+    delta_action_mask=bool_mask(6, -1, 6, -1),
+    gripper=GRIPPER,
+    default_prompt=None,
+    default_checkpoint="gs://openpi-assets/checkpoints/pi05_base",
+    default_model="pi05",
+    open_loop_steps=25,
+    metadata={"reset_pose": [0.0, -1.5, 1.5, 0.0, 0.0, 0.0]},
+)
+
+
+SIM_IMAGE_SIZE = 224
+SIM_CAMERAS = (Camera("images/cam_high", "base_0_rgb", height=SIM_IMAGE_SIZE, width=SIM_IMAGE_SIZE, channels_first=True),)
+
+
+def sim_observation(env_obs: Data) -> Data:
+    """gym-aloha's ``{"pixels": {"top": HxWx3}, "agent_pos": (14,)}`` -> the aloha_sim observation, resized
+    and laid out CHW as the reference simulation client sends it."""
+    top = resize_with_pad(to_uint8_hwc(env_obs["pixels"]["top"]), SIM_IMAGE_SIZE, SIM_IMAGE_SIZE)
+    return {
+        "images": {"cam_high": np.ascontiguousarray(np.transpose(top, (2, 0, 1)))},
+        "state": np.asarray(env_obs["agent_pos"], dtype=np.float32),
+    }
+
+
+_sim_inputs, _sim_outputs = aloha_io(SIM_CAMERAS)
+ALOHA_SIM = Embodiment(
+    name="aloha_sim",
+    description=f"ALOHA in MuJoCo simulation (gym-aloha), one top camera; {DESCRIPTION_SUFFIX}",
+    state=STATE,
+    action_dim=DIM,
+    control_hz=50.0,
+    cameras=SIM_CAMERAS,
+    inputs=_sim_inputs,
+    outputs=_sim_outputs,
+    asset_id="lerobot/aloha_sim_transfer_cube_human",
+    dataset_keys={"images/cam_high": "observation.images.top", "state": "observation.state", "actions": "action"},
+    delta_action_mask=None,
+    gripper=GRIPPER,
+    default_prompt="Transfer cube",
+    default_checkpoint="gs://openpi-assets/checkpoints/pi0_aloha_sim",
+    default_model="pi0",
+    open_loop_steps=10,
+    observation_adapter=sim_observation,
+    simulator="gym_aloha/AlohaTransferCube-v0",
+)
+
+
+@hookimpl
+def pi0_register_embodiments(register) -> None:
+    register(ALOHA)
+    register(ALOHA_SIM)

@@ -1,0 +1,49 @@
+"""DROID (Franka Panda, 7 joints + gripper) for pi0.
+
+Observations use DROID's flat keys (``observation/joint_position`` ...). Actions are 7 joint velocities and a
+gripper position (0 open .. 1 closed), 15 Hz; the client binarises the gripper and executes 8 of each chunk.
+"""
+
+from __future__ import annotations
+
+from pi0cli import hookimpl
+from pi0cli.embodiment import Camera, Embodiment, RobotInputs, StateField
+from pi0cli.transforms import SliceActions
+
+ACTION_DIM = 8
+STATE = (StateField("observation/joint_position", 7), StateField("observation/gripper_position", 1))
+CAMERAS = (
+    Camera("observation/exterior_image_1_left", "base_0_rgb", height=180, width=320),
+    Camera("observation/wrist_image_left", "left_wrist_0_rgb", height=180, width=320),
+)
+
+DROID = Embodiment(
+    name="droid",
+    description="DROID Franka Panda: state [7 joint positions, gripper position]; "
+    "actions [7 joint velocities, gripper position]",
+    state=STATE,
+    action_dim=ACTION_DIM,
+    control_hz=15.0,
+    cameras=CAMERAS,
+    inputs=RobotInputs(CAMERAS, STATE),
+    outputs=SliceActions(ACTION_DIM),
+    asset_id="droid",
+    dataset_keys={
+        "observation/exterior_image_1_left": "exterior_image_1_left",
+        "observation/wrist_image_left": "wrist_image_left",
+        "observation/joint_position": "joint_position",
+        "observation/gripper_position": "gripper_position",
+        "actions": "actions",
+    },
+    delta_action_mask=None,
+    gripper="position, 0 = open .. 1 = closed (dim 7); the client binarises at 0.5",
+    default_prompt=None,
+    default_checkpoint="gs://openpi-assets/checkpoints/pi05_droid",
+    default_model="pi05",
+    open_loop_steps=8,
+)
+
+
+@hookimpl
+def pi0_register_embodiments(register) -> None:
+    register(DROID)

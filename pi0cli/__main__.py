@@ -1,0 +1,3 @@
+from pi0cli.cli import main
+
+main()

@@ -1,0 +1,238 @@
+"""Frozen model configurations and named presets.
+
+Nothing here imports JAX: configs are plain, hashable dataclasses, so they can be jit-static arguments and be
+built by the CLI without paying for a JAX import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from pi0cli.errors import Pi0Error, UnknownNameError
+
+ModelType = Literal["pi0", "pi05"]
+DType = Literal["float32", "bfloat16"]
+
+#: PaliGemma's vocabulary size (the reference embedder table has this many rows).
+PALIGEMMA_VOCAB_SIZE = 257_152
+
+#: Camera slots, in the order their tokens enter the prefix.
+IMAGE_KEYS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+
+
+class ModelConfigError(Pi0Error, ValueError):
+    """A model configuration that contradicts itself."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapter: ``y = x @ W + (x @ A @ B) * alpha / rank`` (``alpha / sqrt(rank)`` with rslora)."""
+
+    rank: int
+    alpha: float
+    rslora: bool = False
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    """One Gemma expert. All experts of a mixture must share ``num_heads``, ``num_kv_heads`` and ``head_dim``."""
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int = PALIGEMMA_VOCAB_SIZE
+    attn_lora: LoRAConfig | None = None
+    ffn_lora: LoRAConfig | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SigLIPConfig:
+    """A ViT image encoder (big_vision SigLIP layout) whose ``head`` projects to the VLM width."""
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+
+def _lora(cfg: GemmaConfig, rank: int, alpha: float) -> GemmaConfig:
+    lora = LoRAConfig(rank=rank, alpha=alpha)
+    return dataclasses.replace(cfg, attn_lora=lora, ffn_lora=lora)
+
+
+_GEMMA_2B = GemmaConfig(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256)
+_GEMMA_300M = GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
+
+#: Gemma variants by name (reference names plus tiny ones for tests).
+GEMMA_VARIANTS: dict[str, GemmaConfig] = {
+    "gemma_2b": _GEMMA_2B,
+    "gemma_300m": _GEMMA_300M,
+    "gemma_2b_lora": _lora(_GEMMA_2B, 16, 16.0),
+    "gemma_300m_lora": _lora(_GEMMA_300M, 32, 32.0),
+    "dummy": GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
+    # Tiny pair: a VLM and an expert that differ in width, as the real pair does, but share the head layout.
+    "tiny": GemmaConfig(width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=8, vocab_size=1024),
+    "tiny_expert": GemmaConfig(
+        width=16, depth=2, mlp_dim=32, num_heads=2, num_kv_heads=1, head_dim=8, vocab_size=1024
+    ),
+}
+GEMMA_VARIANTS["tiny_lora"] = _lora(GEMMA_VARIANTS["tiny"], 4, 4.0)
+GEMMA_VARIANTS["tiny_expert_lora"] = _lora(GEMMA_VARIANTS["tiny_expert"], 4, 4.0)
+
+#: SigLIP variants by name.
+SIGLIP_VARIANTS: dict[str, SigLIPConfig] = {
+    "So400m/14": SigLIPConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14),
+    "tiny": SigLIPConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8),
+}
+
+
+def gemma_variant(name: str) -> GemmaConfig:
+    if name not in GEMMA_VARIANTS:
+        raise UnknownNameError("Gemma variant", name, GEMMA_VARIANTS)
+    return GEMMA_VARIANTS[name]
+
+
+def siglip_variant(name: str) -> SigLIPConfig:
+    if name not in SIGLIP_VARIANTS:
+        raise UnknownNameError("SigLIP variant", name, SIGLIP_VARIANTS)
+    return SIGLIP_VARIANTS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pi0Config:
+    """pi0 / pi0.5 model configuration (reference defaults).
+
+    ``dtype`` is the compute dtype; ``param_dtype`` the storage dtype of the weights (float32 for training,
+    bfloat16 is enough for inference). ``scan`` runs the stacked layers with ``lax.scan`` (else a Python loop
+    over the same stacked weights, which XLA's cost analysis can count); ``remat`` recomputes each layer's
+    activations in the backward pass (saves memory when training).
+    """
+
+    model_type: ModelType = "pi0"
+    paligemma_variant: str = "gemma_2b"
+    action_expert_variant: str = "gemma_300m"
+    siglip_variant: str = "So400m/14"
+    dtype: DType = "bfloat16"
+    param_dtype: DType = "float32"
+    action_dim: int = 32
+    action_horizon: int = 50
+    max_token_len: int | None = None  # None: 48 for pi0, 200 for pi0.5
+    image_resolution: tuple[int, int] = (224, 224)
+    image_keys: tuple[str, ...] = IMAGE_KEYS
+    discrete_state_input: bool | None = None  # None: same as pi05 (only informs the tokenizer)
+    scan: bool = True
+    remat: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("pi0", "pi05"):
+            raise ModelConfigError(f"model_type {self.model_type!r} is not supported; use 'pi0' or 'pi05'")
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in ("float32", "bfloat16"):
+                raise ModelConfigError(f"{field} {getattr(self, field)!r} is not supported; use float32 or bfloat16")
+        vlm, expert, img = self.vlm, self.expert, self.siglip
+        if (vlm.num_heads, vlm.num_kv_heads, vlm.head_dim) != (expert.num_heads, expert.num_kv_heads, expert.head_dim):
+            raise ModelConfigError(
+                f"experts {self.paligemma_variant!r} and {self.action_expert_variant!r} must share num_heads, "
+                "num_kv_heads and head_dim to attend jointly; pick a matching action_expert_variant"
+            )
+        if vlm.depth != expert.depth:
+            raise ModelConfigError(
+                f"experts {self.paligemma_variant!r} (depth {vlm.depth}) and {self.action_expert_variant!r} "
+                f"(depth {expert.depth}) must have the same depth"
+            )
+        if vlm.num_heads % vlm.num_kv_heads:
+            raise ModelConfigError(f"num_heads {vlm.num_heads} must be a multiple of num_kv_heads {vlm.num_kv_heads}")
+        h, w = self.image_resolution
+        if h % img.patch_size or w % img.patch_size:
+            raise ModelConfigError(
+                f"image_resolution {self.image_resolution} must be a multiple of the patch size {img.patch_size}"
+            )
+        if img.width % img.num_heads:
+            raise ModelConfigError(f"SigLIP width {img.width} is not divisible by num_heads {img.num_heads}")
+
+    @property
+    def pi05(self) -> bool:
+        return self.model_type == "pi05"
+
+    @property
+    def vlm(self) -> GemmaConfig:
+        return gemma_variant(self.paligemma_variant)
+
+    @property
+    def expert(self) -> GemmaConfig:
+        return gemma_variant(self.action_expert_variant)
+
+    @property
+    def siglip(self) -> SigLIPConfig:
+        return siglip_variant(self.siglip_variant)
+
+    @property
+    def token_len(self) -> int:
+        if self.max_token_len is not None:
+            return self.max_token_len
+        return 200 if self.pi05 else 48
+
+    @property
+    def uses_discrete_state(self) -> bool:
+        return self.pi05 if self.discrete_state_input is None else self.discrete_state_input
+
+    @property
+    def tokens_per_image(self) -> int:
+        h, w = self.image_resolution
+        return (h // self.siglip.patch_size) * (w // self.siglip.patch_size)
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.image_keys) * self.tokens_per_image + self.token_len
+
+    @property
+    def suffix_len(self) -> int:
+        return self.action_horizon + (0 if self.pi05 else 1)
+
+
+_TINY = dict(
+    paligemma_variant="tiny",
+    action_expert_variant="tiny_expert",
+    siglip_variant="tiny",
+    dtype="float32",
+    action_dim=8,
+    action_horizon=4,
+    max_token_len=8,
+    image_resolution=(32, 32),
+    remat=False,
+)
+
+#: Named model presets.
+PRESETS: dict[str, Pi0Config] = {
+    "pi0": Pi0Config(model_type="pi0"),
+    "pi05": Pi0Config(model_type="pi05"),
+    "pi0_lora": Pi0Config(model_type="pi0", paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora"),
+    "pi05_lora": Pi0Config(
+        model_type="pi05", paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora"
+    ),
+    "pi0_tiny": Pi0Config(model_type="pi0", **_TINY),
+    "pi05_tiny": Pi0Config(model_type="pi05", **_TINY),
+    "pi0_tiny_lora": Pi0Config(
+        model_type="pi0", **{**_TINY, "paligemma_variant": "tiny_lora", "action_expert_variant": "tiny_expert_lora"}
+    ),
+}
+
+
+def preset(name: str, **overrides) -> Pi0Config:
+    """The named preset, with optional field overrides (e.g. ``dtype="float32"``)."""
+    if name not in PRESETS:
+        raise UnknownNameError("model preset", name, PRESETS)
+    return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
