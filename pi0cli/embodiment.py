@@ -221,10 +221,24 @@ class Embodiment:
             "open_loop_steps": self.open_loop_steps,
             "metadata": _jsonable(dict(self.metadata)),
             "simulator": self.simulator,
-            "inputs": repr(self.inputs),
-            "outputs": repr(self.outputs),
+            "inputs": describe_transform(self.inputs),
+            "outputs": describe_transform(self.outputs),
             "observation_adapter": _callable_name(self.observation_adapter),
         }
+
+
+def describe_transform(transform: Any) -> str:
+    """A one-line summary of a transform: the steps of a composition, small settings shown inline."""
+    from pi0cli.transforms import Compose
+
+    if isinstance(transform, Compose):
+        return " -> ".join(describe_transform(t) for t in transform.transforms) or "(identity)"
+    if dataclasses.is_dataclass(transform):
+        values = {f.name: getattr(transform, f.name) for f in dataclasses.fields(transform)}
+        if all(isinstance(v, (int, float, str, bool, type(None))) for v in values.values()):
+            return repr(transform)
+        return type(transform).__name__
+    return _callable_name(transform) or repr(transform)
 
 
 def _callable_name(fn: Callable[..., Any] | None) -> str | None:

@@ -373,7 +373,8 @@ def _resize_one(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
     cur_h, cur_w, channels = image.shape
     ratio = max(cur_w / width, cur_h / height)
-    new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
+    # At least one pixel: extreme aspect ratios would otherwise collapse a side to zero.
+    new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
     if image.dtype == np.uint8:
         resized = np.asarray(Image.fromarray(image.squeeze(-1) if channels == 1 else image).resize(
             (new_w, new_h), resample=Image.BILINEAR
