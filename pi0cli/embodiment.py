@@ -289,7 +289,9 @@ def _check_vector(robot: str, key: str, value: Any, dim: int) -> None:
 @dataclasses.dataclass(frozen=True)
 class RobotInputs:
     """Robot observation -> model format: cameras into slots (absent ones zero and masked), state fields
-    concatenated, ``actions`` and ``prompt`` passed through. Compose robot-specific steps after it."""
+    concatenated, ``actions`` and ``prompt`` passed through. Compose robot-specific steps after it.
+
+    Works on one frame or on a batch (leading axes on every array; masks stay per slot scalars)."""
 
     cameras: tuple[Camera, ...]
     state: tuple[StateField, ...]
@@ -310,8 +312,9 @@ class RobotInputs:
             if slot not in images:
                 images[slot] = np.zeros_like(reference)
                 masks[slot] = np.False_
+        # Last-axis concatenation keeps this usable on batches ([B, dim] fields) as well as single frames.
         state = np.concatenate(
-            [np.asarray(lookup(data, f.key), dtype=np.float32).reshape(-1) for f in self.state]
+            [np.atleast_1d(np.asarray(lookup(data, f.key), dtype=np.float32)) for f in self.state], axis=-1
         )
         out: Data = {
             "image": {slot: images[slot] for slot in MODEL_IMAGE_SLOTS},

@@ -340,16 +340,16 @@ class SliceActions:
 
 
 def to_uint8_hwc(image: np.ndarray) -> np.ndarray:
-    """An image as uint8 HWC: floats in [0, 1] are scaled by 255, CHW is transposed (3 channels assumed)."""
+    """Images ``[..., H, W, 3]`` or ``[..., 3, H, W]`` as uint8 HWC: floats in [0, 1] are scaled by 255."""
     image = np.asarray(image)
-    if image.ndim != 3:
+    if image.ndim < 3:
         raise ObservationError(f"an image must have 3 axes (HWC or CHW), got shape {image.shape}")
     if np.issubdtype(image.dtype, np.floating):
         image = (255.0 * image).astype(np.uint8)
     elif image.dtype != np.uint8:
         image = image.astype(np.uint8)
-    if image.shape[0] == 3 and image.shape[-1] != 3:
-        image = np.transpose(image, (1, 2, 0))
+    if image.shape[-3] == 3 and image.shape[-1] != 3:
+        image = np.moveaxis(image, -3, -1)
     return image
 
 
