@@ -19,6 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
+    from pi0cli.training.config import TrainConfig
 
 PROJECT = "pi0"
 ENTRY_POINT_GROUP = "pi0"
@@ -34,4 +35,13 @@ def pi0_register_embodiments(register: Callable[[Embodiment], None]) -> None:
     Called once per process, the first time the registry is needed. Must be cheap: do not import JAX or
     torch here (shell completion runs it on every TAB). Registering a name another plugin already
     registered is an error naming both distributions.
+    """
+
+
+@hookspec
+def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
+    """Register named training presets (``pi0 train PRESET``) by calling ``register(train_config)``.
+
+    Called lazily, the first time presets are needed (not on every CLI start). A preset must name an
+    embodiment some plugin registers. Duplicate preset names are an error naming both distributions.
     """

@@ -60,6 +60,8 @@ class Registry:
         self.plugins: list[PluginInfo] = []
         self._embodiments: dict[str, Any] = {}
         self._owners: dict[str, PluginInfo] = {}
+        self._presets: dict[str, Any] | None = None  # loaded on first use: most commands never need them
+        self._preset_owners: dict[str, PluginInfo] = {}
 
     # ------------------------------------------------------------------------------------ registering
 
@@ -71,11 +73,17 @@ class Registry:
         except Exception as exc:  # pluggy rejects malformed hook implementations here
             info.error = _one_line(exc)
             return
-        for impl in self.plugin_manager.hook.pi0_register_embodiments.get_hookimpls():
+        self._call(plugin, info, "pi0_register_embodiments", lambda embodiment: self.register_embodiment(embodiment, info))
+
+    def _call(self, plugin: object, info: PluginInfo, hook: str, register: Any) -> None:
+        """Run one plugin's implementation of ``hook``; its failure is recorded, not raised (duplicates are)."""
+        if info.error is not None:
+            return
+        for impl in getattr(self.plugin_manager.hook, hook).get_hookimpls():
             if impl.plugin is not plugin:
                 continue
             try:
-                impl.function(register=lambda embodiment: self.register_embodiment(embodiment, info))
+                impl.function(register=register)
             except PluginError:
                 raise
             except Exception as exc:
@@ -97,7 +105,43 @@ class Registry:
         self._owners[embodiment.name] = owner
         owner.embodiments.append(embodiment.name)
 
+    def register_preset(self, config: Any, owner: PluginInfo) -> None:
+        from pi0cli.training.config import TrainConfig
+
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"register() takes a pi0cli.training.config.TrainConfig, got {type(config).__name__}")
+        assert self._presets is not None
+        previous = self._preset_owners.get(config.name)
+        if previous is not None:
+            raise PluginError(
+                f"train preset {config.name!r} is registered by both {previous.label} and {owner.label}; "
+                f"uninstall one, or disable one with {DISABLE_ENV}={owner.name}"
+            )
+        self._presets[config.name] = config
+        self._preset_owners[config.name] = owner
+
     # ----------------------------------------------------------------------------------------- lookup
+
+    @property
+    def presets(self) -> Mapping[str, Any]:
+        """Training presets of every loaded plugin, by name (loaded on first access)."""
+        if self._presets is None:
+            self._presets = {}
+            for plugin in self.plugin_manager.get_plugins():
+                info = next((p for p in self.plugins if p.name == self.plugin_manager.get_name(plugin)), None)
+                if info is not None:
+                    self._call(plugin, info, "pi0_register_presets", lambda cfg, info=info: self.register_preset(cfg, info))
+        return dict(sorted(self._presets.items()))
+
+    def preset(self, name: str) -> Any:
+        presets = self.presets
+        if name not in presets:
+            raise UnknownNameError("train preset", name, presets)
+        return presets[name]
+
+    def preset_owner(self, name: str) -> PluginInfo:
+        self.preset(name)
+        return self._preset_owners[name]
 
     @property
     def embodiments(self) -> Mapping[str, Any]:

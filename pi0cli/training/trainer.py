@@ -1,0 +1,222 @@
+"""The training loop: state, one jitted step (loss, grads, clipped AdamW, EMA), checkpoints, metrics.
+
+Reproducibility: the step's rng is ``fold_in(seed key, step)`` and the data loader's batches depend only on
+(seed, step), so a run stopped at step k and resumed sees exactly what an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from pi0cli.errors import Pi0Error
+from pi0cli.models.config import Pi0Config
+from pi0cli.models.freeze import trainable_filter
+from pi0cli.models.observation import Observation
+from pi0cli.models.pi0 import Pi0
+from pi0cli.training import sharding
+from pi0cli.training.checkpoints import Assets, CheckpointManager
+from pi0cli.training.config import TrainConfig
+from pi0cli.training.optimizer import make_optimizer
+
+Batch = dict[str, Any]
+METRICS_FILENAME = "metrics.jsonl"
+
+
+class TrainingError(Pi0Error):
+    """A training run that cannot start or continue as asked."""
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training (a pytree; saved as the ``train_state`` item)."""
+
+    step: jax.Array
+    params: nnx.State  # trained parameters
+    frozen: nnx.State  # frozen parameters and any other model variables
+    opt_state: Any
+    ema: nnx.State | None
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """The static half of a model (its graph) and how its variables are split for training."""
+
+    graphdef: nnx.GraphDef
+    config: Pi0Config
+
+    def merge(self, params: nnx.State, frozen: nnx.State) -> Pi0:
+        return nnx.merge(self.graphdef, params, frozen)
+
+
+def build_model(config: Pi0Config, seed: int) -> Pi0:
+    return Pi0(config, nnx.Rngs(seed))
+
+
+def split_model(model: Pi0, config: TrainConfig) -> tuple[Model, nnx.State, nnx.State]:
+    graphdef, params, frozen = nnx.split(model, trainable_filter(config.freeze, freeze_vision=config.freeze_vision), ...)
+    if config.model.dtype == "bfloat16":
+        # Frozen weights only feed bf16 computations: storing them in bf16 halves their memory, as the reference.
+        frozen = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, frozen)
+    return Model(graphdef, config.model), params, frozen
+
+
+def init_train_state(config: TrainConfig, model: Pi0) -> tuple[Model, TrainState, optax.GradientTransformation]:
+    """A fresh train state around ``model`` (whose weights may already be loaded)."""
+    static, params, frozen = split_model(model, config)
+    tx = make_optimizer(config.optimizer, config.lr_schedule)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=frozen,
+        opt_state=tx.init(params),
+        ema=None if config.ema_decay is None else jax.tree.map(jnp.copy, params),
+        rng=jax.random.PRNGKey(config.seed),
+    )
+    return static, state, tx
+
+
+def make_train_step(static: Model, tx: optax.GradientTransformation, ema_decay: float | None) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``, pure (jit it)."""
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        obs = Observation.from_dict(batch)
+        actions = batch["actions"]
+
+        def loss_fn(params: nnx.State) -> jax.Array:
+            model = static.merge(params, state.frozen)
+            return jnp.mean(model.compute_loss(rng, obs, actions, train=True))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema_decay is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
+        kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                   if "kernel" in jax.tree_util.keystr(path) or jax.tree_util.keystr(path).endswith("'w']")]
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(kernels)}
+        return dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
+
+    return train_step
+
+
+def export_checkpoint_params(static: Model, state: TrainState) -> dict[str, Any]:
+    """The reference-named parameter tree a policy is served from (EMA weights when EMA is on)."""
+    from pi0cli.models.params import export_params
+
+    params = state.ema if state.ema is not None else state.params
+    return export_params(static.merge(params, state.frozen))
+
+
+@dataclasses.dataclass
+class RunResult:
+    exp_dir: Path
+    last_step: int
+    losses: list[float]
+
+
+def metrics_log(exp_dir: Path, start_step: int) -> Path:
+    """The JSON-lines metrics file, with entries after ``start_step`` dropped (a resumed run rewrites them)."""
+    path = exp_dir / METRICS_FILENAME
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= start_step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    return path
+
+
+def run(
+    config: TrainConfig,
+    *,
+    exp_dir: Path,
+    batches: Callable[[int], Iterator[Batch]],
+    assets: Assets,
+    init_params: Callable[[Pi0], None] | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Train ``config`` on ``batches(start_step)`` (global batches, numpy), checkpointing into ``exp_dir``.
+
+    ``init_params`` loads initial weights into a fresh model. ``resume`` continues from the latest complete
+    checkpoint. ``stop_after`` ends the run early at that step (tests of resumption).
+    """
+    exp_dir = Path(exp_dir).absolute()
+    mesh = sharding.make_mesh(config.fsdp_devices)
+    sharding.check_batch_size(config.batch_size)
+    checkpoints = CheckpointManager(exp_dir, max_to_keep=config.max_to_keep, keep_period=config.keep_period)
+    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else _nullcontext():
+        model = build_model(config.model, config.seed)
+        if init_params is not None:
+            init_params(model)
+        static, state, tx = init_train_state(config, model)
+        del model
+        state_shardings = sharding.fsdp_shardings(state, mesh)
+        state = jax.device_put(state, state_shardings)
+        start = 0
+        if resume:
+            latest = checkpoints.latest_step()
+            if latest is None:
+                raise TrainingError(f"--resume: {exp_dir} has no complete checkpoint to resume from; drop --resume")
+            target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+            state = checkpoints.restore_train_state(latest, target)
+            start = int(state.step)
+        step_fn = jax.jit(
+            make_train_step(static, tx, config.ema_decay),
+            in_shardings=(state_shardings, sharding.data_sharding(mesh)),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            donate_argnums=0,
+        )
+        log_path = metrics_log(exp_dir, start)
+        losses: list[float] = []
+        end = config.num_train_steps if stop_after is None else min(stop_after, config.num_train_steps)
+        data = batches(start)
+        pending: list[tuple[int, dict[str, jax.Array]]] = []
+        last_log = time.perf_counter()
+        with log_path.open("a") as log:
+            for step in range(start, end):
+                batch = sharding.global_batch(next(data), mesh)
+                state, metrics = step_fn(state, batch)
+                pending.append((step, metrics))
+                done = step + 1
+                if done % config.log_interval == 0 or done == end:
+                    now = time.perf_counter()
+                    rate = len(pending) / max(now - last_log, 1e-9)
+                    last_log = now
+                    for logged_step, logged in jax.device_get(pending):
+                        row = {"step": logged_step + 1, **{k: float(v) for k, v in logged.items()}}
+                        losses.append(row["loss"])
+                        if jax.process_index() == 0:
+                            log.write(json.dumps(row | {"steps_per_s": round(rate, 3)}) + "\n")
+                    log.flush()
+                    pending.clear()
+                    if on_step is not None:
+                        on_step(done, {"loss": losses[-1], "steps_per_s": rate, **row})
+                if (done % config.save_interval == 0 and done > start) or done == end:
+                    checkpoints.save(done, params=export_checkpoint_params(static, state), train_state=state,
+                                     assets=assets)
+        checkpoints.close()
+    return RunResult(exp_dir=exp_dir, last_step=end, losses=losses)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
