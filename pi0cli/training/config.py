@@ -110,7 +110,7 @@ class TrainConfig:
             needs = {"lora_vlm": ("vlm",), "lora_expert": ("expert",), "lora_both": ("vlm", "expert")}[self.freeze]
             for part in needs:
                 cfg = self.model.vlm if part == "vlm" else self.model.expert
-                if cfg.lora is None:
+                if cfg.attn_lora is None and cfg.ffn_lora is None:
                     fail(f"freeze={self.freeze} needs a LoRA {part} variant; the model's is not LoRA (use --lora)")
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -108,7 +108,7 @@ def make_train_step(static: Model, tx: optax.GradientTransformation, ema_decay: 
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
         kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
                    if "kernel" in jax.tree_util.keystr(path) or jax.tree_util.keystr(path).endswith("'w']")]
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(kernels)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(kernels)}
         return dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
     return train_step

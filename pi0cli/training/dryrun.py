@@ -1,0 +1,95 @@
+"""``pi0 train --dry-run``: parameter counts and XLA's memory estimate of one train step, without allocating.
+
+The model and train state are built abstractly (``nnx.eval_shape`` / ``jax.eval_shape``) and one train step is
+lowered and compiled for the current devices with the FSDP shardings of a real run, so the answer holds for
+full-size models on a laptop: "will it fit on my GPU?".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pi0cli.models.params import count_params
+from pi0cli.training import sharding
+from pi0cli.training.config import TrainConfig
+from pi0cli.training.trainer import Pi0, init_train_state, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRunReport:
+    total_params: int
+    trainable_params: int
+    optimizer_state_bytes: int
+    devices: int
+    batch_size: int
+    #: per device, from XLA's compiled memory analysis
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    alias_bytes: int
+    generated_code_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs + temporaries, less the donated buffers reused for outputs."""
+        return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"peak_bytes": self.peak_bytes}
+
+
+def abstract_batch(config: TrainConfig, batch_size: int) -> dict[str, Any]:
+    m = config.model
+    h, w = m.image_resolution
+    spec = jax.ShapeDtypeStruct
+    return {
+        "image": {k: spec((batch_size, h, w, 3), jnp.uint8) for k in m.image_keys},
+        "image_mask": {k: spec((batch_size,), jnp.bool_) for k in m.image_keys},
+        "state": spec((batch_size, m.action_dim), jnp.float32),
+        "tokenized_prompt": spec((batch_size, m.token_len), jnp.int32),
+        "tokenized_prompt_mask": spec((batch_size, m.token_len), jnp.bool_),
+        "actions": spec((batch_size, m.action_horizon, m.action_dim), jnp.float32),
+    }
+
+
+def dry_run(config: TrainConfig) -> DryRunReport:
+    """Count parameters and compile one train step abstractly for the configured devices."""
+    mesh = sharding.make_mesh(config.fsdp_devices)
+    sharding.check_batch_size(config.batch_size)
+    holder: dict[str, Any] = {}
+
+    def init():
+        static, state, tx = init_train_state(config, Pi0(config.model, nnx.Rngs(config.seed)))
+        holder["static"], holder["tx"] = static, tx
+        return state
+
+    state = jax.eval_shape(init)
+    static, tx = holder["static"], holder["tx"]
+    shardings = sharding.fsdp_shardings(state, mesh)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    data = sharding.data_sharding(mesh)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data),
+                         abstract_batch(config, config.batch_size))
+    step = jax.jit(make_train_step(static, tx, config.ema_decay), in_shardings=(shardings, data),
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+    memory = step.lower(state, batch).compile().memory_analysis()
+    trainable = count_params(state.params)
+    return DryRunReport(
+        total_params=trainable + count_params(state.frozen),
+        trainable_params=trainable,
+        optimizer_state_bytes=int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize
+                                      for x in jax.tree.leaves(state.opt_state))),
+        devices=jax.device_count(),
+        batch_size=config.batch_size,
+        argument_bytes=int(memory.argument_size_in_bytes),
+        output_bytes=int(memory.output_size_in_bytes),
+        temp_bytes=int(memory.temp_size_in_bytes),
+        alias_bytes=int(memory.alias_size_in_bytes),
+        generated_code_bytes=int(memory.generated_code_size_in_bytes),
+    )
