@@ -176,3 +176,14 @@ ALOHA_SIM = Embodiment(
 def pi0_register_embodiments(register) -> None:
     register(ALOHA)
     register(ALOHA_SIM)
+
+
+@hookimpl
+def pi0_register_presets(register) -> None:
+    from pi0cli.training.presets import standard_presets
+
+    for config in standard_presets("aloha", "aloha"):
+        register(config)
+    for config in standard_presets("aloha_sim", "aloha_sim", models=("pi0",), dataset="lerobot/aloha_sim_transfer_cube_human",
+                                   num_train_steps=20_000, default_prompt="Transfer cube", tiny={"image_resolution": (64, 64)}):
+        register(config)

@@ -47,3 +47,11 @@ DROID = Embodiment(
 @hookimpl
 def pi0_register_embodiments(register) -> None:
     register(DROID)
+
+
+@hookimpl
+def pi0_register_presets(register) -> None:
+    from pi0cli.training.presets import standard_presets
+
+    for config in standard_presets("droid", "droid", num_train_steps=20_000):
+        register(config)

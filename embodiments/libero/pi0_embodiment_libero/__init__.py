@@ -85,3 +85,11 @@ LIBERO = Embodiment(
 @hookimpl
 def pi0_register_embodiments(register) -> None:
     register(LIBERO)
+
+
+@hookimpl
+def pi0_register_presets(register) -> None:
+    from pi0cli.training.presets import standard_presets
+
+    for config in standard_presets("libero", "libero", dataset="physical-intelligence/libero"):
+        register(config)

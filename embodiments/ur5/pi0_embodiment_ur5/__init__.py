@@ -46,3 +46,11 @@ UR5 = Embodiment(
 @hookimpl
 def pi0_register_embodiments(register) -> None:
     register(UR5)
+
+
+@hookimpl
+def pi0_register_presets(register) -> None:
+    from pi0cli.training.presets import standard_presets
+
+    for config in standard_presets("ur5", "ur5", models=("pi0",)):
+        register(config)

@@ -1,0 +1,43 @@
+"""Helpers robot plugins use to declare their training presets (JAX-free)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pi0cli.models.config import preset as model_preset
+from pi0cli.training.config import CosineDecaySchedule, TrainConfig
+
+#: Tiny models train on a CPU in minutes; full-size ones need a GPU (see ``pi0 train --dry-run``).
+TINY_SCHEDULE = CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=3_000, decay_lr=1e-4)
+
+
+def standard_presets(
+    robot: str,
+    embodiment: str,
+    *,
+    dataset: str | None = None,
+    models: tuple[str, ...] = ("pi0", "pi05"),
+    tiny: dict[str, Any] | None = None,
+    **common: Any,
+) -> list[TrainConfig]:
+    """``<model>_<robot>`` full fine-tuning and ``<model>_<robot>_lora`` presets for each model type, and a
+    ``pi0_<robot>_tiny`` CPU preset (model overrides in ``tiny``)."""
+    configs = []
+    for model in models:
+        configs.append(TrainConfig(name=f"{model}_{robot}", embodiment=embodiment, model=model_preset(model),
+                                   dataset=dataset, description=f"{model} full fine-tuning on {embodiment}", **common))
+        configs.append(TrainConfig(
+            name=f"{model}_{robot}_lora", embodiment=embodiment, model=model_preset(f"{model}_lora"), dataset=dataset,
+            freeze="lora_both", ema_decay=None, description=f"{model} LoRA fine-tuning on {embodiment} (fits 24 GB GPUs)",
+            **common,
+        ))
+    # Chunks of 10 cover every built-in robot's open-loop execution; action_dim 32 as the full-size models.
+    tiny_model = dataclasses.replace(model_preset("pi0_tiny"), **({"action_dim": 32, "action_horizon": 10} | (tiny or {})))
+    configs.append(TrainConfig(
+        name=f"pi0_{robot}_tiny", embodiment=embodiment, model=tiny_model, dataset=dataset, batch_size=16,
+        num_train_steps=3_000, lr_schedule=TINY_SCHEDULE, log_interval=50, save_interval=500, keep_period=None,
+        num_workers=2, description=f"tiny pi0 that trains on a CPU in minutes ({embodiment})",
+        **{k: v for k, v in common.items() if k not in ("batch_size", "num_train_steps", "lr_schedule")},
+    ))
+    return configs
