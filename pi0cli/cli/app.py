@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from pi0cli import __version__
-from pi0cli.cli import console, embodiments
+from pi0cli.cli import console, embodiments, train
 
 app = typer.Typer(
     name="pi0",
@@ -24,6 +24,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(embodiments.app, name="embodiments")
+app.command("train")(train.train)
 
 
 def _print_version(value: bool) -> None:

@@ -88,6 +88,8 @@ class TrainConfig:
     max_to_keep: int = 1
     num_workers: int = 2
     fsdp_devices: int = 1
+    #: arrays smaller than this stay replicated under FSDP (tests lower it to shard tiny models).
+    fsdp_min_bytes: int = 4 * 2**20
     #: overrides the embodiment's delta mask (``()`` turns delta actions off).
     delta_action_mask: tuple[bool, ...] | None = None
     default_prompt: str | None = None

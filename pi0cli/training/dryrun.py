@@ -71,7 +71,7 @@ def dry_run(config: TrainConfig) -> DryRunReport:
 
     state = jax.eval_shape(init)
     static, tx = holder["static"], holder["tx"]
-    shardings = sharding.fsdp_shardings(state, mesh)
+    shardings = sharding.fsdp_shardings(state, mesh, config.fsdp_min_bytes)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
     data = sharding.data_sharding(mesh)
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data),

@@ -39,8 +39,9 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
             "a multi-process run needs the process count and this process's id: pass --num-processes and "
             "--process-id (or set PI0_NUM_PROCESSES and PI0_PROCESS_ID)"
         )
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices need a collectives implementation to talk across processes (GPUs use NCCL regardless).
+    # Asking for the backend here would initialise it too early, so set it unconditionally.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
@@ -63,9 +64,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def fsdp_spec(shape: tuple[int, ...], itemsize: int, fsdp: int) -> PartitionSpec:
+def fsdp_spec(shape: tuple[int, ...], itemsize: int, fsdp: int, min_bytes: int = FSDP_MIN_BYTES) -> PartitionSpec:
     """Where one array goes: sharded over ``fsdp`` on its largest divisible axis if big enough."""
-    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) * itemsize < FSDP_MIN_BYTES:
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) * itemsize < min_bytes:
         return PartitionSpec()
     for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
         if shape[axis] % fsdp == 0:
@@ -75,7 +76,7 @@ def fsdp_spec(shape: tuple[int, ...], itemsize: int, fsdp: int) -> PartitionSpec
     return PartitionSpec()
 
 
-def fsdp_shardings(tree: Any, mesh: Mesh) -> Any:
+def fsdp_shardings(tree: Any, mesh: Mesh, min_bytes: int = FSDP_MIN_BYTES) -> Any:
     """A sharding for every array leaf of ``tree`` (abstract or concrete) by the FSDP rule."""
     fsdp = mesh.shape["fsdp"]
 
@@ -84,7 +85,7 @@ def fsdp_shardings(tree: Any, mesh: Mesh) -> Any:
         dtype = getattr(leaf, "dtype", np.float32)
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             return replicated(mesh)
-        return NamedSharding(mesh, fsdp_spec(shape, np.dtype(dtype).itemsize, fsdp))
+        return NamedSharding(mesh, fsdp_spec(shape, np.dtype(dtype).itemsize, fsdp, min_bytes))
 
     return jax.tree.map(one, tree)
 

@@ -151,7 +151,9 @@ def run(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     stop_after: int | None = None,
 ) -> RunResult:
-    """Train ``config`` on ``batches(start_step)`` (global batches, numpy), checkpointing into ``exp_dir``.
+    """Train ``config`` on ``batches(start_step)``, checkpointing into ``exp_dir``.
+
+    ``batches`` yields this process's share of each global batch (numpy; all of it in a one-process run).
 
     ``init_params`` loads initial weights into a fresh model. ``resume`` continues from the latest complete
     checkpoint. ``stop_after`` ends the run early at that step (tests of resumption).
@@ -166,7 +168,7 @@ def run(
             init_params(model)
         static, state, tx = init_train_state(config, model)
         del model
-        state_shardings = sharding.fsdp_shardings(state, mesh)
+        state_shardings = sharding.fsdp_shardings(state, mesh, config.fsdp_min_bytes)
         state = jax.device_put(state, state_shardings)
         start = 0
         if resume:

@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
-import pytest
 
 from pi0cli.models.config import preset
 from pi0cli.training.config import CosineDecaySchedule, TrainConfig
@@ -21,16 +20,19 @@ def tiny_config(**changes) -> TrainConfig:
     return dataclasses.replace(base, **changes)
 
 
-def fake_batches(config: TrainConfig, seed: int = 0):
-    """``batches(start_step)``: model-format numpy batches; batch k depends only on (seed, k)."""
+def fake_batches(config: TrainConfig, seed: int = 0, process: int = 0, processes: int = 1):
+    """``batches(start_step)``: model-format numpy batches; batch k depends only on (seed, k). Each of
+    ``processes`` processes gets its contiguous share of the global batch."""
     m = config.model
+    share = config.batch_size // processes
+    rows = slice(process * share, (process + 1) * share)
 
     def batches(start: int) -> Iterator[dict]:
         step = start
         while True:
             rng = np.random.default_rng([seed, step])
             b = config.batch_size
-            yield {
+            batch = {
                 "image": {k: rng.integers(0, 256, (b, *m.image_resolution, 3), dtype=np.uint8) for k in m.image_keys},
                 "image_mask": {k: np.ones(b, bool) for k in m.image_keys},
                 "state": rng.normal(size=(b, m.action_dim)).astype(np.float32),
@@ -38,11 +40,7 @@ def fake_batches(config: TrainConfig, seed: int = 0):
                 "tokenized_prompt_mask": np.ones((b, m.token_len), bool),
                 "actions": np.tile(np.linspace(-1, 1, m.action_dim, dtype=np.float32), (b, m.action_horizon, 1)),
             }
+            yield {k: ({s: x[rows] for s, x in v.items()} if isinstance(v, dict) else v[rows]) for k, v in batch.items()}
             step += 1
 
     return batches
-
-
-@pytest.fixture
-def tiny():
-    return tiny_config

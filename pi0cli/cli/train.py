@@ -1,0 +1,92 @@
+"""``pi0 train``: fine-tune a pi0 model from a preset or from flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pi0cli.cli import console
+
+
+def complete_preset(incomplete: str) -> list[str]:
+    try:
+        from pi0cli.plugins.manager import get_registry
+
+        return [name for name in get_registry().presets if name.startswith(incomplete)]
+    except Exception:
+        return []
+
+
+def train(
+    preset: Annotated[str | None, typer.Argument(help="Training preset (see --list-presets); flags override it.",
+                                                 autocompletion=complete_preset)] = None,
+    embodiment: Annotated[str | None, typer.Option("--embodiment", "-e", help="Robot to train for (default: the preset's).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="LeRobot dataset: local root or repo id in the local cache.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model preset: pi0, pi05, pi0_tiny, ... (default: the preset's, else pi0).")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters only (VLM and expert); fits 24 GB GPUs.")] = False,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Number of training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Global batch size.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of initialisation, data order and noise.")] = None,
+    init_from: Annotated[str | None, typer.Option("--from", help="Initial weights: a pi0 or openpi checkpoint dir, or a PaliGemma .npz.")] = None,
+    norm_stats: Annotated[Path | None, typer.Option("--norm-stats", help="norm_stats.json (or its directory); default: ./assets/<asset_id>/.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="SentencePiece model for prompts (default: the PaliGemma tokenizer).")] = None,
+    exp: Annotated[str, typer.Option("--exp", help="Experiment name: checkpoints go to CHECKPOINT_DIR/PRESET/EXP.")] = "default",
+    checkpoint_dir: Annotated[Path, typer.Option("--checkpoint-dir", help="Where experiments are stored.")] = Path("checkpoints"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the experiment from its latest checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the experiment's checkpoints and start again.")] = False,
+    save_interval: Annotated[int | None, typer.Option("--save-interval", min=1, help="Steps between checkpoints.")] = None,
+    log_interval: Annotated[int | None, typer.Option("--log-interval", min=1, help="Steps between metric lines.")] = None,
+    fsdp_devices: Annotated[int | None, typer.Option("--fsdp-devices", min=1, help="Devices each parameter is sharded over.")] = None,
+    coordinator: Annotated[str | None, typer.Option("--coordinator", help="host:port of process 0 for multi-host training.")] = None,
+    num_processes: Annotated[int | None, typer.Option("--num-processes", min=1, help="Processes in a multi-host run.")] = None,
+    process_id: Annotated[int | None, typer.Option("--process-id", min=0, help="This process's index in a multi-host run.")] = None,
+    wandb: Annotated[bool, typer.Option("--wandb", help="Also log metrics to Weights & Biases (if installed).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print parameter counts and the compiled memory of one step; train nothing.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration and exit.")] = False,
+    list_presets: Annotated[bool, typer.Option("--list-presets", help="List the training presets and exit.")] = False,
+) -> None:
+    """Fine-tune a pi0 / pi0.5 policy on a LeRobot dataset.
+
+    Examples: [bold]pi0 train pi0_aloha_sim_tiny --dataset data/demos[/bold];
+    [bold]pi0 train --embodiment ur5 --dataset ROOT --lora --dry-run[/bold].
+    """
+    if list_presets:
+        _list_presets()
+        return
+    from pi0cli.training import launch
+
+    config = launch.resolve_config(
+        preset, embodiment=embodiment, dataset=dataset, model=model, lora=lora, steps=steps, batch_size=batch_size,
+        lr=lr, seed=seed, init_from=init_from, save_interval=save_interval, log_interval=log_interval,
+        fsdp_devices=fsdp_devices,
+    )
+    if print_config:
+        console.out.print_json(json.dumps(launch.config_as_dict(config)))
+        return
+    if resume and overwrite:
+        from pi0cli.errors import Pi0Error
+
+        raise Pi0Error("--resume and --overwrite contradict each other: pick one")
+    launch.init_distributed(coordinator, num_processes, process_id)
+    if dry_run:
+        launch.print_dry_run(config)
+        return
+    launch.train(config, exp_dir=checkpoint_dir / config.name / exp, resume=resume, overwrite=overwrite,
+                 norm_stats=norm_stats, tokenizer=tokenizer, wandb=wandb)
+
+
+def _list_presets() -> None:
+    from rich.table import Table
+
+    registry = console.registry()
+    table = Table("preset", "embodiment", "model", "trains", "steps", "batch", "description", title="Training presets",
+                  title_justify="left")
+    for name, cfg in registry.presets.items():
+        table.add_row(name, cfg.embodiment, f"{cfg.model.model_type} ({cfg.model.paligemma_variant})",
+                      "LoRA" if cfg.freeze != "full" else "all", str(cfg.num_train_steps), str(cfg.batch_size),
+                      cfg.description)
+    console.out.print(table)
