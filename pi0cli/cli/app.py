@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from pi0cli import __version__
-from pi0cli.cli import console, embodiments, train
+from pi0cli.cli import console, convert, embodiments, train
 
 app = typer.Typer(
     name="pi0",
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(embodiments.app, name="embodiments")
 app.command("train")(train.train)
+app.add_typer(convert.app, name="convert")
 
 
 def _print_version(value: bool) -> None:

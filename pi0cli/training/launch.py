@@ -120,3 +120,65 @@ def print_dry_run(config: TrainConfig) -> None:
     ]:
         table.add_row(label, value)
     console.out.print(table)
+
+
+def find_norm_stats(config: TrainConfig, asset_id: str, explicit: Path | None) -> dict[str, Any]:
+    """Norm stats for training: ``--norm-stats``, else ``./assets/<asset_id>/``, else the ``--from``
+    checkpoint's assets; one clear error when none exists."""
+    from pi0cli.normstats import load_norm_stats, norm_stats_path
+
+    candidates = [explicit] if explicit is not None else [Path("assets") / asset_id]
+    if explicit is None and config.init_from:
+        candidates.append(Path(config.init_from) / "assets" / asset_id)
+    for candidate in candidates:
+        if norm_stats_path(candidate).is_file():
+            return load_norm_stats(candidate)
+    if explicit is not None:
+        return load_norm_stats(explicit)  # raises, naming the path
+    looked = ", ".join(str(norm_stats_path(c)) for c in candidates)
+    raise Pi0Error(
+        f"no norm stats for asset {asset_id!r} (looked in {looked}); compute them with "
+        f"`pi0 norm-stats {config.embodiment} --dataset {config.dataset or 'DATASET'}` or pass --norm-stats"
+    )
+
+
+class _Progress:
+    """A rich progress bar with loss, grad norm, steps/s and ETA (stderr; quiet when not a terminal)."""
+
+    def __init__(self, total: int, start: int, title: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from pi0cli.cli import console
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  grad {task.fields[grad]}  {task.fields[rate]} steps/s"),
+            TimeRemainingColumn(), console=console.err, transient=False,
+        )
+        self.task = self.progress.add_task(title, total=total, completed=start, loss="-", grad="-", rate="-")
+
+    def __enter__(self) -> _Progress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        self.progress.update(self.task, completed=step, loss=f"{metrics['loss']:.4f}",
+                             grad=f"{metrics.get('grad_norm', float('nan')):.3f}", rate=f"{metrics['steps_per_s']:.2f}")
+
+
+def _wandb_logger(config: TrainConfig, exp_dir: Path, enabled: bool):
+    """A metrics callback for Weights & Biases, or None (asked for but not installed is an error)."""
+    if not enabled:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise Pi0Error("--wandb needs the wandb package: pip install wandb") from None
+    run_id_file = exp_dir / "wandb_id.txt"
+    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
+    run = wandb.init(project="pi0", name=exp_dir.name, id=run_id, resume="allow", config=config_as_dict(config))
+    run_id_file.write_text(run.id)
+    return lambda step, metrics: wandb.log(metrics, step=step)

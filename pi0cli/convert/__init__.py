@@ -1,0 +1,1 @@
+"""Converters: raw robot recordings into LeRobot datasets, and checkpoints between implementations."""
