@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from pi0cli import __version__
-from pi0cli.cli import console, convert, embodiments, train
+from pi0cli.cli import console, convert, embodiments, norm_stats, serve, train
 
 app = typer.Typer(
     name="pi0",
@@ -26,6 +26,8 @@ app = typer.Typer(
 app.add_typer(embodiments.app, name="embodiments")
 app.command("train")(train.train)
 app.add_typer(convert.app, name="convert")
+app.command("serve")(serve.serve)
+app.command("norm-stats")(norm_stats.norm_stats)
 
 
 def _print_version(value: bool) -> None:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pi0cli.models.config import GemmaConfig
-from pi0cli.models.lora import Einsum, FeedForward
+from pi0cli.models.lora import Einsum, FeedForward, _lecun
 
 #: Additive mask value of the reference (a large negative bfloat16-representable number, not -inf: no NaNs).
 MASK_VALUE = -2.3819763e38
@@ -100,9 +100,9 @@ class Attention(nnx.Module):
         n, k, h = c0.num_heads, c0.num_kv_heads, c0.head_dim
         for i, c in enumerate(configs):
             s = suffix(i)
-            q_init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
-            kv_init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0, 1))
-            o_init = jax.nn.initializers.lecun_normal(in_axis=(-3, -2), out_axis=-1)
+            q_init = _lecun(in_axis=-2, out_axis=-1, batch_axis=(0,))
+            kv_init = _lecun(in_axis=-2, out_axis=-1, batch_axis=(0, 1))
+            o_init = _lecun(in_axis=(-3, -2), out_axis=-1)
             common = dict(lora=c.attn_lora, param_dtype=param_dtype, rngs=rngs)
             setattr(self, f"q_einsum{s}", Einsum("BTD,NDH->BTNH", (n, c.width, h), init=q_init, **common))
             setattr(self, f"kv_einsum{s}", Einsum("BSD,CKDH->CBSKH", (2, k, c.width, h), init=kv_init, **common))
@@ -203,7 +203,8 @@ def stacked(make: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) 
     """``depth`` independently initialised copies of ``make``'s module, params stacked on a leading axis."""
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
     keys = jax.random.split(rngs.params(), depth)
-    states = jax.vmap(lambda key: nnx.state(make(nnx.Rngs(params=key))))(keys)
+    # One jitted init for the whole stack: far fewer (slow, CPU) compilations than op-by-op eager init.
+    states = jax.jit(jax.vmap(lambda key: nnx.state(make(nnx.Rngs(params=key)))))(keys)
     return nnx.merge(graphdef, states)
 
 

@@ -13,6 +13,7 @@ from flax import nnx
 
 from pi0cli.models.config import SigLIPConfig
 from pi0cli.models.gemma import run_stacked, stacked
+from pi0cli.models.lora import _lecun
 
 
 class LayerNorm(nnx.Module):
@@ -35,7 +36,7 @@ class Dense(nnx.Module):
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, param_dtype, rngs: nnx.Rngs):
         n_in = len(in_shape)
-        init = jax.nn.initializers.lecun_normal(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + len(out_shape))))
+        init = _lecun(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + len(out_shape))))
         self.kernel = nnx.Param(init(rngs.params(), (*in_shape, *out_shape), param_dtype))
         self.bias = nnx.Param(jnp.zeros(out_shape, param_dtype))
         self.n_in = n_in

@@ -1,0 +1,103 @@
+"""Benchmark: data-loader throughput (samples/s with images decoded and transformed) and peak memory.
+
+Baseline, measured in the same run: the same samples read one after another in the main thread
+(``dataset[i]`` then the training pipeline). Then the loader with thread workers and with process workers.
+Peak memory is the peak resident set size of this process (and of the worker processes, reported apart).
+
+    .venv/bin/python benchmarks/bench_loader.py            # libero (2 cameras), 20 episodes x 50 frames, 224px
+    .venv/bin/python benchmarks/bench_loader.py --quick    # 20 episodes x 10 frames, 96px
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--embodiment", default="libero")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--horizon", type=int, default=10)
+    args = parser.parse_args()
+    frames = args.frames or (10 if args.quick else 50)
+    size = args.image_size or (96 if args.quick else 224)
+    steps = args.steps or (12 if args.quick else 30)
+
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
+    from pi0cli.data.lerobot import LeRobotFrames
+    from pi0cli.data.loader import DataLoader
+    from pi0cli.data.stats import compute_norm_stats
+    from pi0cli.data.synthetic import train_tiny_tokenizer, write_synthetic_dataset
+    from pi0cli.models.config import preset
+    from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.pipeline import Pipeline, collate
+    from pi0cli.plugins.manager import get_registry
+
+    emb = get_registry().embodiment(args.embodiment)
+    model = dataclasses.replace(preset("pi0"), action_horizon=args.horizon)  # 224x224, action_dim 32
+    with tempfile.TemporaryDirectory(prefix="pi0-bench-") as tmp:
+        os.environ.setdefault("HF_LEROBOT_HOME", str(Path(tmp) / "home"))
+        t0 = time.perf_counter()
+        root = write_synthetic_dataset(Path(tmp) / "ds", emb, episodes=args.episodes, frames=frames,
+                                       image_size=(size, size), seed=0)
+        print(f"wrote {args.episodes} episodes x {frames} frames of {size}px video in {time.perf_counter() - t0:.1f} s")
+        pipe = Pipeline.create(emb, model, compute_norm_stats(emb, root, horizon=args.horizon),
+                               tokenizer=PaligemmaTokenizer(model.token_len, train_tiny_tokenizer()))
+        transform = pipe.training_inputs()
+        dataset = LeRobotFrames(root, action_key=emb.action_key, action_horizon=args.horizon)
+        dataset[0]
+        rss_start = peak_rss_mib()
+        batch = args.batch_size
+        n = steps * batch
+
+        loader = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=0)
+        indices = [i for s in range(steps) for i in loader.order.local_indices(s)]
+        t0 = time.perf_counter()
+        for s in range(steps):
+            collate([transform(dataset[int(i)]) for i in indices[s * batch : (s + 1) * batch]])
+        base = n / (time.perf_counter() - t0)
+        print(f"baseline (main thread, dataset[i] + pipeline): {base:.1f} samples/s; peak RSS {peak_rss_mib():.0f} MiB")
+
+        results = {}
+        for workers in ("thread", "process"):
+            loader = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=args.workers, workers=workers)
+            # Steady state: the first batches carry the start-up (process workers import lerobot), so the
+            # rate is measured from the batch after the first `prefetch` ones to the last.
+            warm = loader.prefetch
+            stamps, sizes = [], []
+            for b in loader.batches(0, num_steps=steps + warm):
+                stamps.append(time.perf_counter())
+                sizes.append(len(b["state"]))
+            rate = sum(sizes[warm:]) / (stamps[-1] - stamps[warm - 1])
+            results[workers] = rate
+            extra = f"; worker peak RSS {peak_rss_mib(resource.RUSAGE_CHILDREN):.0f} MiB" if workers == "process" else ""
+            print(f"loader, {args.workers} {workers} workers: {rate:.1f} samples/s = {rate / base:.2f}x baseline; "
+                  f"peak RSS {peak_rss_mib():.0f} MiB{extra}")
+        image_mib = 3 * model.image_resolution[0] * model.image_resolution[1] * 3 * batch / 2**20
+        print(f"memory: main-process peak RSS {peak_rss_mib():.0f} MiB (was {rss_start:.0f} MiB before loading; "
+              f"one batch of images is {image_mib:.1f} MiB, at most {args.workers + 1} batches in flight)")
+
+
+if __name__ == "__main__":
+    main()

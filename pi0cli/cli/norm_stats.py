@@ -1,0 +1,92 @@
+"""``pi0 norm-stats``: exact normalisation statistics of a LeRobot dataset, from its parquet columns only.
+
+Statistics are over what the model trains on before padding: each frame's state and its chunk of
+``--horizon`` actions, after the embodiment's input transform and delta actions. Quantiles are exact:
+numpy's default ``np.quantile`` (linear interpolation) over every float32 value of a dimension.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pi0cli.cli import console
+from pi0cli.cli.embodiments import complete_embodiment
+
+
+def _default_horizon(embodiment) -> int:
+    from pi0cli.models.config import preset
+
+    try:
+        return preset(embodiment.default_model).action_horizon
+    except Exception:  # an embodiment naming a model without a preset (pi0_fast): the reference default
+        return 50
+
+
+def norm_stats(
+    embodiment: Annotated[str, typer.Argument(help="Embodiment whose transforms and key map apply.",
+                                              autocompletion=complete_embodiment)],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="LeRobot dataset: a local root or a repo id in the local cache.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Assets directory; writes <out>/<asset_id>/norm_stats.json.")] = Path("assets"),
+    horizon: Annotated[int | None, typer.Option("--horizon", help="Action chunk length (default: the embodiment's default model's action_horizon).")] = None,
+    check: Annotated[Path | None, typer.Option("--check", help="Report how an existing norm_stats.json fits the dataset instead of writing one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Compute exact mean, std, q01 and q99 of state and actions (no video is decoded)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pi0cli.data.stats import check_norm_stats, compute_norm_stats, load_columns, summarize
+    from pi0cli.normstats import load_norm_stats, save_norm_stats
+
+    emb = console.registry().embodiment(embodiment)
+    horizon = horizon or _default_horizon(emb)
+    with console.err.status(f"reading {dataset} ..."):
+        data = load_columns(emb, dataset)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("frames"), TimeElapsedColumn(), console=console.err, transient=True)
+    with progress:
+        task = progress.add_task(f"{emb.name} norm stats", total=2 * data.num_frames)
+
+        def advance(frames: int) -> None:
+            progress.advance(task, frames)
+
+        if check is not None:
+            existing = load_norm_stats(check)
+            reports, _ = check_norm_stats(emb, dataset, existing, horizon=horizon, progress=advance, data=data)
+        else:
+            stats = compute_norm_stats(emb, dataset, horizon=horizon, progress=advance, data=data)
+    if check is not None:
+        _print_check(reports, summarize(reports), as_json)
+        return
+    path = save_norm_stats(stats, out / emb.asset_id)
+    if as_json:
+        console.out.print_json(json.dumps({"path": str(path), "frames": data.num_frames, "episodes": data.num_episodes,
+                                           "horizon": horizon, **{k: v.to_json() for k, v in stats.items()}}))
+        return
+    console.out.print(f"wrote {path} ({data.num_frames} frames, {data.num_episodes} episodes, action chunks of {horizon})")
+
+
+def _print_check(reports, summary, as_json: bool) -> None:
+    if as_json:
+        console.out.print_json(json.dumps({
+            "dims": [{"key": r.key, "dim": r.dim, "clip_rate": r.clip_rate, "near_constant": r.near_constant,
+                      "drift": r.drift, "drifted": r.drifted} for r in reports],
+            **summary,
+        }))
+        return
+    from rich.table import Table
+
+    table = Table("key", "dim", "clip rate", "drift (std)", "flags", title="Norm stats check", title_justify="left")
+    for r in reports:
+        flags = ", ".join(f for f, on in (("near-constant", r.near_constant), ("drifted", r.drifted)) if on)
+        clip = f"{100 * r.clip_rate:.2f}%"
+        table.add_row(r.key, str(r.dim), f"[red]{clip}[/red]" if r.clip_rate > 0.05 else clip, f"{r.drift:.2f}",
+                      f"[yellow]{flags}[/yellow]" if flags else "")
+    console.out.print(table)
+    console.out.print(
+        f"max clip rate {100 * summary['max_clip_rate']:.2f}%; near-constant: {', '.join(summary['near_constant']) or 'none'}; "
+        f"drifted by more than one std: {', '.join(summary['drifted']) or 'none'}"
+    )

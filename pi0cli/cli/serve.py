@@ -1,0 +1,89 @@
+"""``pi0 serve``: serve a policy to robots over the openpi websocket protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pi0cli.cli import console
+from pi0cli.cli.embodiments import complete_embodiment
+
+
+def serve(
+    embodiment: Annotated[str, typer.Option("--embodiment", "-e", help="Robot the policy drives (see `pi0 embodiments list`).",
+                                            autocompletion=complete_embodiment)],
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Checkpoint dir (holding params/ and assets/); default: the embodiment's default checkpoint.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8000,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="PI0_API_KEY", help="Require 'Authorization: Api-Key KEY' from clients.")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, max=256, help="Most requests run in one model call (1 turns batching off).")] = 8,
+    batch_window_ms: Annotated[float, typer.Option("--batch-window-ms", min=0.0, help="How long the first request of a batch waits for others.")] = 5.0,
+    record: Annotated[Path | None, typer.Option("--record", help="Save every request and reply to this directory (.npz).")] = None,
+    max_message_mb: Annotated[float, typer.Option("--max-message-mb", min=0.001, help="Largest request accepted, in MiB.")] = 64.0,
+    default_prompt: Annotated[str | None, typer.Option("--default-prompt", help="Prompt used when a request has none.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model preset of a checkpoint without pi0_config.json (e.g. a reference openpi one): pi0, pi05, ...")] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="SentencePiece model for prompts (default: the checkpoint's, else the PaliGemma tokenizer).")] = None,
+    num_steps: Annotated[int, typer.Option("--num-steps", min=1, help="Denoising steps per action chunk.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
+) -> None:
+    """Serve a policy over websockets (openpi-compatible; openpi-client works unchanged).
+
+    Examples: [bold]pi0 serve --checkpoint checkpoints/pi0_aloha_sim_tiny/default/3000 --embodiment aloha_sim[/bold];
+    [bold]pi0 serve --embodiment aloha_sim[/bold] (downloads the embodiment's default checkpoint).
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from pi0cli.errors import Pi0Error
+    emb = console.registry().embodiment(embodiment)
+    if checkpoint is None and emb.default_checkpoint is None:
+        raise Pi0Error(f"embodiment {emb.name!r} has no default checkpoint; pass --checkpoint DIR")
+    location = checkpoint or emb.default_checkpoint
+    model_name = model if (model or checkpoint) else emb.default_model
+
+    from pi0cli.policy.loading import load_policy, resolve_checkpoint
+    from pi0cli.policy.policy import batch_sizes_up_to
+    from pi0cli.serving.server import PolicyServer
+
+    directory = resolve_checkpoint(location)
+    sizes = batch_sizes_up_to(max_batch)
+    with console.err.status(f"loading {directory} ..."):
+        policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
+                             tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed)
+    recorder = None
+    if record is not None:
+        from pi0cli.serving.recording import Recorder
+
+        recorder = Recorder(record)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = PolicyServer(
+        policy, embodiment=emb, host=host, port=port, api_key=api_key, max_batch=max_batch,
+        batch_window_ms=batch_window_ms, max_message_bytes=int(max_message_mb * 2**20), recorder=recorder,
+    )
+
+    def listening(srv: PolicyServer) -> None:
+        auth = "API key required" if api_key else "no API key"
+        console.out.print(f"pi0 serve: {policy.description}")
+        console.out.print(f"listening on ws://{host}:{srv.port} ({auth}); health: http://{host}:{srv.port}/healthz; "
+                          f"compiling batch sizes {', '.join(map(str, sizes))} ...")
+
+    def ready(srv: PolicyServer) -> None:
+        console.out.print(f"ready in {srv.warmup_s or 0:.1f} s (batch window {batch_window_ms:g} ms"
+                          + (f", recording to {record}" if record else "") + ")")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, server.stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await server.serve(on_listening=listening, on_ready=ready)
+
+    asyncio.run(main())
+    if server.batcher.failed is not None:
+        raise Pi0Error(f"the model failed to start: {server.batcher.failed}")
+    console.out.print(f"stopped after {server.requests} request(s), {server.errors} rejected")

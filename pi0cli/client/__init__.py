@@ -1,0 +1,30 @@
+"""The robot side of ``pi0 serve``: light dependencies only (numpy, msgpack, websockets; never JAX).
+
+A robot script is a few lines::
+
+    from pi0cli.client import ActionChunkBroker, PolicyAgent, Runtime, WebsocketClientPolicy
+
+    policy = WebsocketClientPolicy("127.0.0.1", 8000, api_key=KEY)   # waits for the server, reads metadata
+    agent = PolicyAgent(ActionChunkBroker(policy, action_horizon=10))
+    Runtime(MyRobotEnvironment(), agent, max_hz=50, num_episodes=1).run()
+
+- ``WebsocketClientPolicy``: the websocket client (retries while the server starts, API key, metadata).
+- ``ActionChunkBroker``: executes one predicted chunk step by step, asking again every ``action_horizon``.
+- ``Runtime``, ``Environment``, ``Agent``, ``PolicyAgent``, ``Subscriber``: the control loop.
+"""
+
+from pi0cli.client.broker import ActionChunkBroker
+from pi0cli.client.policy import BasePolicy, PolicyServerError, WebsocketClientPolicy
+from pi0cli.client.runtime import Agent, Environment, PolicyAgent, Runtime, Subscriber
+
+__all__ = [
+    "ActionChunkBroker",
+    "Agent",
+    "BasePolicy",
+    "Environment",
+    "PolicyAgent",
+    "PolicyServerError",
+    "Runtime",
+    "Subscriber",
+    "WebsocketClientPolicy",
+]

@@ -1,0 +1,262 @@
+"""Opening LeRobot datasets (format v3.0: parquet + mp4) by local root or by repo id from the local cache.
+
+Two ways in:
+
+- :class:`LeRobotFrames`: frames through ``lerobot.LeRobotDataset`` (videos decoded with PyAV), the action
+  column as chunks of the model's horizon via delta timestamps: at an episode's end lerobot repeats the
+  last frame and ``<action>_is_pad`` marks the repeats. Each item is a flat dict of numpy arrays, uint8 CHW
+  images and ``prompt`` (the episode's task). Picklable: worker processes reopen the dataset lazily.
+- :func:`read_numeric` reads numeric parquet columns straight with pyarrow (no lerobot import, no video),
+  which is what ``pi0 norm-stats`` uses.
+
+``source`` is a dataset directory (anything holding ``meta/info.json``), or a repo id looked up under
+``$HF_LEROBOT_HOME/<repo_id>`` (default ``$HF_HOME/lerobot``, ``~/.cache/huggingface/lerobot``). With
+``HF_HUB_OFFLINE`` set and nothing in the cache, one :class:`DatasetError` names every place looked at;
+online, lerobot downloads the dataset into its cache.
+
+lerobot, torch and pyarrow are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pi0cli.errors import Pi0Error
+
+#: Columns lerobot adds to every dataset.
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+class DatasetError(Pi0Error):
+    """A dataset that cannot be found, read, or does not fit the embodiment."""
+
+
+def lerobot_home() -> Path:
+    """Where lerobot keeps datasets by repo id (``$HF_LEROBOT_HOME``, else ``$HF_HOME/lerobot``)."""
+    if os.environ.get("HF_LEROBOT_HOME"):
+        return Path(os.environ["HF_LEROBOT_HOME"]).expanduser()
+    hf_home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(hf_home).expanduser() / "lerobot"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_dataset(source: str | os.PathLike[str]) -> tuple[str, Path]:
+    """``(repo_id, root)`` of a dataset given by directory or repo id (see the module docstring).
+
+    An online lookup that is not in the cache returns the cache path it will be downloaded to.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "meta" / "info.json").is_file():
+            raise DatasetError(f"{path} is not a LeRobot dataset (no meta/info.json); pass a dataset root or a repo id")
+        return f"local/{path.absolute().name}", path.absolute()
+    cached = lerobot_home() / text
+    if (cached / "meta" / "info.json").is_file():
+        return text, cached
+    looked = f"{path.absolute()} (no such directory) and the local cache {cached}"
+    if _offline() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise DatasetError(
+            f"dataset {text!r} not found: looked in {looked}"
+            + ("; offline (HF_HUB_OFFLINE is set)" if _offline() else "")
+            + ". Pass a local dataset root, or set HF_LEROBOT_HOME to the cache holding it"
+        )
+    return text, cached
+
+
+def read_info(root: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((Path(root) / "meta" / "info.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read {root}/meta/info.json ({exc}); is this a LeRobot dataset?") from None
+    version = str(info.get("codebase_version", ""))
+    if not version.startswith("v3"):
+        raise DatasetError(
+            f"{root} is a LeRobot {version or 'unknown-version'} dataset; pi0 reads format v3.0 "
+            "(convert it with lerobot's convert_dataset_v21_to_v30)"
+        )
+    return info
+
+
+def video_keys(info: Mapping[str, Any]) -> list[str]:
+    return [k for k, f in info.get("features", {}).items() if f.get("dtype") in ("video", "image")]
+
+
+def data_files(root: Path) -> list[Path]:
+    files = sorted((Path(root) / "data").glob("chunk-*/file-*.parquet"))
+    return files
+
+
+def read_tasks(root: Path) -> list[str]:
+    """Task strings by task index."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(root) / "meta" / "tasks.parquet")
+    names = table.column("__index_level_0__").to_pylist() if "__index_level_0__" in table.column_names else \
+        table.column("task").to_pylist()
+    indices = table.column("task_index").to_pylist()
+    tasks = [""] * (max(indices) + 1 if indices else 0)
+    for name, index in zip(names, indices):
+        tasks[int(index)] = str(name)
+    return tasks
+
+
+def _column_to_numpy(column: Any, name: str, file: Path) -> np.ndarray:
+    import pyarrow as pa
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    kind = column.type
+    if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        if column.null_count:
+            raise DatasetError(f"column {name!r} in {file} has missing rows; the dataset is incomplete")
+        if pa.types.is_fixed_size_list(kind):
+            width = kind.list_size
+        else:
+            lengths = np.diff(np.asarray(column.offsets))
+            if len(lengths) and (lengths != lengths[0]).any():
+                raise DatasetError(f"column {name!r} in {file} has rows of different lengths {sorted(set(lengths))[:5]}")
+            width = int(lengths[0]) if len(lengths) else 0
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(len(column), width)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return column.to_numpy(zero_copy_only=False)
+    raise DatasetError(f"column {name!r} in {file} is {kind}, not numeric; name a numeric column")
+
+
+def read_numeric(root: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Numeric parquet columns of the whole dataset, rows in ``index`` order, plus ``episode_index``,
+    ``frame_index``, ``index`` and ``task_index``. Vectors come back ``[N, dim]``. No video is touched."""
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    files = data_files(root)
+    if not files:
+        raise DatasetError(f"{root} has no data files (data/chunk-*/file-*.parquet); the dataset is empty")
+    wanted = list(dict.fromkeys([*columns, "episode_index", "frame_index", "index", "task_index"]))
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in wanted}
+    for file in files:
+        schema = pq.read_schema(file)
+        missing = [c for c in wanted if c not in schema.names]
+        if missing:
+            numeric = [n for n in schema.names if n not in INDEX_COLUMNS]
+            raise DatasetError(
+                f"column {missing[0]!r} is missing from {file}; the dataset has {', '.join(numeric) or 'none'}. "
+                "Fix the embodiment's dataset_keys or the dataset"
+            )
+        table = pq.read_table(file, columns=wanted)
+        for c in wanted:
+            parts[c].append(_column_to_numpy(table.column(c), c, file))
+    out = {c: np.concatenate(v) if len(v) > 1 else v[0] for c, v in parts.items()}
+    order = np.argsort(out["index"], kind="stable")
+    if not (order == np.arange(len(order))).all():
+        out = {c: v[order] for c, v in out.items()}
+    return out
+
+
+def _quiet_lerobot_import() -> None:
+    # lerobot logs a long torchcodec traceback at import when no system FFmpeg is there; pi0 uses PyAV.
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
+
+
+def _to_numpy(value: Any) -> Any:
+    if hasattr(value, "numpy") and hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+class LeRobotFrames:
+    """Frames of a LeRobot dataset as flat dicts of numpy arrays (see the module docstring).
+
+    ``action_horizon`` > 0 turns ``action_key`` into ``[H, dim]`` chunks with ``<action_key>_is_pad``;
+    ``None`` gives single actions. ``episodes`` restricts to some episodes.
+    """
+
+    def __init__(self, source: str | os.PathLike[str], *, action_key: str = "actions", action_horizon: int | None = None,
+                 episodes: Sequence[int] | None = None, video_backend: str = "pyav"):
+        self.source = str(source)
+        self.repo_id, self.root = resolve_dataset(source)
+        self.action_key = action_key
+        self.action_horizon = action_horizon
+        self.episodes = None if episodes is None else [int(e) for e in episodes]
+        self.video_backend = video_backend
+        self._dataset = None
+        if self.root.is_dir():
+            self.info = read_info(self.root)
+            if action_key not in self.info.get("features", {}):
+                raise DatasetError(
+                    f"dataset {self.root} has no action column {action_key!r}; it has "
+                    f"{', '.join(k for k in self.info['features'] if k not in INDEX_COLUMNS)}"
+                )
+        else:
+            self.info = None  # downloaded on first use
+
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            self._dataset = self._open()
+        return self._dataset
+
+    def _open(self):
+        _quiet_lerobot_import()
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        fps = None
+        if self.info is not None:
+            fps = self.info["fps"]
+        delta = None
+        if self.action_horizon:
+            if fps is None:
+                from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
+
+                fps = LeRobotDatasetMetadata(self.repo_id).fps
+            delta = {self.action_key: [t / fps for t in range(self.action_horizon)]}
+        try:
+            dataset = LeRobotDataset(
+                self.repo_id, root=self.root if self.root.is_dir() else None, episodes=self.episodes,
+                delta_timestamps=delta, video_backend=self.video_backend, return_uint8=True,
+            )
+        except Pi0Error:
+            raise
+        except Exception as exc:
+            raise DatasetError(f"cannot open dataset {self.source!r} at {self.root}: {type(exc).__name__}: {exc}") from None
+        if self.info is None:
+            self.root = Path(dataset.root)
+            self.info = read_info(self.root)
+        return dataset
+
+    def __len__(self) -> int:
+        if self._dataset is None and self.episodes is None and self.info is not None:
+            return int(self.info["total_frames"])
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[int(index)]
+        out: dict[str, Any] = {}
+        for key, value in item.items():
+            if key == "task":
+                out["prompt"] = str(value)
+            else:
+                out[key] = _to_numpy(value)
+        return out
+
+    @property
+    def tasks(self) -> list[str]:
+        return read_tasks(self.root)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_dataset"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)

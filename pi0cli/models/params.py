@@ -1,0 +1,134 @@
+"""Parameter trees in the reference (openpi) naming: export from and import into a ``Pi0``.
+
+The NNX modules are named after the reference tree, so the nested dict of a model's ``nnx.Param`` values *is*
+the reference layout: ``PaliGemma/img/...`` (SigLIP, blocks stacked on axis 0), ``PaliGemma/llm/...`` (Gemma,
+layers stacked on axis 0, action-expert names suffixed ``_1``) and the top-level projections
+(``action_in_proj/{kernel,bias}``...). Trained reference checkpoints wrap each leaf in ``{"value": leaf}``;
+``import_params`` strips that. Mismatches are reported key by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pi0cli.errors import Pi0Error
+
+SEP = "/"
+
+
+class ParamTreeError(Pi0Error, ValueError):
+    """A parameter tree whose keys or shapes do not match the model's."""
+
+    def __init__(self, problems: list[str], hint: str):
+        self.problems = problems
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        super().__init__(f"parameter tree does not match the model ({len(problems)} problem(s)):\n  "
+                         + "\n  ".join(shown) + f"\n{hint}")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a/b/c": leaf}``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{SEP}{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a/b/c": leaf}`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for key, v in flat.items():
+        node = out
+        *parents, last = key.split(SEP)
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return out
+
+
+def strip_value_leaves(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace every ``{"value": leaf}`` node by ``leaf`` (the layout of trained reference checkpoints)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            if set(v) == {"value"} and not isinstance(v["value"], Mapping):
+                out[k] = v["value"]
+            else:
+                out[k] = strip_value_leaves(v)
+        else:
+            out[k] = v
+    return out
+
+
+def export_params(model: nnx.Module) -> dict[str, Any]:
+    """The model's weights as a nested dict in the reference naming (jax arrays)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def export_flat(model: nnx.Module) -> dict[str, Any]:
+    """``export_params`` flattened to ``/``-joined keys (the layout of big_vision ``.npz`` files)."""
+    return flatten(export_params(model))
+
+
+def _shape(x) -> tuple[int, ...]:
+    return tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+
+
+def check_params(
+    model: nnx.Module, params: Mapping[str, Any], *, missing_ok: Iterable[str] = ()
+) -> tuple[dict[str, Any], list[str]]:
+    """Compare ``params`` (nested, reference naming) with the model: returns (flat params, allowed missing keys).
+
+    Raises ``ParamTreeError`` listing every missing, unexpected or wrongly shaped key. Keys containing one of
+    ``missing_ok`` (e.g. ``"lora"``) may be missing; they keep the model's current values.
+    """
+    want = export_flat(model)
+    got = flatten(strip_value_leaves(params))
+    missing_ok = tuple(missing_ok)
+    problems, allowed = [], []
+    for key in sorted(want):
+        if key not in got:
+            if any(tag in key for tag in missing_ok):
+                allowed.append(key)
+            else:
+                problems.append(f"missing key {key!r} (model expects shape {_shape(want[key])})")
+        elif _shape(got[key]) != _shape(want[key]):
+            problems.append(f"key {key!r} has shape {_shape(got[key])}, model expects {_shape(want[key])}")
+    for key in sorted(set(got) - set(want)):
+        problems.append(f"unexpected key {key!r} (shape {_shape(got[key])}); the model has no such parameter")
+    if problems:
+        raise ParamTreeError(
+            problems,
+            "check that the checkpoint matches the model config (model_type pi0/pi05, Gemma/SigLIP variants, "
+            "action_dim, image resolution)",
+        )
+    return got, allowed
+
+
+def import_params(model: nnx.Module, params: Mapping[str, Any], *, missing_ok: Iterable[str] = ()) -> None:
+    """Load reference-named ``params`` into ``model`` in place (cast to the model's parameter dtypes).
+
+    Trailing ``value`` leaves are tolerated. Raises ``ParamTreeError`` naming every bad key; nothing is written
+    unless the whole tree matches.
+    """
+    got, allowed = check_params(model, params, missing_ok=missing_ok)
+    current = export_flat(model)
+    merged = {k: (current[k] if k in allowed else jnp.asarray(got[k], dtype=current[k].dtype)) for k in current}
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, unflatten(merged))
+    nnx.update(model, state)
+
+
+def count_params(tree: Mapping[str, Any] | Any) -> int:
+    """Number of scalars in a (possibly abstract) pytree of arrays."""
+    return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))

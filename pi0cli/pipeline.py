@@ -1,0 +1,240 @@
+"""The data pipeline between a robot (or its dataset) and a pi0 / pi0.5 model, for training and inference.
+
+Assembled from an embodiment, a model config and norm stats (reference order)::
+
+    training inputs:  dataset row -> repack (embodiment key map, plus prompt and the action padding mask)
+                      -> embodiment inputs -> delta actions -> normalize -> model inputs
+    inference inputs: observation -> default prompt -> embodiment inputs -> delta actions (no-op without
+                      actions) -> normalize -> model inputs
+    outputs:          {"state", "actions"} -> unnormalize -> absolute actions -> embodiment outputs
+
+Model inputs = resize-with-pad to the model's resolution, tokenize the prompt (pi0.5 with discrete state:
+the normalised, unpadded state goes into the prompt), zero-pad state and actions to the model's action_dim,
+drop strings. The result per example is what :meth:`pi0cli.models.observation.Observation.from_dict` takes::
+
+    {"image": {slot: uint8 [h, w, 3]}, "image_mask": {slot: bool}, "state": float32 [action_dim],
+     "tokenized_prompt": int32 [token_len], "tokenized_prompt_mask": bool [token_len],
+     "actions": float32 [H, action_dim], "actions_is_pad": bool [H]}     (the last two when training)
+
+Quantile normalisation for every model type except pi0 (the reference rule). No JAX here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pi0cli.errors import NormStatsError, Pi0Error
+from pi0cli.normstats import NormStats
+from pi0cli.transforms import (
+    AbsoluteActions,
+    Compose,
+    Data,
+    DeltaActions,
+    InjectDefaultPrompt,
+    Normalize,
+    Repack,
+    Transform,
+    Unnormalize,
+    compose,
+    pad_to_dim,
+    resize_with_pad,
+)
+
+#: The action padding mask in pipeline data (lerobot calls it ``<action column>_is_pad``).
+PAD_KEY = "actions_is_pad"
+
+
+class PipelineError(Pi0Error, ValueError):
+    """An embodiment, model config and norm stats that do not fit together."""
+
+
+def uses_quantile_norm(model_type: str) -> bool:
+    """The reference rule: quantile normalisation for every model type except pi0."""
+    return model_type != "pi0"
+
+
+@dataclasses.dataclass(frozen=True)
+class RepackRow:
+    """Dataset row -> robot observation with ``actions``, ``prompt`` (the episode task) and the pad mask."""
+
+    repack: Repack
+    pad_column: str
+
+    def __call__(self, data: Data) -> Data:
+        out = self.repack(data)
+        if "prompt" in data:
+            out["prompt"] = data["prompt"]
+        elif "task" in data:
+            out["prompt"] = data["task"]
+        if self.pad_column in data:
+            out[PAD_KEY] = np.asarray(data[self.pad_column], dtype=bool)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepKeys:
+    """Run ``inner`` and carry ``keys`` of its input past it (robot transforms drop what they don't know)."""
+
+    inner: Transform
+    keys: tuple[str, ...]
+
+    def __call__(self, data: Data) -> Data:
+        out = self.inner(data)
+        for key in self.keys:
+            if key in data and key not in out:
+                out = {**out, key: data[key]}
+        return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelInputs:
+    """Model-side input transforms: resize-with-pad, tokenize, pad to the model dims, drop strings."""
+
+    resolution: tuple[int, int]
+    action_dim: int
+    action_horizon: int
+    tokenizer: Any | None = None
+    discrete_state: bool = False
+    default_prompt: str | None = None
+
+    def __call__(self, data: Data) -> Data:
+        height, width = self.resolution
+        masks = {slot: np.asarray(m, dtype=bool) for slot, m in data["image_mask"].items()}
+        images = {}
+        for slot, img in data["image"].items():
+            img = np.asarray(img)
+            mask = masks.get(slot)
+            if mask is not None and mask.ndim == 0 and not mask and not img.any():
+                # An absent camera's zero image stays zero when resized: skip the resize.
+                images[slot] = np.zeros((*img.shape[:-3], height, width, img.shape[-1]), dtype=img.dtype)
+            else:
+                images[slot] = resize_with_pad(img, height, width)
+        out: Data = {"image": images, "image_mask": masks}
+        state = np.asarray(data["state"], dtype=np.float32)
+        if state.shape[-1] > self.action_dim:
+            raise PipelineError(f"state has {state.shape[-1]} dims but the model's action_dim is {self.action_dim}")
+        if self.tokenizer is not None:
+            prompt = data.get("prompt", self.default_prompt)
+            if prompt is None:
+                raise PipelineError("no prompt: the data has none and there is no default prompt; send 'prompt'")
+            tokens, mask = self.tokenizer.tokenize(str(prompt), state if self.discrete_state else None)
+            out["tokenized_prompt"], out["tokenized_prompt_mask"] = tokens, mask
+        out["state"] = pad_to_dim(state, self.action_dim).astype(np.float32)
+        if "actions" in data:
+            actions = np.asarray(data["actions"], dtype=np.float32)
+            if actions.ndim < 2 or actions.shape[-2] != self.action_horizon:
+                raise PipelineError(
+                    f"actions have shape {actions.shape} but the model predicts chunks of {self.action_horizon}; "
+                    f"open the dataset with action_horizon={self.action_horizon}"
+                )
+            if actions.shape[-1] > self.action_dim:
+                raise PipelineError(f"actions have {actions.shape[-1]} dims but the model's action_dim is {self.action_dim}")
+            out["actions"] = pad_to_dim(actions, self.action_dim).astype(np.float32)
+            pad = data.get(PAD_KEY)
+            out[PAD_KEY] = (np.zeros(actions.shape[:-1], dtype=bool) if pad is None
+                            else np.asarray(pad, dtype=bool).reshape(actions.shape[:-1]))
+        return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pipeline:
+    """Every transform between one embodiment and one model configuration (see the module docstring)."""
+
+    embodiment: Any
+    model: Any  # pi0cli.models.config.Pi0Config
+    norm_stats: Mapping[str, NormStats] | None
+    tokenizer: Any | None = None
+    delta_action_mask: tuple[bool, ...] | None = None
+    default_prompt: str | None = None
+
+    @classmethod
+    def create(cls, embodiment: Any, model: Any, norm_stats: Mapping[str, NormStats] | None, *,
+               tokenizer: Any | None = None, delta_action_mask: tuple[bool, ...] | None = None,
+               default_prompt: str | None = None) -> Pipeline:
+        """Check that the pieces fit; ``delta_action_mask`` overrides the embodiment's (``()`` turns it off)."""
+        emb = embodiment
+        for what, dim in (("state", emb.state_dim), ("action", emb.action_dim)):
+            if dim > model.action_dim:
+                raise PipelineError(
+                    f"embodiment {emb.name!r} has {dim} {what} dims but the model's action_dim is {model.action_dim}; "
+                    f"use a model config with action_dim >= {dim}"
+                )
+        mask = emb.delta_action_mask if delta_action_mask is None else (tuple(delta_action_mask) or None)
+        if mask is not None and len(mask) > min(emb.state_dim, emb.action_dim):
+            raise PipelineError(f"delta action mask of {len(mask)} dims is longer than {emb.name!r}'s state/actions")
+        if norm_stats is not None:
+            expected = {"state": emb.state_dim, "actions": emb.action_dim}
+            for key, dim in expected.items():
+                stats = norm_stats.get(key)
+                if stats is not None and stats.dim != dim:
+                    raise NormStatsError(
+                        f"norm stats {key!r} have {stats.dim} dims but embodiment {emb.name!r} has {dim}; "
+                        f"recompute them with `pi0 norm-stats {emb.name}`"
+                    )
+                if stats is not None and uses_quantile_norm(model.model_type) and stats.q01 is None:
+                    raise NormStatsError(
+                        f"{model.model_type} uses quantile normalisation but the {key!r} norm stats have no q01/q99; "
+                        f"recompute them with `pi0 norm-stats {emb.name}`"
+                    )
+        if tokenizer is not None and tokenizer.max_len != model.token_len:
+            raise PipelineError(f"tokenizer max_len {tokenizer.max_len} differs from the model's token_len {model.token_len}")
+        return cls(emb, model, None if norm_stats is None else dict(norm_stats), tokenizer, mask,
+                   default_prompt if default_prompt is not None else emb.default_prompt)
+
+    # ------------------------------------------------------------------------------------------ pieces
+
+    @property
+    def use_quantiles(self) -> bool:
+        return uses_quantile_norm(self.model.model_type)
+
+    def _normalize(self) -> Transform | None:
+        return None if self.norm_stats is None else Normalize(self.norm_stats, use_quantiles=self.use_quantiles)
+
+    def _model_inputs(self) -> ModelInputs:
+        m = self.model
+        return ModelInputs(tuple(m.image_resolution), m.action_dim, m.action_horizon, self.tokenizer,
+                           bool(m.uses_discrete_state), self.default_prompt)
+
+    def robot_inputs(self) -> Compose:
+        """Embodiment inputs then delta actions (what norm stats are computed over)."""
+        return compose(KeepKeys(self.embodiment.inputs, (PAD_KEY,)), DeltaActions(self.delta_action_mask))
+
+    # ------------------------------------------------------------------------------------------ flows
+
+    def training_inputs(self) -> Compose:
+        """Dataset row (from :class:`pi0cli.data.lerobot.LeRobotFrames`) -> one model example."""
+        if self.norm_stats is None:
+            raise NormStatsError(f"training needs norm stats; compute them with `pi0 norm-stats {self.embodiment.name}`")
+        pad_column = f"{self.embodiment.action_key}_is_pad"
+        return compose(RepackRow(self.embodiment.repack, pad_column), self.robot_inputs(), self._normalize(),
+                       self._model_inputs())
+
+    def inference_inputs(self) -> Compose:
+        """Robot observation -> one model example (no actions)."""
+        return compose(InjectDefaultPrompt(self.default_prompt), self.robot_inputs(), self._normalize(),
+                       self._model_inputs())
+
+    def outputs(self) -> Compose:
+        """``{"state": model-input state, "actions": model actions [H, action_dim]}`` -> robot actions."""
+        unnormalize = None if self.norm_stats is None else Unnormalize(
+            {k: v for k, v in self.norm_stats.items() if k in ("state", "actions")}, use_quantiles=self.use_quantiles,
+            strict=True)
+        return compose(unnormalize, AbsoluteActions(self.delta_action_mask), self.embodiment.outputs)
+
+
+def collate(examples: list[Data]) -> Data:
+    """Stack a list of examples (same nested keys) into one batch with a leading axis."""
+    first = examples[0]
+    out: Data = {}
+    for key, value in first.items():
+        if isinstance(value, Mapping):
+            out[key] = collate([e[key] for e in examples])
+        elif isinstance(value, str):
+            out[key] = [e[key] for e in examples]
+        else:
+            out[key] = np.stack([np.asarray(e[key]) for e in examples])
+    return out

@@ -1,0 +1,268 @@
+"""``Policy``: robot observation in, robot action chunk out.
+
+    obs -> input transforms (per request, numpy) -> stack + pad to a compiled batch size
+        -> jitted sample_actions -> unpad -> output transforms (per request) -> {"actions", "policy_timing"}
+
+The input and output transforms are plain callables (see :func:`make_transforms` for the standard chain:
+default prompt, embodiment inputs, delta actions, normalise, resize, tokenize, pad; and back: unnormalise,
+absolute actions, embodiment outputs). The model part is a ``sample(rng, batch) -> actions [B, H, A]``
+callable; :meth:`Policy.from_model` builds it from a ``Pi0`` module with one ``jax.jit`` whose weights are an
+argument (not baked-in constants), compiled once per batch size in :meth:`Policy.warmup`.
+
+Requests are padded to the smallest of ``batch_sizes`` that fits (by repeating the first request), so the
+server never triggers a compilation in steady state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pi0cli.errors import ObservationError, Pi0Error
+from pi0cli.transforms import (
+    AbsoluteActions,
+    Data,
+    DeltaActions,
+    InjectDefaultPrompt,
+    Normalize,
+    PadStatesAndActions,
+    ResizeImages,
+    Unnormalize,
+    compose,
+)
+
+#: Keys of the model's input batch (everything else the input transforms produce stays per request).
+MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
+
+SampleFn = Callable[[Any, Mapping[str, Any]], Any]
+
+
+class PolicyError(Pi0Error):
+    """A policy that cannot be built or run as asked."""
+
+
+def batch_sizes_up_to(max_batch: int) -> tuple[int, ...]:
+    """The compiled batch sizes for ``max_batch``: powers of two below it, and itself (1, 2, 4, 8 for 8)."""
+    if max_batch < 1:
+        raise PolicyError(f"--max-batch must be at least 1, got {max_batch}")
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_batch)
+    return tuple(sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizePrompt:
+    """``prompt`` -> ``tokenized_prompt`` / ``tokenized_prompt_mask`` (pi0.5: with the discretised state)."""
+
+    tokenizer: Any
+    discrete_state: bool = False
+
+    def __call__(self, data: Data) -> Data:
+        prompt = data.get("prompt")
+        if prompt is None:
+            raise ObservationError(
+                "the observation has no 'prompt' and the policy has no default prompt; send 'prompt' or start "
+                "the server with --default-prompt"
+            )
+        if not isinstance(prompt, str):
+            raise ObservationError(f"'prompt' must be a string, got {type(prompt).__name__}")
+        state = np.asarray(data["state"]) if self.discrete_state else None
+        tokens, mask = self.tokenizer.tokenize(prompt, state)
+        out = {k: v for k, v in data.items() if k != "prompt"}
+        out["tokenized_prompt"] = np.asarray(tokens, np.int32)
+        out["tokenized_prompt_mask"] = np.asarray(mask, bool)
+        return out
+
+
+def make_transforms(
+    embodiment: Any,
+    model_config: Any,
+    norm_stats: Mapping[str, Any],
+    *,
+    tokenizer: Any,
+    default_prompt: str | None = None,
+    delta_action_mask: Sequence[bool] | None | str = "embodiment",
+) -> tuple[Callable[[Data], Data], Callable[[Data], Data]]:
+    """The standard inference chains (reference order) for an embodiment and a model config."""
+    mask = embodiment.delta_action_mask if delta_action_mask == "embodiment" else delta_action_mask
+    mask = tuple(mask) if mask else None
+    quantiles = model_config.model_type != "pi0"
+    height, width = model_config.image_resolution
+    inputs = compose(
+        InjectDefaultPrompt(default_prompt if default_prompt is not None else embodiment.default_prompt),
+        embodiment.inputs,
+        DeltaActions(mask),
+        Normalize(dict(norm_stats), use_quantiles=quantiles),
+        ResizeImages(height, width),
+        TokenizePrompt(tokenizer, discrete_state=model_config.uses_discrete_state),
+        PadStatesAndActions(model_config.action_dim),
+    )
+    outputs = compose(
+        Unnormalize(dict(norm_stats), use_quantiles=quantiles),
+        AbsoluteActions(mask),
+        embodiment.outputs,
+    )
+    return inputs, outputs
+
+
+def _stack(items: Sequence[Any]) -> Any:
+    first = items[0]
+    if isinstance(first, Mapping):
+        return {k: _stack([item[k] for item in items]) for k in first}
+    return np.stack([np.asarray(item) for item in items])
+
+
+class Policy:
+    """Transforms around a batched sampler; thread-safe (one model call at a time)."""
+
+    def __init__(
+        self,
+        sample: SampleFn,
+        *,
+        input_transform: Callable[[Data], Data],
+        output_transform: Callable[[Data], Data],
+        batch_sizes: Sequence[int] = (1,),
+        seed: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        example: Callable[[], Data] | None = None,
+        rng_fn: Callable[[int, int], Any] | None = None,
+        description: str = "",
+    ):
+        self._sample = sample
+        self.input_transform = input_transform
+        self.output_transform = output_transform
+        self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
+        if not self.batch_sizes or self.batch_sizes[0] < 1:
+            raise PolicyError(f"batch sizes must be positive, got {batch_sizes}")
+        self.seed = seed
+        self.metadata = dict(metadata or {})
+        self.example = example
+        self.description = description
+        self._rng_fn = rng_fn or (lambda seed, counter: np.random.default_rng([seed, counter]))
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_model(cls, model: Any, *, num_steps: int = 10, **kwargs: Any) -> Policy:
+        """A policy around a ``Pi0`` module: ``sample_actions`` jitted with the weights as an argument."""
+        import jax
+        from flax import nnx
+
+        from pi0cli.models.observation import Observation
+
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def sample(state, rng, batch):
+            module = nnx.merge(graphdef, state)
+            return module.sample_actions(rng, Observation.from_dict(batch), num_steps=num_steps)
+
+        def run(rng, batch):
+            return sample(state, rng, batch)
+
+        def rng_fn(seed: int, counter: int):
+            return jax.random.fold_in(jax.random.key(seed), counter)
+
+        return cls(run, rng_fn=rng_fn, **kwargs)
+
+    @property
+    def max_batch(self) -> int:
+        return self.batch_sizes[-1]
+
+    def _bucket(self, n: int) -> int:
+        for size in self.batch_sizes:
+            if size >= n:
+                return size
+        return self.max_batch
+
+    # ------------------------------------------------------------------------------------------- inference
+
+    def warmup(self, example: Data | None = None) -> dict[int, float]:
+        """Run (and so compile) every batch size once; returns seconds per size."""
+        if example is None:
+            if self.example is None:
+                raise PolicyError("warmup needs an example observation")
+            example = self.example()
+        times = {}
+        for size in self.batch_sizes:
+            start = time.perf_counter()
+            results = self.infer_batch([example] * size, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise PolicyError(f"warm-up inference with the example observation failed: {result}") from result
+            times[size] = time.perf_counter() - start
+        return times
+
+    def infer(self, obs: Data) -> dict[str, Any]:
+        """One observation -> ``{"actions": [H, robot_dim], "policy_timing": {"infer_ms"}}``."""
+        return self.infer_batch([obs])[0]
+
+    def infer_batch(self, observations: Sequence[Data], *, return_exceptions: bool = False) -> list[Any]:
+        """Many observations in as few model calls as the batch sizes allow; one result per observation.
+
+        With ``return_exceptions`` a request whose transforms fail yields its exception instead of a result
+        (the others still run); otherwise the first failure is raised.
+        """
+        results: list[Any] = [None] * len(observations)
+        prepared: list[tuple[int, Data]] = []
+        for i, obs in enumerate(observations):
+            try:
+                data = self.input_transform(obs)
+                missing = [k for k in ("image", "state") if k not in data]
+                if missing:
+                    raise PolicyError(f"the input transforms produced no {missing}")
+                prepared.append((i, data))
+            except Exception as exc:  # noqa: BLE001 - reported per request
+                if not return_exceptions:
+                    raise
+                results[i] = exc
+        step = self.max_batch
+        for start in range(0, len(prepared), step):
+            chunk = prepared[start : start + step]
+            try:
+                self._run_chunk(chunk, results)
+            except Exception as exc:  # noqa: BLE001
+                if not return_exceptions:
+                    raise
+                for i, _ in chunk:
+                    results[i] = exc
+        if not return_exceptions:
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        return results
+
+    def _run_chunk(self, chunk: list[tuple[int, Data]], results: list[Any]) -> None:
+        n = len(chunk)
+        size = self._bucket(n)
+        model_inputs = [{k: d[k] for k in MODEL_KEYS if k in d} for _, d in chunk]
+        model_inputs += [model_inputs[0]] * (size - n)
+        try:
+            batch = _stack(model_inputs)
+        except (ValueError, KeyError) as exc:
+            raise ObservationError(f"requests in one batch do not share shapes ({exc})") from None
+        with self._lock:
+            rng = self._rng_fn(self.seed, self._counter)
+            self._counter += 1
+            start = time.perf_counter()
+            actions = np.asarray(self._sample(rng, batch))
+            infer_ms = (time.perf_counter() - start) * 1000.0
+        for j, (i, data) in enumerate(chunk):
+            try:
+                out = self.output_transform({"state": np.asarray(data["state"]), "actions": actions[j]})
+                result = {k: v for k, v in out.items() if k != "state"}
+                result["actions"] = np.ascontiguousarray(np.asarray(out["actions"], dtype=np.float32))
+                result["policy_timing"] = {"infer_ms": infer_ms, "batch_size": n, "padded_batch_size": size}
+                results[i] = result
+            except Exception as exc:  # noqa: BLE001
+                results[i] = exc

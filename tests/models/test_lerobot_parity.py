@@ -1,0 +1,248 @@
+"""Parity with LeRobot's independent PyTorch pi0 (lerobot 0.6.1 + transformers), on a small config.
+
+LeRobot builds its PaliGemma-with-expert only from full-size Gemma variants and a So400m vision tower, and its
+joint attention hard-codes 8 heads. So: the Gemma variant lookup is patched to small 8-head configs, the vision
+tower and projector are swapped for a small HF SigLIP and Linear, every weight is copied from our model through
+the reference-named export (``params.export_flat``) with the HF renaming below, and the same inputs, noise and
+time go through both. Compared: SigLIP image tokens, prompt embeddings, the full training forward (per-element
+flow-matching loss) and ``sample_actions`` (10 Euler steps, KV cache) in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+modeling_pi0 = pytest.importorskip("lerobot.policies.pi0.modeling_pi0")
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from conftest import make_obs  # noqa: E402
+from pi0cli.models import config as C  # noqa: E402
+from pi0cli.models.params import export_flat  # noqa: E402
+from pi0cli.models.pi0 import Pi0  # noqa: E402
+
+VLM = C.GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16)
+EXPERT = C.GemmaConfig(width=32, depth=2, mlp_dim=64, num_heads=8, num_kv_heads=1, head_dim=16)
+SIGLIP = C.SigLIPConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8)
+H, A, RES = 4, 8, 32
+
+# Max abs differences measured by the last run, kept for the report (filled in by the tests).
+RESULTS: dict[str, float] = {}
+
+
+def _ours() -> Pi0:
+    C.GEMMA_VARIANTS["parity_vlm"] = VLM
+    C.GEMMA_VARIANTS["parity_expert"] = EXPERT
+    C.SIGLIP_VARIANTS["parity"] = SIGLIP
+    cfg = C.Pi0Config(model_type="pi0", paligemma_variant="parity_vlm", action_expert_variant="parity_expert",
+                      siglip_variant="parity", dtype="float32", action_dim=A, action_horizon=H, max_token_len=8,
+                      image_resolution=(RES, RES), remat=False)
+    model = Pi0(cfg, nnx.Rngs(3))
+    # non-trivial norm scales and biases so that every parameter matters
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    for i, (path, var) in enumerate(flat):
+        if path[-1] in ("scale", "bias") or "pos_embedding" in path:
+            var[...] = var[...] + 0.1 * jax.random.normal(jax.random.key(100 + i), var.shape)
+    nnx.update(model, nnx.from_flat_state(flat))
+    return model
+
+
+def _lerobot_state_dict(model: Pi0) -> dict[str, torch.Tensor]:
+    """Our reference-named tree -> LeRobot/HF names (torch Linear weights are [out, in])."""
+    p = {k: np.asarray(v, np.float32) for k, v in export_flat(model).items()}
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    sd: dict[str, np.ndarray] = {}
+    pg = "paligemma_with_expert.paligemma.model"
+    for e, (prefix, cfg) in enumerate([(f"{pg}.language_model", VLM),
+                                       ("paligemma_with_expert.gemma_expert.model", EXPERT)]):
+        s = "" if e == 0 else "_1"
+        L = "PaliGemma/llm/layers"
+        for i in range(cfg.depth):
+            q = p[f"{L}/attn/q_einsum{s}/w"][i]  # [N, D, Hd]
+            kv = p[f"{L}/attn/kv_einsum{s}/w"][i]  # [2, K, D, Hd]
+            o = p[f"{L}/attn/attn_vec_einsum{s}/w"][i]  # [N, Hd, D]
+            g = p[f"{L}/mlp{s}/gating_einsum"][i]  # [2, D, F]
+            lp = f"{prefix}.layers.{i}"
+            sd[f"{lp}.self_attn.q_proj.weight"] = q.transpose(0, 2, 1).reshape(-1, cfg.width)
+            sd[f"{lp}.self_attn.k_proj.weight"] = kv[0].transpose(0, 2, 1).reshape(-1, cfg.width)
+            sd[f"{lp}.self_attn.v_proj.weight"] = kv[1].transpose(0, 2, 1).reshape(-1, cfg.width)
+            sd[f"{lp}.self_attn.o_proj.weight"] = o.reshape(-1, cfg.width).T
+            sd[f"{lp}.mlp.gate_proj.weight"] = g[0].T
+            sd[f"{lp}.mlp.up_proj.weight"] = g[1].T
+            sd[f"{lp}.mlp.down_proj.weight"] = p[f"{L}/mlp{s}/linear"][i].T
+            sd[f"{lp}.input_layernorm.weight"] = p[f"{L}/pre_attention_norm{s}/scale"][i]
+            sd[f"{lp}.post_attention_layernorm.weight"] = p[f"{L}/pre_ffw_norm{s}/scale"][i]
+        sd[f"{prefix}.norm.weight"] = p[f"PaliGemma/llm/final_norm{s}/scale"]
+    sd[f"{pg}.language_model.embed_tokens.weight"] = p["PaliGemma/llm/embedder/input_embedding"]
+    v, I = f"{pg}.vision_tower.vision_model", "PaliGemma/img"  # noqa: E741
+    sd[f"{v}.embeddings.patch_embedding.weight"] = p[f"{I}/embedding/kernel"].transpose(3, 2, 0, 1)
+    sd[f"{v}.embeddings.patch_embedding.bias"] = p[f"{I}/embedding/bias"]
+    sd[f"{v}.embeddings.position_embedding.weight"] = p[f"{I}/pos_embedding"][0]
+    B = f"{I}/Transformer/encoderblock"
+    for i in range(SIGLIP.depth):
+        lp = f"{v}.encoder.layers.{i}"
+        for ln, ours in (("layer_norm1", "LayerNorm_0"), ("layer_norm2", "LayerNorm_1")):
+            sd[f"{lp}.{ln}.weight"] = p[f"{B}/{ours}/scale"][i]
+            sd[f"{lp}.{ln}.bias"] = p[f"{B}/{ours}/bias"][i]
+        for hf, ours in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
+            sd[f"{lp}.self_attn.{hf}.weight"] = p[f"{B}/MultiHeadDotProductAttention_0/{ours}/kernel"][i].reshape(
+                SIGLIP.width, -1).T
+            sd[f"{lp}.self_attn.{hf}.bias"] = p[f"{B}/MultiHeadDotProductAttention_0/{ours}/bias"][i].reshape(-1)
+        sd[f"{lp}.self_attn.out_proj.weight"] = p[f"{B}/MultiHeadDotProductAttention_0/out/kernel"][i].reshape(
+            -1, SIGLIP.width).T
+        sd[f"{lp}.self_attn.out_proj.bias"] = p[f"{B}/MultiHeadDotProductAttention_0/out/bias"][i]
+        for hf, ours in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
+            sd[f"{lp}.mlp.{hf}.weight"] = p[f"{B}/MlpBlock_0/{ours}/kernel"][i].T
+            sd[f"{lp}.mlp.{hf}.bias"] = p[f"{B}/MlpBlock_0/{ours}/bias"][i]
+    sd[f"{v}.post_layernorm.weight"] = p[f"{I}/Transformer/encoder_norm/scale"]
+    sd[f"{v}.post_layernorm.bias"] = p[f"{I}/Transformer/encoder_norm/bias"]
+    sd[f"{pg}.multi_modal_projector.linear.weight"] = p[f"{I}/head/kernel"].T
+    sd[f"{pg}.multi_modal_projector.linear.bias"] = p[f"{I}/head/bias"]
+    for name in ("action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in", "action_time_mlp_out"):
+        sd[f"{name}.weight"] = p[f"{name}/kernel"].T
+        sd[f"{name}.bias"] = p[f"{name}/bias"]
+    return {k: t(a) for k, a in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    lr_cfg = {"gemma_2b": modeling_pi0.GemmaConfig(VLM.width, VLM.depth, VLM.mlp_dim, VLM.num_heads,
+                                                   VLM.num_kv_heads, VLM.head_dim),
+              "gemma_300m": modeling_pi0.GemmaConfig(EXPERT.width, EXPERT.depth, EXPERT.mlp_dim,
+                                                     EXPERT.num_heads, EXPERT.num_kv_heads, EXPERT.head_dim)}
+    mp = pytest.MonkeyPatch()
+    mp.setattr(modeling_pi0, "get_gemma_config", lambda name: lr_cfg[name])
+    try:
+        from lerobot.policies.pi0.configuration_pi0 import PI0Config
+
+        torch.manual_seed(0)
+        cfg = PI0Config(chunk_size=H, n_action_steps=H, max_state_dim=A, max_action_dim=A,
+                        image_resolution=(RES, RES), dtype="float32", device="cpu", tokenizer_max_length=8)
+        theirs = modeling_pi0.PI0Pytorch(cfg)
+    finally:
+        mp.undo()
+    inner = theirs.paligemma_with_expert.paligemma.model
+    # Swap the So400m tower (their only option) for a small SigLIP and a projector to our VLM width.
+    inner.vision_tower = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=SIGLIP.width, intermediate_size=SIGLIP.mlp_dim, num_hidden_layers=SIGLIP.depth,
+        num_attention_heads=SIGLIP.num_heads, image_size=RES, patch_size=SIGLIP.patch_size,
+        hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False))
+    inner.multi_modal_projector.linear = torch.nn.Linear(SIGLIP.width, VLM.width)
+    theirs = theirs.float().eval()
+    ours = _ours()
+    sd = _lerobot_state_dict(ours)
+    missing, unexpected = theirs.load_state_dict(sd, strict=False)
+    # The only weights we do not set: the expert's unused LM head / embedding and tied lm_head copies.
+    assert not unexpected, unexpected
+    assert all(("lm_head" in k) or ("gemma_expert" in k and "embed" in k) for k in missing), missing
+    return ours, theirs
+
+
+def _inputs(model, batch=2):
+    obs = make_obs(model.config, batch=batch, seed=3)
+    images = [torch.from_numpy(np.asarray(obs.images[k]).transpose(0, 3, 1, 2).copy()) for k in model.config.image_keys]
+    masks = [torch.from_numpy(np.asarray(obs.image_masks[k])) for k in model.config.image_keys]
+    tok = torch.from_numpy(np.asarray(obs.tokenized_prompt).astype(np.int64))
+    tok_mask = torch.from_numpy(np.asarray(obs.tokenized_prompt_mask))
+    state = torch.from_numpy(np.asarray(obs.state))
+    return obs, (images, masks, tok, tok_mask, state)
+
+
+def _posemb_f32(time, dimension, min_period, max_period, device="cpu"):
+    """LeRobot's sinusoidal time embedding, but in float32 like the JAX reference (theirs uses float64)."""
+    fraction = torch.linspace(0.0, 1.0, dimension // 2, dtype=torch.float32)
+    period = min_period * (max_period / min_period) ** fraction
+    x = (1.0 / period * 2 * np.pi)[None, :] * time[:, None].float()
+    return torch.cat([torch.sin(x), torch.cos(x)], dim=1)
+
+
+def _run_both_ways(fn):
+    """fn() as LeRobot ships it, and with its time embedding computed in float32 (the reference's precision)."""
+    as_is = fn()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(modeling_pi0, "create_sinusoidal_pos_embedding", _posemb_f32)
+    try:
+        f32 = fn()
+    finally:
+        mp.undo()
+    return as_is, f32
+
+
+def _report(name, a, b):
+    d = float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+    RESULTS[name] = d
+    print(f"lerobot parity {name}: max abs diff {d:.3e} (max |value| {float(np.abs(np.asarray(a)).max()):.3f})")
+    return d
+
+
+def test_vision_tokens_match(pair):
+    ours, theirs = pair
+    obs, (images, *_rest) = _inputs(ours)
+    with torch.no_grad():
+        t = theirs.paligemma_with_expert.embed_image(images[0]).numpy()
+    o = np.asarray(ours.PaliGemma.img(obs.images["base_0_rgb"]))
+    assert _report("siglip_image_tokens", o, t) < 1e-5
+
+
+def test_prompt_embedding(pair):
+    """Our embedder scales by sqrt(width) (the reference's Gemma embedder). Report what LeRobot does."""
+    ours, theirs = pair
+    obs, (_, _, tok, _, _) = _inputs(ours)
+    with torch.no_grad():
+        t = theirs.paligemma_with_expert.embed_language_tokens(tok).numpy()
+    o = np.asarray(ours.PaliGemma.llm.embed(obs.tokenized_prompt))
+    scale = float(np.median(np.abs(o) / np.maximum(np.abs(t), 1e-12)))
+    RESULTS["prompt_embedding_ratio_ours_over_lerobot"] = scale
+    print(f"lerobot parity prompt embedding: ours / lerobot = {scale:.6f} (sqrt(width) = {np.sqrt(VLM.width):.6f})")
+    np.testing.assert_allclose(o, t * scale, rtol=1e-5, atol=1e-5)
+    assert abs(scale - 1.0) < 1e-5 or abs(scale - np.sqrt(VLM.width)) < 1e-3
+
+
+def test_training_forward_matches(pair):
+    ours, theirs = pair
+    obs, (images, masks, tok, tok_mask, state) = _inputs(ours)
+    rng = np.random.default_rng(9)
+    actions = rng.normal(size=(2, H, A)).astype(np.float32)
+    noise = rng.normal(size=(2, H, A)).astype(np.float32)
+    time = np.array([0.25, 0.8], np.float32)
+    def run():
+        with torch.no_grad():
+            return theirs.forward(images, masks, tok, tok_mask, state, torch.from_numpy(actions),
+                                  torch.from_numpy(noise), torch.from_numpy(time)).numpy()  # [B, H, A]
+
+    t, t32 = _run_both_ways(run)
+    o = np.asarray(ours.compute_loss(jax.random.key(0), obs, jnp.asarray(actions), noise=jnp.asarray(noise),
+                                     time=jnp.asarray(time)))
+    # LeRobot's float64 time embedding differs from float32 by ~1e-4 at the 4e-3 period (argument ~ 1570 t).
+    assert _report("loss_per_example_step", o, t.mean(-1)) < 1e-3
+    # what remains is float32 summation order (losses are ~7 here: 1e-5 absolute is ~2e-6 relative)
+    assert _report("loss_per_example_step_f32_time_embedding", o, t32.mean(-1)) < 5e-5
+
+
+def test_sample_actions_matches(pair):
+    ours, theirs = pair
+    obs, (images, masks, tok, tok_mask, state) = _inputs(ours)
+    noise = np.random.default_rng(11).normal(size=(2, H, A)).astype(np.float32)
+    def run():
+        with torch.no_grad():
+            return theirs.sample_actions(images, masks, tok, tok_mask, state, noise=torch.from_numpy(noise),
+                                         num_steps=10).numpy()
+
+    t, t32 = _run_both_ways(run)
+    o = np.asarray(ours.sample_actions(None, obs, noise=jnp.asarray(noise), num_steps=10))
+    assert _report("sample_actions_10_steps", o, t) < 1e-3
+    assert _report("sample_actions_10_steps_f32_time_embedding", o, t32) < 1e-4
+    # Remaining difference: LeRobot sets t = 1 + k * dt, the reference accumulates t += dt in float32. Our
+    # velocity field integrated on LeRobot's time grid:
+    pre = ours._preprocess(None, obs, False)
+    pmask, cache = ours.prefill(pre)
+    x = jnp.asarray(noise)
+    for k in range(10):
+        x = x - 0.1 * ours._velocity_cached(pre, pmask, cache, x, jnp.float32(1.0 + k * -0.1))
+    assert _report("sample_actions_10_steps_f32_time_embedding_same_time_grid", np.asarray(x), t32) < 2e-5

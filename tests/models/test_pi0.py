@@ -1,0 +1,151 @@
+"""Pi0 / pi0.5 end to end on tiny configs: cached sampling == uncached Euler, loss conventions, inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from conftest import make_obs, tiny_model  # noqa: E402
+from pi0cli.models import config as C  # noqa: E402
+from pi0cli.models.observation import ModelInputError, Observation, preprocess_observation  # noqa: E402
+from pi0cli.models.pi0 import Pi0  # noqa: E402
+
+
+def _randomize_adarms(model):
+    """Zero-initialised adaRMS Dense layers would hide bugs in the conditioning path: give them weights."""
+    state = nnx.state(model, nnx.Param)
+    flat = nnx.to_flat_state(state)
+    for i, (path, var) in enumerate(flat):
+        if "Dense_0" in path and "llm" in path:
+            var[...] = jax.random.normal(jax.random.key(i), var.shape) * 0.05
+    nnx.update(model, nnx.from_flat_state(flat))
+
+
+@pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny"])
+def test_cached_sampling_equals_uncached_euler(name):
+    model = tiny_model(name)
+    if model.config.pi05:
+        _randomize_adarms(model)
+    obs = make_obs(model.config, batch=2)
+    noise = jax.random.normal(jax.random.key(5), (2, model.config.action_horizon, model.config.action_dim))
+    cached = nnx.jit(lambda m, o, n: m.sample_actions(jax.random.key(0), o, noise=n))(model, obs, noise)
+    full = nnx.jit(lambda m, o, n: m.sample_actions(jax.random.key(0), o, noise=n, use_kv_cache=False))(
+        model, obs, noise)
+
+    # An independent Euler loop in Python, each step a full prefix+suffix forward via compute_loss's path.
+    # time accumulates in float32 as in the jitted loop (the 4e-3 period makes the embedding sensitive to it)
+    x, t, dt = noise, np.float32(1.0), np.float32(-1.0 / 10)
+    pre = model._preprocess(None, obs, False)
+    prefix, pmask, par = model.embed_prefix(pre)
+    steps = 0
+    while t >= -dt / 2:
+        x = x + dt * model._velocity_full(pre, prefix, pmask, par, x, jnp.float32(t))
+        t = np.float32(t + dt)
+        steps += 1
+    assert steps == 10
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(x), atol=1e-5, rtol=0)
+    assert cached.shape == (2, model.config.action_horizon, model.config.action_dim)
+    assert np.abs(np.asarray(cached) - np.asarray(noise)).max() > 1e-3  # the model did something
+
+
+@pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny"])
+def test_compute_loss_conventions(name):
+    model = tiny_model(name)
+    cfg = model.config
+    obs = make_obs(cfg, batch=2)
+    actions = jax.random.normal(jax.random.key(1), (2, cfg.action_horizon, cfg.action_dim))
+    noise = jax.random.normal(jax.random.key(2), actions.shape)
+    time = jnp.array([0.3, 0.9])
+    loss = model.compute_loss(jax.random.key(0), obs, actions, noise=noise, time=time)
+    assert loss.shape == (2, cfg.action_horizon)
+    # x_t = t * noise + (1 - t) * actions, target u = noise - actions, v from one joint forward
+    pre = model._preprocess(None, obs, False)
+    prefix, pmask, par = model.embed_prefix(pre)
+    x_t = time[:, None, None] * noise + (1 - time[:, None, None]) * actions
+    v = model._velocity_full(pre, prefix, pmask, par, x_t, time)
+    np.testing.assert_allclose(np.asarray(loss), np.asarray(jnp.mean((v - (noise - actions)) ** 2, -1)), rtol=1e-5)
+    # default noise/time are random but reproducible from the rng
+    a = model.compute_loss(jax.random.key(7), obs, actions)
+    b = model.compute_loss(jax.random.key(7), obs, actions)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_prefix_and_suffix_layout():
+    model = tiny_model("pi0_tiny")
+    cfg = model.config
+    obs = make_obs(cfg, batch=2)
+    tokens, mask, ar = model.embed_prefix(obs)
+    n = cfg.tokens_per_image
+    assert tokens.shape == (2, cfg.prefix_len, cfg.vlm.width)
+    assert not bool(ar.any())
+    assert bool(mask[:, : 2 * n].all()) and not bool(mask[:, 2 * n: 3 * n].any())  # masked 3rd camera
+    np.testing.assert_array_equal(np.asarray(mask[:, 3 * n:]), np.asarray(obs.tokenized_prompt_mask))
+    x = jnp.zeros((2, cfg.action_horizon, cfg.action_dim))
+    s_tokens, s_mask, s_ar, cond = model.embed_suffix(obs, x, jnp.ones(2))
+    assert s_tokens.shape == (2, 1 + cfg.action_horizon, cfg.expert.width) and cond is None
+    np.testing.assert_array_equal(np.asarray(s_ar), [1, 1] + [0] * (cfg.action_horizon - 1))
+    m05 = tiny_model("pi05_tiny")
+    s_tokens, _, s_ar, cond = m05.embed_suffix(obs, x, jnp.ones(2))
+    assert s_tokens.shape == (2, cfg.action_horizon, cfg.expert.width) and cond.shape == (2, cfg.expert.width)
+    np.testing.assert_array_equal(np.asarray(s_ar), [1] + [0] * (cfg.action_horizon - 1))
+
+
+def test_masked_camera_and_padding_do_not_matter():
+    """A masked camera's pixels and padded prompt tokens must not change the actions."""
+    model = tiny_model("pi0_tiny")
+    cfg = model.config
+    obs = make_obs(cfg, batch=1)
+    noise = jnp.ones((cfg.action_horizon, cfg.action_dim))
+    a = model.sample_actions(jax.random.key(0), obs, noise=noise)
+    last = cfg.image_keys[-1]
+    images = dict(obs.images, **{last: obs.images[last] * 0 + 0.3})
+    tokens = jnp.where(obs.tokenized_prompt_mask, obs.tokenized_prompt, 17)
+    obs2 = dataclasses.replace(obs, images=images, tokenized_prompt=tokens)
+    b = model.sample_actions(jax.random.key(0), obs2, noise=noise)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_observation_from_dict_and_preprocess():
+    cfg = C.preset("pi0_tiny")
+    rng = np.random.default_rng(0)
+    data = {
+        "image": {k: rng.integers(0, 256, (2, 20, 40, 3), dtype=np.uint8) for k in cfg.image_keys},
+        "state": np.zeros((2, 8), np.float32),
+    }
+    obs = Observation.from_dict(data)
+    img = np.asarray(obs.images["base_0_rgb"])
+    np.testing.assert_allclose(img, data["image"]["base_0_rgb"] / 255 * 2 - 1, atol=1e-6)
+    assert bool(obs.image_masks["right_wrist_0_rgb"].all())  # masks default to True
+    out = preprocess_observation(None, obs, image_keys=cfg.image_keys, image_resolution=(32, 32))
+    assert out.images["base_0_rgb"].shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(np.asarray(out.images["base_0_rgb"])[:, :8], -1.0)  # 20x40 -> 16x32, padded
+    aug = preprocess_observation(jax.random.key(0), obs, train=True, image_keys=cfg.image_keys,
+                                 image_resolution=(32, 32))
+    for k in cfg.image_keys:
+        x = np.asarray(aug.images[k])
+        assert x.shape == (2, 32, 32, 3) and x.min() >= -1 - 1e-6 and x.max() <= 1 + 1e-6
+        assert np.abs(x - np.asarray(out.images[k])).max() > 1e-3  # augmented
+    # the two examples of a batch get different augmentations
+    assert np.abs(np.asarray(aug.images["base_0_rgb"][0] - aug.images["base_0_rgb"][1])).max() > 0
+    with pytest.raises(ModelInputError, match="right_wrist_0_rgb"):
+        bad = Observation.from_dict({**data, "image": {"base_0_rgb": data["image"]["base_0_rgb"]}})
+        preprocess_observation(None, bad, image_keys=cfg.image_keys, image_resolution=(32, 32))
+
+
+def test_bfloat16_forward_runs_and_is_close():
+    cfg32 = C.preset("pi0_tiny")
+    m16 = Pi0(dataclasses.replace(cfg32, dtype="bfloat16"), nnx.Rngs(0))
+    obs = make_obs(cfg32, batch=1)
+    noise = jnp.ones((cfg32.action_horizon, cfg32.action_dim)) * 0.5
+    a16 = m16.sample_actions(jax.random.key(0), obs, noise=noise)
+    a32 = tiny_model("pi0_tiny").sample_actions(jax.random.key(0), obs, noise=noise)
+    assert a16.dtype == jnp.float32
+    assert np.isfinite(np.asarray(a16)).all()
+    assert np.abs(np.asarray(a16) - np.asarray(a32)).max() < 0.1

@@ -1,0 +1,49 @@
+"""Helpers of the serving tests (imported by module name, as tests/plugin_helpers.py is)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from pi0cli.transforms import PadStatesAndActions, compose
+
+HORIZON = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fake_policy(embodiment: Any, *, delay_s: float = 0.0, batch_sizes=(1, 2, 4, 8), per_item_s: float = 0.0):
+    """A real :class:`Policy` whose model is numpy: actions = the padded state repeated over the horizon, after
+    ``delay_s`` (+ ``per_item_s`` per padded row) of simulated compute."""
+    from pi0cli.policy.policy import Policy
+
+    def sample(rng, batch):
+        time.sleep(delay_s + per_item_s * batch["state"].shape[0])
+        state = np.asarray(batch["state"], np.float32)
+        return np.repeat(state[:, None, :], HORIZON, axis=1)
+
+    return Policy(
+        sample,
+        input_transform=compose(embodiment.inputs, PadStatesAndActions(32)),
+        output_transform=embodiment.outputs,
+        batch_sizes=batch_sizes,
+        metadata={"reset_pose": [0.0, -1.5, 1.5], "server": "fake"},
+        example=lambda: embodiment.example_observation(0),
+    )
+
+
+def sim_obs(seed: int = 0) -> dict[str, Any]:
+    """A valid aloha_sim observation as a client sends it (CHW uint8 image, 14 state dims, prompt)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "images": {"cam_high": rng.integers(0, 256, (3, 224, 224), dtype=np.uint8)},
+        "state": rng.uniform(-1, 1, 14).astype(np.float32),
+        "prompt": "Transfer cube",
+    }

@@ -1,0 +1,88 @@
+"""Policy checkpoints and the Policy itself, with a tiny random-weight pi0 for ALOHA sim."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from serving_helpers import sim_obs
+
+from pi0cli.errors import ObservationError
+from pi0cli.normstats import load_norm_stats
+from pi0cli.policy.loading import CheckpointError, config_from_dict, load_policy, save_policy_checkpoint
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_checkpoint):
+    policy = load_policy(tiny_checkpoint, batch_sizes=(1, 2))
+    policy.warmup()
+    return policy
+
+
+def test_checkpoint_layout(tiny_checkpoint, aloha_sim):
+    assert (tiny_checkpoint / "params").is_dir()
+    stats = load_norm_stats(tiny_checkpoint / "assets" / aloha_sim.asset_id)
+    assert stats["state"].dim == 14 and stats["actions"].dim == 14
+    config = json.loads((tiny_checkpoint / "pi0_config.json").read_text())
+    assert config["embodiment"] == "aloha_sim" and config["asset_id"] == aloha_sim.asset_id
+    model = config_from_dict(config["model"])
+    assert model.action_dim == 32 and model.action_horizon == 10
+    assert not [p for p in tiny_checkpoint.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_infer_returns_the_robot_action_chunk(policy):
+    result = policy.infer(sim_obs(0))
+    assert result["actions"].shape == (10, 14) and result["actions"].dtype == np.float32
+    assert np.isfinite(result["actions"]).all()
+    assert result["policy_timing"]["infer_ms"] > 0
+
+
+def test_infer_batch_pads_and_splits_and_isolates_failures(policy):
+    observations = [sim_obs(1), {"state": np.zeros(14, np.float32)}, sim_obs(2), sim_obs(3)]
+    results = policy.infer_batch(observations, return_exceptions=True)
+    assert isinstance(results[1], ObservationError)
+    for r in (results[0], results[2], results[3]):
+        assert r["actions"].shape == (10, 14)
+    assert {r["policy_timing"]["padded_batch_size"] for r in (results[0], results[3])} <= {1, 2}
+    with pytest.raises(ObservationError):
+        policy.infer_batch(observations)
+
+
+def test_default_prompt_is_used_when_the_request_has_none(policy):
+    obs = {k: v for k, v in sim_obs(4).items() if k != "prompt"}
+    assert policy.infer(obs)["actions"].shape == (10, 14)  # the checkpoint's embodiment default ("Transfer cube")
+
+
+def test_reference_checkpoint_needs_a_model_name(tiny_checkpoint, tmp_path, aloha_sim):
+    ref = tmp_path / "openpi_ckpt"
+    shutil.copytree(tiny_checkpoint / "params", ref / "params")
+    shutil.copytree(tiny_checkpoint / "assets", ref / "assets")
+    with pytest.raises(CheckpointError, match="--model"):
+        load_policy(ref, embodiment=aloha_sim)
+    model = config_from_dict(json.loads((tiny_checkpoint / "pi0_config.json").read_text())["model"])
+    policy = load_policy(ref, embodiment=aloha_sim, model=model, tokenizer=tiny_checkpoint / "tokenizer.model")
+    assert policy.metadata == dict(aloha_sim.metadata)
+    with pytest.raises(CheckpointError, match="params/"):
+        load_policy(tmp_path, embodiment=aloha_sim, model=model)
+
+
+def test_training_step_layout_loads(tiny_checkpoint, tmp_path):
+    step = tmp_path / "exp" / "3000"
+    shutil.copytree(tiny_checkpoint, step)
+    saved = json.loads((step / "pi0_config.json").read_text())
+    (step / "pi0_config.json").unlink()
+    (step / "assets" / "pi0_config.json").write_text(json.dumps(
+        {"name": "pi0_aloha_sim_tiny", "embodiment": "aloha_sim", "model": saved["model"], "delta_action_mask": None,
+         "default_prompt": "Transfer cube", "policy_metadata": {"reset_pose": [1.0]}}))
+    from pi0_embodiment_aloha import ALOHA_SIM
+
+    policy = load_policy(step, embodiment=ALOHA_SIM)
+    assert policy.metadata["reset_pose"] == [1.0]
+
+
+def test_save_refuses_to_overwrite(tiny_checkpoint, aloha_sim):
+    with pytest.raises(CheckpointError, match="already exists"):
+        save_policy_checkpoint(tiny_checkpoint, params={}, model_config=None, embodiment="aloha_sim",
+                               norm_stats={}, asset_id="x")
