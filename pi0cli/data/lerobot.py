@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,7 @@ class LeRobotFrames:
         self.episodes = None if episodes is None else [int(e) for e in episodes]
         self.video_backend = video_backend
         self._dataset = None
+        self._lock = threading.Lock()
         if self.root.is_dir():
             self.info = read_info(self.root)
             if action_key not in self.info.get("features", {}):
@@ -202,8 +204,11 @@ class LeRobotFrames:
 
     @property
     def dataset(self):
+        """The underlying ``LeRobotDataset``, opened on first use (once, even with several loader threads)."""
         if self._dataset is None:
-            self._dataset = self._open()
+            with self._lock:
+                if self._dataset is None:
+                    self._dataset = self._open()
         return self._dataset
 
     def _open(self):
@@ -256,7 +261,9 @@ class LeRobotFrames:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_dataset"] = None
+        del state["_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._lock = threading.Lock()

@@ -43,6 +43,8 @@ class Assets:
 
     norm_stats: Mapping[str, Mapping[str, NormStats]]  # asset_id -> key -> stats
     config: Mapping[str, Any]
+    #: extra files stored verbatim (e.g. ``tokenizer.model`` of a tiny model's own sentencepiece model)
+    files: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
 
 
 class AssetsHandler(checkpoint_handler.CheckpointHandler):
@@ -58,6 +60,8 @@ class AssetsHandler(checkpoint_handler.CheckpointHandler):
         for asset_id, stats in args.assets.norm_stats.items():
             save_norm_stats(stats, root / asset_id)
         (root / CONFIG_FILENAME).write_text(json.dumps(args.assets.config, indent=2, sort_keys=True))
+        for name, data in args.assets.files.items():
+            (root / name).write_bytes(data)
 
     def restore(self, directory: epath.Path, args: AssetsRestore | None = None) -> Assets:
         return read_assets(Path(directory))

@@ -182,3 +182,115 @@ def _wandb_logger(config: TrainConfig, exp_dir: Path, enabled: bool):
     run = wandb.init(project="pi0", name=exp_dir.name, id=run_id, resume="allow", config=config_as_dict(config))
     run_id_file.write_text(run.id)
     return lambda step, metrics: wandb.log(metrics, step=step)
+
+
+def _tokenizer(config: TrainConfig, explicit: Path | None, frames: Any) -> tuple[Any, bytes | None]:
+    """The prompt tokenizer and, when it must travel with the checkpoint, its model bytes.
+
+    Full-size models use the PaliGemma tokenizer (``--tokenizer`` or the local cache). A model with a smaller
+    vocabulary (the tiny presets) cannot: it gets a small sentencepiece model trained on the dataset's tasks,
+    stored in the checkpoint's assets so serving tokenises exactly as training did.
+    """
+    from pi0cli.models.config import PALIGEMMA_VOCAB_SIZE
+    from pi0cli.models.tokenizer import PaligemmaTokenizer
+
+    max_len = config.model.token_len
+    if explicit is not None:
+        data = Path(explicit).read_bytes() if Path(explicit).is_file() else None
+        tokenizer = PaligemmaTokenizer(max_len, model=explicit)
+        return tokenizer, (data if config.model.vlm.vocab_size < PALIGEMMA_VOCAB_SIZE else None)
+    if config.model.vlm.vocab_size >= PALIGEMMA_VOCAB_SIZE:
+        return PaligemmaTokenizer(max_len), None
+    from pi0cli.policy.loading import train_tiny_tokenizer
+
+    data = train_tiny_tokenizer(list(frames.tasks) + ([config.default_prompt] if config.default_prompt else []))
+    tokenizer = PaligemmaTokenizer(max_len, model=data)
+    if tokenizer.vocab_size > config.model.vlm.vocab_size:
+        raise Pi0Error(f"the tokenizer's {tokenizer.vocab_size} ids do not fit the model's vocabulary of "
+                       f"{config.model.vlm.vocab_size}")
+    return tokenizer, data
+
+
+def _check_pairing(embodiment: Any, frames: Any, dataset: str) -> None:
+    """A dataset recorded for another robot fails here, naming the columns, not deep in the loader."""
+    features = (frames.info or {}).get("features", {})
+    needed = [embodiment.dataset_keys[k] for k in [c.key for c in embodiment.cameras if c.required]
+              + [f.key for f in embodiment.state]] + [embodiment.action_key]
+    missing = [column for column in needed if column not in features]
+    if missing:
+        raise Pi0Error(
+            f"dataset {dataset} does not fit embodiment {embodiment.name!r}: it has no column(s) "
+            f"{', '.join(missing)} (it has {', '.join(sorted(k for k in features if '.' in k or k in needed)) or 'none'}); "
+            "pick the embodiment the dataset was recorded with"
+        )
+    for field in embodiment.state:
+        shape = tuple(features.get(embodiment.dataset_keys[field.key], {}).get("shape", ()))
+        if shape and shape[-1] != field.dim:
+            raise Pi0Error(f"dataset {dataset}: column {embodiment.dataset_keys[field.key]!r} has {shape[-1]} dims "
+                           f"but embodiment {embodiment.name!r} expects {field.dim}")
+    shape = tuple(features[embodiment.action_key].get("shape", ()))
+    if shape and shape[-1] != embodiment.action_dim:
+        raise Pi0Error(f"dataset {dataset}: column {embodiment.action_key!r} has {shape[-1]} dims but embodiment "
+                       f"{embodiment.name!r} has {embodiment.action_dim} actions")
+
+
+def train(config: TrainConfig, *, exp_dir: Path, resume: bool = False, overwrite: bool = False,
+          norm_stats: Path | None = None, tokenizer: Path | None = None, wandb: bool = False,
+          quiet: bool = False) -> Any:
+    """Run ``pi0 train``: every check first (one clear error each), then the training loop."""
+    from pi0cli.data.lerobot import LeRobotFrames
+    from pi0cli.data.loader import DataLoader, Shard
+    from pi0cli.pipeline import Pipeline
+    from pi0cli.plugins.manager import get_registry
+    from pi0cli.policy.loading import FORMAT, config_to_dict
+    from pi0cli.training import trainer
+    from pi0cli.training.checkpoints import Assets, wipe
+    from pi0cli.training.weights import load_initial_weights
+
+    embodiment = get_registry().embodiment(config.embodiment)
+    if not config.dataset:
+        raise Pi0Error(f"preset {config.name!r} names no dataset: pass --dataset ROOT_OR_REPO_ID")
+    exp_dir = Path(exp_dir).absolute()
+    check_experiment_dir(exp_dir, resume=resume, overwrite=overwrite)
+    stats = find_norm_stats(config, embodiment.asset_id, norm_stats)
+    frames = LeRobotFrames(config.dataset, action_key=embodiment.action_key, action_horizon=config.model.action_horizon)
+    _check_pairing(embodiment, frames, config.dataset)
+    tok, tokenizer_bytes = _tokenizer(config, tokenizer, frames)
+    pipeline = Pipeline.create(embodiment, config.model, stats, tokenizer=tok,
+                               delta_action_mask=config.delta_action_mask, default_prompt=config.default_prompt)
+    if config.init_from and not resume and not Path(config.init_from).exists():
+        raise Pi0Error(f"--from {config.init_from}: no such checkpoint")
+    if overwrite:
+        wipe(exp_dir)
+    loader = DataLoader(frames, pipeline.training_inputs(), batch_size=config.batch_size, seed=config.seed,
+                        shard=Shard.from_jax(), num_workers=config.num_workers)
+    delta = None if config.delta_action_mask is None else list(config.delta_action_mask)
+    assets = Assets(
+        norm_stats={embodiment.asset_id: stats},
+        config={
+            "format": FORMAT, "model": config_to_dict(config.model), "embodiment": embodiment.name,
+            "asset_id": embodiment.asset_id, "default_prompt": pipeline.default_prompt,
+            "delta_action_mask": "embodiment" if delta is None else delta,
+            "metadata": dict(config.policy_metadata) or dict(embodiment.metadata),
+            "train_config": config_as_dict(config), "dataset": str(config.dataset),
+        },
+        files={"tokenizer.model": tokenizer_bytes} if tokenizer_bytes else {},
+    )
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    log_wandb = _wandb_logger(config, exp_dir, wandb)
+    init = None if resume or not config.init_from else (lambda model: load_initial_weights(model, config.init_from))
+    start = max((int(p.name) for p in exp_dir.iterdir() if p.name.isdigit()), default=0) if resume else 0
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        if progress is not None:
+            progress.update(step, metrics)
+        if log_wandb is not None:
+            log_wandb(step, metrics)
+
+    progress = None if quiet else _Progress(config.num_train_steps, start, config.name)
+    if progress is None:
+        return trainer.run(config, exp_dir=exp_dir, batches=loader.batches, assets=assets, init_params=init,
+                           resume=resume, on_step=on_step)
+    with progress:
+        return trainer.run(config, exp_dir=exp_dir, batches=loader.batches, assets=assets, init_params=init,
+                           resume=resume, on_step=on_step)

@@ -33,7 +33,10 @@ def standard_presets(
             **common,
         ))
     # Chunks of 10 cover every built-in robot's open-loop execution; action_dim 32 as the full-size models.
-    tiny_model = dataclasses.replace(model_preset("pi0_tiny"), **({"action_dim": 32, "action_horizon": 10} | (tiny or {})))
+    # Prompts of a few words fit in 16 tokens.
+    tiny_model = dataclasses.replace(
+        model_preset("pi0_tiny"), **({"action_dim": 32, "action_horizon": 10, "max_token_len": 16} | (tiny or {}))
+    )
     configs.append(TrainConfig(
         name=f"pi0_{robot}_tiny", embodiment=embodiment, model=tiny_model, dataset=dataset, batch_size=16,
         num_train_steps=3_000, lr_schedule=TINY_SCHEDULE, log_interval=50, save_interval=500, keep_period=None,

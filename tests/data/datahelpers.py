@@ -21,7 +21,9 @@ def model_config(model_type: str = "pi0", **overrides):
     """A tiny model config with the full-size action_dim (the tiny presets' 8 is below ALOHA's 14)."""
     from pi0cli.models.config import preset
 
-    return dataclasses.replace(preset(f"{model_type}_tiny"), action_dim=32, action_horizon=HORIZON, **overrides)
+    # max_token_len None: the reference lengths (48 for pi0, 200 for pi0.5) instead of the tiny preset's 8.
+    overrides = {"action_dim": 32, "action_horizon": HORIZON, "max_token_len": None, **overrides}
+    return dataclasses.replace(preset(f"{model_type}_tiny"), **overrides)
 
 
 def train_sentencepiece(vocab_size: int = 320) -> bytes:

@@ -144,3 +144,14 @@ def test_create_checks_dims_and_stats(sp_model_bytes):
     # The train config's override turns delta actions off.
     assert Pipeline.create(emb, cfg, None, delta_action_mask=()).delta_action_mask is None
     assert Pipeline.create(emb, dataclasses.replace(cfg), None).delta_action_mask == emb.delta_action_mask
+
+
+def test_data_modules_import_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, pi0cli.pipeline, pi0cli.data, pi0cli.data.lerobot, pi0cli.data.loader, pi0cli.data.stats, "
+            "pi0cli.data.synthetic, pi0cli.models.tokenizer, pi0cli.cli.norm_stats; "
+            "print(sorted(m for m in ('jax', 'torch', 'lerobot', 'pyarrow', 'sentencepiece') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
