@@ -267,9 +267,9 @@ def _find_tokenizer(directory: Path, tokenizer: str | os.PathLike[str] | None, m
 
     if tokenizer is not None:
         return PaligemmaTokenizer(max_len, model=tokenizer)
-    local = directory / TOKENIZER_FILENAME
-    if local.is_file():
-        return PaligemmaTokenizer(max_len, model=local.read_bytes())
+    for local in (directory / TOKENIZER_FILENAME, directory / "assets" / TOKENIZER_FILENAME):  # policy / training step
+        if local.is_file():
+            return PaligemmaTokenizer(max_len, model=local.read_bytes())
     return PaligemmaTokenizer(max_len)
 
 

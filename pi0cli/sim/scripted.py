@@ -11,19 +11,27 @@ Position servos with friction lag behind their targets, so each step's command a
 correction for the measured joint error (an integral-like feedback on the arm joints); the command actually
 sent is what is recorded as the action.
 
-Episodes are first simulated without rendering; only successful ones are replayed (same seed, same commands:
-MuJoCo is deterministic) with the cameras on, so failures cost physics time only.
+Transfer-cube: the right arm picks the cube from above and lifts it to the middle; the left arm takes it from
+the side and the right lets go. Insertion: each arm picks its object from above (right the peg, left the
+socket), both meet in the middle, and once both objects are in hand the approach is re-planned from where
+they actually sit in the grippers before the right pushes the peg in. Waypoints marked ``joint=True`` are
+reached by interpolating joints between IK solutions (chosen among several starting postures), so that the
+large first moves never follow a Cartesian path through the wrist singularity.
+
+:func:`run_script` simulates without rendering (physics only, hundreds of steps/s);
+:mod:`pi0cli.sim.episodes` replays successful runs with cameras (MuJoCo is deterministic: same seed and
+commands, same states).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from pi0cli.sim import PROMPTS, ensure_headless_gl, task_name
+from pi0cli.sim import ensure_headless_gl
 
 ensure_headless_gl()
 
@@ -115,7 +123,11 @@ class ArmIK:
         rot = self.data.xmat[self.body].reshape(3, 3).copy()
         return self.data.xpos[self.body] + rot @ TCP_OFFSET, rot
 
-    def solve(self, pos: np.ndarray, rot: np.ndarray, q_init: np.ndarray, iters: int = 30, tol: float = 1e-4) -> np.ndarray:
+    def solve(
+        self, pos: np.ndarray, rot: np.ndarray, q_init: np.ndarray, iters: int = 30, tol: float = 1e-4
+    ) -> np.ndarray:
+        """Arm joints putting the tool centre point at ``pos`` with orientation ``rot``, iterating from ``q_init``
+        (the closest solution on its branch; joint limits enforced)."""
         q = np.clip(np.asarray(q_init, float).copy(), self.lower, self.upper)
         target_quat = mat_to_quat(rot)
         err = np.zeros(6)
@@ -255,7 +267,7 @@ def plan_insertion(poses: np.ndarray, start: dict[str, tuple[np.ndarray, np.ndar
     socket = np.array([poses[7], poses[8], SOCKET_HALF_HEIGHT])
     r_down = pointing([0, 0, -1], [0, -1, 0])
     l_down = pointing([0, 0, -1], [0, 1, 0])
-    peg_grip = np.array([0, 0, 0.027 - PEG_HALF_HEIGHT])  # fingertips ~3 mm above the table
+    peg_grip = np.array([0, 0, 0.033 - PEG_HALF_HEIGHT])  # fingertips ~9 mm above the table, clear of it
     socket_grip = np.array([-0.03, 0, 0.027 - SOCKET_HALF_HEIGHT])
     socket_meet = np.array([-0.06, 0.5, 0.20])  # socket centre at the insertion
     pre, push = 0.15, 0.095  # peg centre's distance along +x from the socket centre: before, and pushed in
@@ -267,7 +279,7 @@ def plan_insertion(poses: np.ndarray, start: dict[str, tuple[np.ndarray, np.ndar
         _wp(92, peg + peg_grip, r_down, 0.0),
         _wp(102, peg + peg_grip, r_down, 0.0),
         _wp(125, peg + peg_grip + [0, 0, 0.10], r_down, 0.0),
-        _wp(170, socket_meet + [pre, 0, 0] + peg_grip, r_down, 0.0),
+        _wp(170, socket_meet + [pre, 0, 0] + peg_grip, r_down, 0.0, joint=True),
     ]
     left = [
         _wp(0, l_start[0], l_start[1], 0.1),
@@ -276,24 +288,22 @@ def plan_insertion(poses: np.ndarray, start: dict[str, tuple[np.ndarray, np.ndar
         _wp(92, socket + socket_grip, l_down, 0.0),
         _wp(102, socket + socket_grip, l_down, 0.0),
         _wp(125, socket + socket_grip + [0, 0, 0.10], l_down, 0.0),
-        _wp(170, socket_meet + socket_grip, l_down, 0.0),
+        _wp(170, socket_meet + socket_grip, l_down, 0.0, joint=True),
     ]
 
     def replan(t: int, objects: np.ndarray, tcp: dict[str, np.ndarray]) -> dict[str, list[Waypoint]]:
-        # where the objects actually are relative to the tool centre points, once lifted
+        # Both objects are in hand and lined up (step 170): correct for where they actually sit in the grippers.
         peg_in_hand = tcp["right"] - objects[0:3]
         socket_in_hand = tcp["left"] - objects[7:10]
-        socket_at = socket_meet
-        new_right = [w for w in right if w.t <= t] + [
-            _wp(190, socket_at + [pre, 0, 0] + peg_in_hand, r_down, 0.0),
-            _wp(240, socket_at + [push, 0, 0] + peg_in_hand, r_down, 0.0),
-        ]
-        new_left = [w for w in left if w.t <= t] + [
-            _wp(190, socket_at + socket_in_hand, l_down, 0.0),
-        ]
+        hold_r = dataclasses.replace(right[-1], t=t, joint=False)
+        hold_l = dataclasses.replace(left[-1], t=t, joint=False)
+        new_right = [*right, hold_r,
+                     _wp(t + 20, socket_meet + [pre, 0, 0] + peg_in_hand, r_down, 0.0),
+                     _wp(t + 70, socket_meet + [push, 0, 0] + peg_in_hand, r_down, 0.0)]
+        new_left = [*left, hold_l, _wp(t + 20, socket_meet + socket_in_hand, l_down, 0.0)]
         return {"left": new_left, "right": new_right}
 
-    return {"left": left, "right": right, "replan": (150, replan)}
+    return {"left": left, "right": right, "replan": (175, replan)}
 
 
 PLANNERS = {"transfer_cube": plan_transfer_cube, "insertion": plan_insertion}

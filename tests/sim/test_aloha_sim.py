@@ -9,6 +9,25 @@ from pi0cli.sim import PROMPTS, task_name
 from pi0cli.sim.aloha import MAX_STEPS, AlohaSim, make_env, sample_object_poses
 
 
+def test_importing_the_package_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, pi0cli.sim; print(any(m in sys.modules for m in ('mujoco', 'dm_control', 'gym_aloha')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_headless_gl_default(monkeypatch):
+    from pi0cli.sim import ensure_headless_gl
+
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    assert ensure_headless_gl() == "egl"
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    assert ensure_headless_gl() == "osmesa"  # a user's choice is kept
+
+
 def test_task_names():
     for alias in ("transfer_cube", "transfer-cube", "AlohaTransferCube-v0", "gym_aloha/AlohaTransferCube-v0"):
         assert task_name(alias) == "transfer_cube"

@@ -64,3 +64,10 @@ def test_scripted_episodes_iterator_and_rollout():
 
     frames = list(rollout("transfer_cube", 0, act, max_steps=5, height=24, width=32, shadows=False))
     assert len(frames) == 5 and not frames[-1]["success"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scripted_insertion_succeeds(seed):
+    actions, success, max_reward = run_script("insertion", seed)
+    assert success and max_reward == 4 and actions.shape == (300, 14)
