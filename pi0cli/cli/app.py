@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from pi0cli import __version__
-from pi0cli.cli import console, convert, embodiments, norm_stats, serve, train
+from pi0cli.cli import console, convert, embodiments, evaluate, norm_stats, record, serve, train
 
 app = typer.Typer(
     name="pi0",
@@ -28,6 +28,8 @@ app.command("train")(train.train)
 app.add_typer(convert.app, name="convert")
 app.command("serve")(serve.serve)
 app.command("norm-stats")(norm_stats.norm_stats)
+app.command("record")(record.record)
+app.command("eval")(evaluate.evaluate)
 
 
 def _print_version(value: bool) -> None:

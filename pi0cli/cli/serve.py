@@ -19,7 +19,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8000,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="PI0_API_KEY", help="Require 'Authorization: Api-Key KEY' from clients.")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, max=256, help="Most requests run in one model call (1 turns batching off).")] = 8,
-    batch_window_ms: Annotated[float, typer.Option("--batch-window-ms", min=0.0, help="How long the first request of a batch waits for others.")] = 5.0,
+    batch_window_ms: Annotated[float, typer.Option("--batch-window-ms", min=0.0, help="How long the first request of a batch waits for others (not at all when every connected client is already waiting).")] = 10.0,
     record: Annotated[Path | None, typer.Option("--record", help="Save every request and reply to this directory (.npz).")] = None,
     max_message_mb: Annotated[float, typer.Option("--max-message-mb", min=0.001, help="Largest request accepted, in MiB.")] = 64.0,
     default_prompt: Annotated[str | None, typer.Option("--default-prompt", help="Prompt used when a request has none.")] = None,

@@ -3,9 +3,8 @@
     obs -> input transforms (per request, numpy) -> stack + pad to a compiled batch size
         -> jitted sample_actions -> unpad -> output transforms (per request) -> {"actions", "policy_timing"}
 
-The input and output transforms are plain callables (see :func:`make_transforms` for the standard chain:
-default prompt, embodiment inputs, delta actions, normalise, resize, tokenize, pad; and back: unnormalise,
-absolute actions, embodiment outputs). The model part is a ``sample(rng, batch) -> actions [B, H, A]``
+The input and output transforms are plain callables (:func:`make_transforms` gives the standard chains of
+:class:`pi0cli.pipeline.Pipeline`, the ones training uses). The model part is a ``sample(rng, batch) -> actions [B, H, A]``
 callable; :meth:`Policy.from_model` builds it from a ``Pi0`` module with one ``jax.jit`` whose weights are an
 argument (not baked-in constants), compiled once per batch size in :meth:`Policy.warmup`.
 
@@ -24,17 +23,7 @@ from typing import Any
 import numpy as np
 
 from pi0cli.errors import ObservationError, Pi0Error
-from pi0cli.transforms import (
-    AbsoluteActions,
-    Data,
-    DeltaActions,
-    InjectDefaultPrompt,
-    Normalize,
-    PadStatesAndActions,
-    ResizeImages,
-    Unnormalize,
-    compose,
-)
+from pi0cli.transforms import Data, compose
 
 #: Keys of the model's input batch (everything else the input transforms produce stays per request).
 MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
@@ -59,27 +48,12 @@ def batch_sizes_up_to(max_batch: int) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizePrompt:
-    """``prompt`` -> ``tokenized_prompt`` / ``tokenized_prompt_mask`` (pi0.5: with the discretised state)."""
-
-    tokenizer: Any
-    discrete_state: bool = False
+class ContiguousImages:
+    """Make every camera image C-contiguous: a CHW camera turned HWC is a strided view, which PIL resizes
+    about three times slower than a contiguous copy costs."""
 
     def __call__(self, data: Data) -> Data:
-        prompt = data.get("prompt")
-        if prompt is None:
-            raise ObservationError(
-                "the observation has no 'prompt' and the policy has no default prompt; send 'prompt' or start "
-                "the server with --default-prompt"
-            )
-        if not isinstance(prompt, str):
-            raise ObservationError(f"'prompt' must be a string, got {type(prompt).__name__}")
-        state = np.asarray(data["state"]) if self.discrete_state else None
-        tokens, mask = self.tokenizer.tokenize(prompt, state)
-        out = {k: v for k, v in data.items() if k != "prompt"}
-        out["tokenized_prompt"] = np.asarray(tokens, np.int32)
-        out["tokenized_prompt_mask"] = np.asarray(mask, bool)
-        return out
+        return {**data, "image": {slot: np.ascontiguousarray(img) for slot, img in data["image"].items()}}
 
 
 def make_transforms(
@@ -91,26 +65,20 @@ def make_transforms(
     default_prompt: str | None = None,
     delta_action_mask: Sequence[bool] | None | str = "embodiment",
 ) -> tuple[Callable[[Data], Data], Callable[[Data], Data]]:
-    """The standard inference chains (reference order) for an embodiment and a model config."""
-    mask = embodiment.delta_action_mask if delta_action_mask == "embodiment" else delta_action_mask
-    mask = tuple(mask) if mask else None
-    quantiles = model_config.model_type != "pi0"
-    height, width = model_config.image_resolution
-    inputs = compose(
-        InjectDefaultPrompt(default_prompt if default_prompt is not None else embodiment.default_prompt),
-        embodiment.inputs,
-        DeltaActions(mask),
-        Normalize(dict(norm_stats), use_quantiles=quantiles),
-        ResizeImages(height, width),
-        TokenizePrompt(tokenizer, discrete_state=model_config.uses_discrete_state),
-        PadStatesAndActions(model_config.action_dim),
-    )
-    outputs = compose(
-        Unnormalize(dict(norm_stats), use_quantiles=quantiles),
-        AbsoluteActions(mask),
-        embodiment.outputs,
-    )
-    return inputs, outputs
+    """The inference chains of :class:`pi0cli.pipeline.Pipeline` (the same transforms training uses):
+    default prompt, embodiment inputs, delta actions, normalise, resize, tokenize, pad; and back: unnormalise,
+    absolute actions, embodiment outputs. ``delta_action_mask``: ``"embodiment"`` (its own), or a mask
+    (``None`` / empty: absolute actions)."""
+    from pi0cli.pipeline import Pipeline
+
+    mask = None if delta_action_mask == "embodiment" else tuple(delta_action_mask or ())
+    pipeline = Pipeline.create(embodiment, model_config, norm_stats, tokenizer=tokenizer, delta_action_mask=mask,
+                               default_prompt=default_prompt)
+    inputs = pipeline.inference_inputs()
+    steps = tuple(inputs)
+    # Contiguous images just before the model-side step (resize), which is the last one.
+    inputs = compose(*steps[:-1], ContiguousImages(), steps[-1]) if steps else inputs
+    return inputs, pipeline.outputs()
 
 
 def _stack(items: Sequence[Any]) -> Any:
@@ -207,28 +175,37 @@ class Policy:
         """One observation -> ``{"actions": [H, robot_dim], "policy_timing": {"infer_ms"}}``."""
         return self.infer_batch([obs])[0]
 
+    def prepare(self, obs: Data) -> Data:
+        """The input transforms of one request (thread-safe; the server runs them off the model thread)."""
+        data = self.input_transform(obs)
+        missing = [k for k in ("image", "state") if k not in data]
+        if missing:
+            raise PolicyError(f"the input transforms produced no {missing}")
+        return data
+
     def infer_batch(self, observations: Sequence[Data], *, return_exceptions: bool = False) -> list[Any]:
         """Many observations in as few model calls as the batch sizes allow; one result per observation.
 
         With ``return_exceptions`` a request whose transforms fail yields its exception instead of a result
         (the others still run); otherwise the first failure is raised.
         """
-        results: list[Any] = [None] * len(observations)
-        prepared: list[tuple[int, Data]] = []
-        for i, obs in enumerate(observations):
+        prepared: list[Any] = []
+        for obs in observations:
             try:
-                data = self.input_transform(obs)
-                missing = [k for k in ("image", "state") if k not in data]
-                if missing:
-                    raise PolicyError(f"the input transforms produced no {missing}")
-                prepared.append((i, data))
+                prepared.append(self.prepare(obs))
             except Exception as exc:  # noqa: BLE001 - reported per request
                 if not return_exceptions:
                     raise
-                results[i] = exc
+                prepared.append(exc)
+        return self.run_prepared(prepared, return_exceptions=return_exceptions)
+
+    def run_prepared(self, prepared: Sequence[Any], *, return_exceptions: bool = True) -> list[Any]:
+        """Model + output transforms for requests already through :meth:`prepare` (exceptions pass through)."""
+        results: list[Any] = [p if isinstance(p, BaseException) else None for p in prepared]
+        todo = [(i, p) for i, p in enumerate(prepared) if not isinstance(p, BaseException)]
         step = self.max_batch
-        for start in range(0, len(prepared), step):
-            chunk = prepared[start : start + step]
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
             try:
                 self._run_chunk(chunk, results)
             except Exception as exc:  # noqa: BLE001

@@ -1,9 +1,10 @@
 """Dynamic batching: requests from many connections become one model call.
 
 The event loop never runs the model. Each connection handler awaits :meth:`DynamicBatcher.submit`; one
-worker thread collects what is queued, waits at most ``window_s`` after the oldest request for more to
-arrive (or less, when every open connection already has a request waiting, or the batch is full), hands the
-whole batch to ``process`` and resolves each request's future on the event loop.
+worker thread collects what is queued, waits at most ``window_s`` for more to arrive (counted from the
+oldest request, or from the end of the previous batch if that is later, so the clients it just served can
+join), but not at all once every open connection has a request waiting or the batch is full; then it hands
+the whole batch to ``process`` and resolves each request's future on the event loop.
 
 ``process`` gets a list of items and returns one result per item; an item's result may be an exception
 instance, which is raised in that request's handler only, so one bad request never fails its batchmates.
@@ -77,6 +78,7 @@ class DynamicBatcher:
         max_queue: int = 1024,
         warmup: Callable[[], None] | None = None,
         active_clients: Callable[[], int] | None = None,
+        incoming: Callable[[], int] | None = None,
         name: str = "pi0-batcher",
     ):
         if max_batch < 1:
@@ -89,12 +91,14 @@ class DynamicBatcher:
         self.max_queue = int(max_queue)
         self._warmup = warmup
         self._active_clients = active_clients
+        self._incoming = incoming
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self.stats = BatchStats()
+        self._free_since = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -116,8 +120,9 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------------------------ submitting
 
-    async def submit(self, item: Any) -> Any:
-        """Queue ``item`` and wait for its result (raises the item's exception, if any)."""
+    async def submit(self, item: Any, arrived: float | None = None) -> Any:
+        """Queue ``item`` and wait for its result (raises the item's exception, if any). ``arrived``: when the
+        request reached the server (``time.perf_counter()``), if earlier than now; the window counts from it."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._cond:
@@ -127,7 +132,7 @@ class DynamicBatcher:
                 raise BatcherClosedError(f"the model failed to start: {self.failed}")
             if len(self._queue) >= self.max_queue:
                 raise OverloadedError(f"{len(self._queue)} requests are already waiting; retry shortly")
-            self._queue.append(_Pending(item, future, loop, time.perf_counter()))
+            self._queue.append(_Pending(item, future, loop, arrived if arrived is not None else time.perf_counter()))
             self._cond.notify()
         return await future
 
@@ -149,14 +154,20 @@ class DynamicBatcher:
                 self._cond.wait()
             if self._closed:
                 return None
-            deadline = self._queue[0].arrived + self.window_s
+            # The window counts from the later of the oldest arrival and the end of the previous batch: the
+            # clients served by that batch send their next request right away and should catch this one.
+            deadline = max(self._queue[0].arrived, self._free_since) + self.window_s
+            # Requests already received but still in their input transforms are worth a little more wait.
+            hard_deadline = deadline + max(self.window_s, 0.02)
             while len(self._queue) < self.max_batch and not self._closed:
-                if self._active_clients is not None and len(self._queue) >= self._active_clients():
+                incoming = self._incoming() if self._incoming is not None else 0
+                if not incoming and self._active_clients is not None and len(self._queue) >= self._active_clients():
                     break  # everyone who could ask is already waiting
-                remaining = deadline - time.perf_counter()
+                now = time.perf_counter()
+                remaining = (hard_deadline if incoming else deadline) - now
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, 0.002) if incoming else remaining)
             if self._closed:
                 return None
             count = min(self.max_batch, len(self._queue))
@@ -195,3 +206,4 @@ class DynamicBatcher:
             self.stats.sizes[len(batch)] += 1
             for pending, result in zip(batch, results):
                 self._post(pending, result)
+            self._free_since = time.perf_counter()

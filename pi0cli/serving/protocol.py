@@ -49,7 +49,7 @@ def _encode_default(obj: Any) -> Any:
             raise ProtocolError(f"cannot send an array of dtype {obj.dtype} (kind {obj.dtype.kind!r}); "
                                 "only bool, integer and float arrays travel on the wire")
         arr = obj if obj.flags.c_contiguous else obj.copy(order="C")
-        return {NDARRAY_KEY: True, b"data": arr.tobytes(), b"dtype": arr.dtype.str, b"shape": list(arr.shape)}
+        return {NDARRAY_KEY: True, b"data": _raw_bytes(arr), b"dtype": arr.dtype.str, b"shape": list(arr.shape)}
     if isinstance(obj, np.generic):
         if obj.dtype.kind not in ALLOWED_KINDS:
             raise ProtocolError(f"cannot send a numpy scalar of dtype {obj.dtype}")
@@ -58,6 +58,16 @@ def _encode_default(obj: Any) -> Any:
         return list(obj)
     raise ProtocolError(f"cannot send a value of type {type(obj).__name__}; use dicts, lists, numbers, strings "
                         "and numpy arrays")
+
+
+def _raw_bytes(arr: np.ndarray) -> Any:
+    """The array's C-order bytes without a copy (msgpack packs a byte memoryview as bin, like bytes)."""
+    if arr.size == 0:
+        return b""
+    try:
+        return arr.data.cast("B")
+    except (TypeError, ValueError):  # formats memoryview cannot cast (e.g. non-native byte order)
+        return arr.tobytes()
 
 
 def packb(obj: Any) -> bytes:

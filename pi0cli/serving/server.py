@@ -18,6 +18,7 @@ limit close that connection with code 1009 (the websockets library's limit; noth
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import http
@@ -56,11 +57,12 @@ class PolicyServer:
         port: int = 8000,
         api_key: str | None = None,
         max_batch: int = 8,
-        batch_window_ms: float = 5.0,
+        batch_window_ms: float = 10.0,
         max_message_bytes: int | None = 64 * 2**20,
         recorder: Any | None = None,
         metadata: Mapping[str, Any] | None = None,
         warmup: bool = True,
+        prepare_threads: int = 2,
     ):
         self.policy = policy
         self.embodiment = embodiment
@@ -72,15 +74,21 @@ class PolicyServer:
         self.metadata = dict(metadata if metadata is not None else getattr(policy, "metadata", {}) or {})
         self._metadata_frame = protocol.packb(self.metadata)
         self._connections = 0
+        self._preparing = 0
         self.requests = 0
         self.errors = 0
         self.warmup_s: float | None = None
         self._server: Any = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Per-request input transforms (image resizing, tokenizing) run on a small pool, overlapping the model.
+        self._prepare = getattr(policy, "prepare", None)
+        self._prepare_pool = concurrent.futures.ThreadPoolExecutor(prepare_threads, thread_name_prefix="pi0-prepare") \
+            if self._prepare is not None else None
         self.batcher = DynamicBatcher(
             self._process, max_batch=max_batch, window_s=batch_window_ms / 1000.0,
             warmup=self._warmup if warmup else None, active_clients=lambda: self._connections,
+            incoming=lambda: self._preparing,
         )
 
     # ---------------------------------------------------------------------------------------------- model
@@ -92,6 +100,8 @@ class PolicyServer:
         log.info("model compiled for every batch size in %.1f s", self.warmup_s)
 
     def _process(self, items: list[Any]) -> list[Any]:
+        if self._prepare is not None:
+            return self.policy.run_prepared(items, return_exceptions=True)
         return self.policy.infer_batch(items, return_exceptions=True)
 
     @property
@@ -138,7 +148,15 @@ class PolicyServer:
                 self.requests += 1
                 try:
                     obs = protocol.decode_request(message, self.embodiment)
-                    result = await self.batcher.submit(obs)
+                    item = obs
+                    if self._prepare_pool is not None:
+                        self._preparing += 1
+                        try:
+                            item = await asyncio.get_running_loop().run_in_executor(
+                                self._prepare_pool, self._prepare, obs)
+                        finally:
+                            self._preparing -= 1
+                    result = await self.batcher.submit(item, arrived=start)
                 except Pi0Error as exc:
                     self.errors += 1
                     await ws.send(protocol.error_text(exc))
@@ -201,6 +219,8 @@ class PolicyServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5.0)
             self.batcher.close()
+            if self._prepare_pool is not None:
+                self._prepare_pool.shutdown(wait=False, cancel_futures=True)
             if self.recorder is not None:
                 self.recorder.close()
 

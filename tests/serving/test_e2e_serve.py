@@ -39,8 +39,9 @@ def _health(port: int) -> int:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 def test_pi0_serve_with_openpi_client_and_pi0_client(tiny_checkpoint, tmp_path):
-    from openpi_client.action_chunk_broker import ActionChunkBroker as OpenpiBroker
-    from openpi_client.websocket_client_policy import WebsocketClientPolicy as OpenpiClient
+    reason = "pip install --no-deps openpi-client dm-tree pillow"
+    OpenpiBroker = pytest.importorskip("openpi_client.action_chunk_broker", reason=reason).ActionChunkBroker
+    OpenpiClient = pytest.importorskip("openpi_client.websocket_client_policy", reason=reason).WebsocketClientPolicy
     from websockets.exceptions import InvalidStatus
 
     from pi0cli.client import ActionChunkBroker, Environment, PolicyAgent, Runtime, Subscriber, WebsocketClientPolicy

@@ -64,7 +64,9 @@ def test_health_is_503_until_every_batch_size_is_compiled(aloha_sim):
 
 @pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 def test_metadata_first_then_actions_with_openpi_client(fake_server, aloha_sim):
-    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+    WebsocketClientPolicy = pytest.importorskip(
+        "openpi_client.websocket_client_policy", reason="pip install --no-deps openpi-client dm-tree pillow"
+    ).WebsocketClientPolicy
 
     client = WebsocketClientPolicy("127.0.0.1", fake_server.port, api_key="secret")
     assert client.get_server_metadata() == {"reset_pose": [0.0, -1.5, 1.5], "server": "fake"}
@@ -81,7 +83,9 @@ def test_metadata_first_then_actions_with_openpi_client(fake_server, aloha_sim):
 
 @pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 def test_api_key_is_required(fake_server):
-    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+    WebsocketClientPolicy = pytest.importorskip(
+        "openpi_client.websocket_client_policy", reason="pip install --no-deps openpi-client dm-tree pillow"
+    ).WebsocketClientPolicy
 
     for key in (None, "wrong"):
         with pytest.raises(InvalidStatus) as info:

@@ -1,0 +1,1 @@
+"""Evaluating policies: closed-loop rollouts in simulation, success statistics and reports."""

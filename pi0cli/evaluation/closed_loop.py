@@ -1,0 +1,124 @@
+"""Closed-loop evaluation in simulation: episodes through the action-chunk broker, success with a confidence
+interval, per-episode return, mp4 videos and a JSON report with provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPORT_FILENAME = "report.json"
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% by default); sound for small n and rates near 0 or 1."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeResult:
+    seed: int
+    success: bool
+    episode_return: float
+    max_reward: float
+    steps: int
+    seconds: float
+    video: str | None
+
+
+def run_episode(task: str, seed: int, policy: Any, *, open_loop_steps: int, video: Path | None = None,
+                fps: float = 50.0, **render: Any) -> EpisodeResult:
+    """One closed-loop episode: the policy is asked for a chunk every ``open_loop_steps`` steps."""
+    from pi0cli.client.broker import ActionChunkBroker
+    from pi0cli.sim.episodes import rollout
+
+    broker = ActionChunkBroker(policy, action_horizon=open_loop_steps)
+    frames: list[np.ndarray] = []
+    total, best, steps, success = 0.0, 0.0, 0, False
+    start = time.perf_counter()
+    for frame in rollout(task, seed, lambda obs: broker.infer(obs)["actions"], **render):
+        total += frame["reward"]
+        best = max(best, frame["reward"])
+        steps += 1
+        success = success or frame["success"]
+        if video is not None:
+            frames.append(np.transpose(frame["observation"]["images"]["cam_high"], (1, 2, 0)))
+    if video is not None and frames:
+        write_video(video, frames, fps)
+    return EpisodeResult(seed, success, total, best, steps, time.perf_counter() - start,
+                         str(video) if video is not None and frames else None)
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
+    """An H.264 mp4 of uint8 HWC frames (PyAV, no system FFmpeg needed)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("pi0", "jax", "flax", "numpy", "mujoco", "gym-aloha", "lerobot"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def evaluate(task: str, seeds: Sequence[int], policy: Any, *, open_loop_steps: int, out: Path | None,
+             provenance: dict[str, Any], videos: bool = True, on_episode: Callable[[EpisodeResult], None] | None = None,
+             **render: Any) -> dict[str, Any]:
+    """Run every seed and return (and write to ``out/report.json``) the report."""
+    results = []
+    for seed in seeds:
+        video = out / "videos" / f"episode_{seed:05d}.mp4" if (out is not None and videos) else None
+        result = run_episode(task, seed, policy, open_loop_steps=open_loop_steps, video=video, **render)
+        results.append(result)
+        if on_episode is not None:
+            on_episode(result)
+    successes = sum(r.success for r in results)
+    low, high = wilson_interval(successes, len(results))
+    report = {
+        "task": task,
+        "episodes": len(results),
+        "successes": successes,
+        "success_rate": successes / len(results) if results else 0.0,
+        "success_rate_ci95": [low, high],
+        "mean_return": float(np.mean([r.episode_return for r in results])) if results else 0.0,
+        "open_loop_steps": open_loop_steps,
+        "render": {k: v for k, v in render.items() if isinstance(v, (bool, int, float, str, tuple, list))},
+        "per_episode": [dataclasses.asdict(r) for r in results],
+        "provenance": {**provenance, "seeds": list(seeds), "packages": package_versions(),
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{REPORT_FILENAME}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+        tmp.replace(out / REPORT_FILENAME)
+    return report
