@@ -94,6 +94,7 @@ def evaluate(task: str, seeds: Sequence[int], policy: Any, *, open_loop_steps: i
              provenance: dict[str, Any], videos: bool = True, on_episode: Callable[[EpisodeResult], None] | None = None,
              **render: Any) -> dict[str, Any]:
     """Run every seed and return (and write to ``out/report.json``) the report."""
+    out = None if out is None else Path(out).absolute()
     results = []
     for seed in seeds:
         video = out / "videos" / f"episode_{seed:05d}.mp4" if (out is not None and videos) else None
