@@ -124,8 +124,21 @@ def _time(fn, *args, repeats: int) -> dict:
     return {"median_ms": statistics.median(ts) * 1e3, "min_ms": min(ts) * 1e3}
 
 
-def tiny_latency(repeats: int, num_steps: int) -> dict:
-    cfg = C.preset("pi0_tiny")
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """Median/min wall time of each zero-argument fn, calls interleaved so load changes hit all alike."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # compile + warm up
+    ts = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts[k].append(time.perf_counter() - t0)
+    return {k: {"median_ms": statistics.median(v) * 1e3, "min_ms": min(v) * 1e3} for k, v in ts.items()}
+
+
+def tiny_latency(repeats: int, num_steps: int, resolution: tuple[int, int]) -> dict:
+    cfg = C.preset("pi0_tiny", image_resolution=resolution)
     model = Pi0(cfg, nnx.Rngs(0))
     h, w = cfg.image_resolution
     obs = Observation(
@@ -138,14 +151,42 @@ def tiny_latency(repeats: int, num_steps: int) -> dict:
     noise = jnp.ones((1, cfg.action_horizon, cfg.action_dim))
     cached = nnx.jit(lambda m, o, n: m.sample_actions(None, o, num_steps=num_steps, noise=n))
     full = nnx.jit(lambda m, o, n: m.sample_actions(None, o, num_steps=num_steps, noise=n, use_kv_cache=False))
-    res = {"config": "pi0_tiny", "num_steps": num_steps, "prefix_tokens": cfg.prefix_len,
+    res = {"config": f"pi0_tiny @ {h}x{w}", "num_steps": num_steps, "prefix_tokens": cfg.prefix_len,
            "suffix_tokens": cfg.suffix_len}
-    res["cached"] = _time(cached, model, obs, noise, repeats=repeats)
-    res["uncached_baseline"] = _time(full, model, obs, noise, repeats=repeats)
-    res["speedup_uncached_over_cached"] = res["uncached_baseline"]["median_ms"] / res["cached"]["median_ms"]
+    res.update(_interleaved({"cached": lambda: cached(model, obs, noise),
+                             "uncached_baseline": lambda: full(model, obs, noise)}, repeats))
+    res["speedup_cached_vs_uncached(median)"] = res["uncached_baseline"]["median_ms"] / res["cached"]["median_ms"]
+    res["speedup_cached_vs_uncached(min)"] = res["uncached_baseline"]["min_ms"] / res["cached"]["min_ms"]
     a, b = cached(model, obs, noise), full(model, obs, noise)
     res["max_abs_diff_cached_vs_uncached"] = float(jnp.abs(a - b).max())
     return res
+
+
+def tiny_train_step(repeats: int, batch: int = 8) -> dict:
+    """One AdamW step (loss, grads, update) of the tiny pi0 at batch 8, jitted."""
+    import optax
+
+    cfg = C.preset("pi0_tiny")
+    model = Pi0(cfg, nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
+    h, w = cfg.image_resolution
+    obs = Observation(
+        images={k: jnp.zeros((batch, h, w, 3)) for k in cfg.image_keys},
+        image_masks={k: jnp.ones(batch, bool) for k in cfg.image_keys},
+        state=jnp.zeros((batch, cfg.action_dim)),
+        tokenized_prompt=jnp.ones((batch, cfg.token_len), jnp.int32),
+        tokenized_prompt_mask=jnp.ones((batch, cfg.token_len), bool),
+    )
+    actions = jnp.ones((batch, cfg.action_horizon, cfg.action_dim))
+
+    @nnx.jit
+    def step(model, opt, obs, actions, key):
+        loss, grads = nnx.value_and_grad(lambda m: m.compute_loss(key, obs, actions, train=True).mean())(model)
+        opt.update(model, grads)
+        return loss
+
+    return {"config": "pi0_tiny", "batch": batch,
+            **_time(lambda k: step(model, opt, obs, actions, k), jax.random.key(0), repeats=repeats)}
 
 
 def main() -> None:
@@ -157,8 +198,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     results = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": str(jax.devices())}
-    results["tiny"] = tiny_latency(args.repeats, args.num_steps)
-    print(json.dumps({"tiny": results["tiny"]}, indent=2), flush=True)
+    results["tiny"] = tiny_latency(args.repeats, args.num_steps, (32, 32))
+    # the same tiny network on 96x96 images: a longer prefix (3 * 144 image tokens), where caching matters
+    results["tiny_96px"] = tiny_latency(args.repeats, args.num_steps, (96, 96))
+    results["tiny_train_step"] = tiny_train_step(args.repeats)
+    print(json.dumps({k: results[k] for k in ("tiny", "tiny_96px", "tiny_train_step")}, indent=2), flush=True)
     if not args.skip_full:
         results["full_pi0_bf16"] = full_size(args.num_steps, not args.skip_flops)
         print(json.dumps({"full_pi0_bf16": results["full_pi0_bf16"]}, indent=2), flush=True)

@@ -80,7 +80,9 @@ class Observation:
 
 
 def resize_with_pad(images: jax.Array, height: int, width: int, pad_value: float = -1.0) -> jax.Array:
-    """Resize ``[..., h, w, c]`` keeping the aspect ratio (bilinear), then pad centred to ``[..., height, width, c]``."""
+    """Resize ``[..., h, w, c]`` keeping the aspect ratio (bilinear), then pad centred to ``[..., height, width, c]``.
+
+    A no-op (the same array) at the target size."""
     h, w = images.shape[-3:-1]
     if (h, w) == (height, width):
         return images
@@ -113,7 +115,10 @@ def _rotate(key: jax.Array, img: jax.Array, max_deg: float = 5.0) -> jax.Array:
     # Inverse map: sample the source at the output pixel rotated by -angle.
     sy = cos * (yy - cy) - sin * (xx - cx) + cy
     sx = sin * (yy - cy) + cos * (xx - cx) + cx
-    chans = [jax.scipy.ndimage.map_coordinates(img[..., k], [sy, sx], order=1, mode="constant", cval=0.0) for k in range(c)]
+    chans = [
+        jax.scipy.ndimage.map_coordinates(img[..., k], [sy, sx], order=1, mode="constant", cval=0.0)
+        for k in range(c)
+    ]
     return jnp.stack(chans, axis=-1)
 
 

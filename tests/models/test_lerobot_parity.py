@@ -20,7 +20,7 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from conftest import make_obs  # noqa: E402
+from model_helpers import make_obs  # noqa: E402
 from pi0cli.models import config as C  # noqa: E402
 from pi0cli.models.params import export_flat  # noqa: E402
 from pi0cli.models.pi0 import Pi0  # noqa: E402

@@ -12,7 +12,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from conftest import make_obs  # noqa: E402
+from model_helpers import make_obs, tiny_model  # noqa: E402
 from pi0cli.errors import UnknownNameError  # noqa: E402
 from pi0cli.models import config as C  # noqa: E402
 from pi0cli.models.freeze import freeze_mode_for, trainable_filter  # noqa: E402
@@ -27,7 +27,7 @@ def _trainable_keys(model, mode, **kw):
 
 @pytest.fixture(scope="module")
 def lora_model():
-    return Pi0(C.preset("pi0_tiny_lora"), nnx.Rngs(0))
+    return tiny_model("pi0_tiny_lora")
 
 
 def test_freeze_filters(lora_model):
@@ -69,10 +69,10 @@ def test_lora_step_changes_only_trainable(lora_model):
     assert any("lora" in k for k in changed) and "action_out_proj/kernel" in changed
 
 
-def _train_setup(name, batch=8):
+def _train_setup(name, batch=8, lr=3e-3):
     cfg = C.preset(name)
     model = Pi0(cfg, nnx.Rngs(0))
-    opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+    opt = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
     obs = make_obs(cfg, batch=batch, seed=1)
     k1, k2, k3 = jax.random.split(jax.random.key(42), 3)
     actions = jax.random.normal(k1, (batch, cfg.action_horizon, cfg.action_dim))
@@ -91,15 +91,17 @@ def _train_setup(name, batch=8):
     return model, opt, (obs, actions, noise, t), step
 
 
-@pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny"])
-def test_tiny_model_overfits_fixed_batch(name):
-    """Fixed batch = fixed observation, actions, noise and time: the loss must fall by 90%."""
-    model, opt, batch, step = _train_setup(name)
+def test_tiny_model_overfits_fixed_batch():
+    """Fixed batch = fixed observation, actions, noise and time: the loss must fall by 90% in 100 Adam steps.
+
+    (pi0 only, to keep the test short: compiling the train step dominates on CPU; pi0.5's gradients are
+    exercised by test_pi0.py::test_scan_remat_and_unrolled_layers_agree.)"""
+    model, opt, batch, step = _train_setup("pi0_tiny", lr=1e-2)
     losses = [float(step(model, opt, *batch))]  # includes compilation
     t0 = time.perf_counter()
-    for _ in range(299):
+    for _ in range(99):
         losses.append(float(step(model, opt, *batch)))
-    per_step = (time.perf_counter() - t0) / 299
+    per_step = (time.perf_counter() - t0) / 99
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
     # one training step at batch 8 on this CPU takes well under a second
     assert per_step < 0.5, per_step

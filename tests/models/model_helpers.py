@@ -1,4 +1,4 @@
-"""Shared helpers for the model tests: tiny configs, random observations, cached tiny models."""
+"""Shared helpers for the model tests (a plain module, not a conftest: tests/conftest.py owns that name)."""
 
 from __future__ import annotations
 
