@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pi0cli.errors import ContractError, ObservationError
-from pi0cli.transforms import Data, Repack, Transform, flatten, has_path, lookup, to_uint8_hwc
+from pi0cli.transforms import Data, Repack, Transform, has_path, lookup, to_uint8_hwc
 
 #: The model's image slots (pi0 / pi0.5), in the order the model consumes them.
 MODEL_IMAGE_SLOTS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
@@ -328,7 +328,3 @@ class RobotInputs:
             out["prompt"] = prompt.decode() if isinstance(prompt, bytes) else str(prompt)
         return out
 
-
-def observation_keys(obs: Mapping[str, Any]) -> list[str]:
-    """All leaf paths of an observation (for error messages and listings)."""
-    return sorted(flatten(obs))

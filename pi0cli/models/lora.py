@@ -34,7 +34,7 @@ def _lora_equations(eqn: str) -> tuple[str, str]:
     inputs, out = eqn.split("->")
     lhs, w = inputs.split(",")
     rank = next(c for c in "rRLZ" if c not in eqn)
-    w_in, w_out = w[-2], w[-1]
+    w_out = w[-1]
     mid = out.replace(w_out, rank)
     return f"{lhs},{w[:-1]}{rank}->{mid}", f"{mid},{w[:-2]}{rank}{w_out}->{out}"
 

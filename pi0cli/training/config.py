@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pi0cli.errors import Pi0Error, UnknownNameError
+from pi0cli.errors import Pi0Error
 from pi0cli.models.config import Pi0Config
 
 FreezeMode = Literal["full", "lora_vlm", "lora_expert", "lora_both"]

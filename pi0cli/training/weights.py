@@ -9,14 +9,13 @@ the wrong shape is an error naming the key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pi0cli.errors import Pi0Error
-from pi0cli.models.params import ParamTreeError, export_flat, flatten, import_params, strip_value_leaves, unflatten
+from pi0cli.models.params import ParamTreeError, export_flat, flatten, import_params, unflatten
 
 
 class WeightsError(Pi0Error):
@@ -37,17 +36,10 @@ def params_dir(path: Path) -> Path:
 
 
 def read_checkpoint_params(path: Path) -> dict[str, Any]:
-    """The reference-named parameter tree of a pi0 or openpi checkpoint, as numpy arrays."""
-    import orbax.checkpoint as ocp
+    """The reference-named parameter tree of a pi0 or openpi checkpoint, flat, as numpy arrays."""
+    from pi0cli.policy.loading import read_params
 
-    item = params_dir(path)
-    try:
-        tree = ocp.PyTreeCheckpointer().restore(item)
-    except Exception as exc:  # orbax raises many types for unreadable directories
-        raise WeightsError(f"cannot read the params of {item}: {exc}") from None
-    if isinstance(tree, Mapping) and set(tree) == {"params"}:
-        tree = tree["params"]
-    return {k: np.asarray(v) for k, v in flatten(strip_value_leaves(tree)).items()}
+    return {k: np.asarray(v) for k, v in flatten(read_params(params_dir(path))).items()}
 
 
 def read_paligemma_npz(path: Path) -> dict[str, np.ndarray]:
