@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from net_helpers import free_port
 
 PI0 = [sys.executable, "-m", "pi0cli"]
 ENV = {**os.environ, "COLUMNS": "200", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
@@ -39,11 +39,6 @@ def test_record_two_scripted_episodes(tmp_path):
     assert np.abs(np.diff(state, axis=0)).max() > 0.01  # the arms move
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_eval_through_a_server_matches_eval_of_the_checkpoint(tmp_path):
@@ -53,7 +48,7 @@ def test_eval_through_a_server_matches_eval_of_the_checkpoint(tmp_path):
     make_tiny_checkpoint(tmp_path / "ckpt", load_registry({}).embodiment("aloha_sim"))
     direct = _pi0("eval", "aloha_sim", "--checkpoint", "ckpt", "--episodes", "1", "--out", "direct", cwd=tmp_path)
     assert direct.returncode == 0, direct.stderr
-    port = _free_port()
+    port = free_port()
     # One request per model call: the same noise as the checkpoint evaluated directly.
     server = subprocess.Popen([*PI0, "serve", "--checkpoint", "ckpt", "--embodiment", "aloha_sim", "--host", "127.0.0.1",
                                "--port", str(port), "--max-batch", "1"], cwd=tmp_path, env=ENV,

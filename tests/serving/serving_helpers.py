@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
 import numpy as np
 
+from net_helpers import free_port  # noqa: F401  (re-exported for the serving tests)
+
 from pi0cli.transforms import PadStatesAndActions, compose
 
 HORIZON = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_policy(embodiment: Any, *, delay_s: float = 0.0, batch_sizes=(1, 2, 4, 8), per_item_s: float = 0.0):

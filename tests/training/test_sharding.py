@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from net_helpers import free_port
 
 from pi0cli.training.sharding import fsdp_spec
 
@@ -47,15 +47,10 @@ def test_fsdp_on_four_devices_matches_one_device(tmp_path):
     np.testing.assert_allclose(four["losses"], one["losses"], atol=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_processes_through_jax_distributed_match_one(tmp_path):
-    coordinator = f"127.0.0.1:{_free_port()}"
+    coordinator = f"127.0.0.1:{free_port()}"
     # Both processes write one checkpoint together, as on a shared file system.
     procs = [_run(tmp_path, f"proc{i}", "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i),
                   exp="distributed") for i in range(2)]
