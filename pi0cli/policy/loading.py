@@ -19,13 +19,14 @@ reader never sees half a checkpoint. :func:`make_tiny_checkpoint` builds a rando
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,31 +104,31 @@ def save_policy_checkpoint(
 
     ``params`` is the reference-named tree (``pi0cli.models.params.export_params(model)``).
     """
-    import orbax.checkpoint as ocp
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        write_params(tmp / "params", params)
+        save_norm_stats(norm_stats, tmp / "assets" / asset_id)
+        write_checkpoint_config(tmp / CONFIG_FILENAME, model_config=model_config, embodiment=embodiment,
+                                asset_id=asset_id, default_prompt=default_prompt,
+                                delta_action_mask=delta_action_mask, metadata=metadata)
+        if tokenizer is not None:
+            (tmp / TOKENIZER_FILENAME).write_bytes(tokenizer)
+    return Path(directory).absolute()
 
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``directory`` to fill; on success it replaces ``directory`` in one rename.
+
+    On any error (or Ctrl-C) the temporary directory is removed and an existing ``directory`` is untouched.
+    """
     target = Path(directory).absolute()
     if target.exists() and not overwrite:
-        raise CheckpointError(f"{target} already exists; pass overwrite=True or choose another directory")
+        raise CheckpointError(f"{target} already exists; pass --overwrite (overwrite=True) or choose another directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        checkpointer = ocp.PyTreeCheckpointer()
-        checkpointer.save(tmp / "params", {"params": _as_numpy_tree(params)})
-        save_norm_stats(norm_stats, tmp / "assets" / asset_id)
-        config = {
-            "format": FORMAT,
-            "model": config_to_dict(model_config),
-            "embodiment": embodiment,
-            "asset_id": asset_id,
-            "default_prompt": default_prompt,
-            "delta_action_mask": delta_action_mask if delta_action_mask in ("embodiment", None)
-            else [bool(v) for v in delta_action_mask],
-            "metadata": json.loads(json.dumps(dict(metadata or {}))),
-        }
-        (tmp / CONFIG_FILENAME).write_text(json.dumps(config, indent=2, sort_keys=True))
-        if tokenizer is not None:
-            (tmp / TOKENIZER_FILENAME).write_bytes(tokenizer)
+        yield tmp
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(target, old)
@@ -138,7 +139,37 @@ def save_policy_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
+
+
+def write_params(params_dir: Path, params: Mapping[str, Any]) -> None:
+    """Write a reference-named parameter tree as the orbax ``params/`` item (``{"params": tree}``)."""
+    import orbax.checkpoint as ocp
+
+    ocp.PyTreeCheckpointer().save(Path(params_dir).absolute(), {"params": _as_numpy_tree(params)})
+
+
+def write_checkpoint_config(
+    path: Path,
+    *,
+    model_config: Any,
+    embodiment: str | None,
+    asset_id: str | None,
+    default_prompt: str | None = None,
+    delta_action_mask: Sequence[bool] | None | str = "embodiment",
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``pi0_config.json`` (the format documented at the top of this module)."""
+    config = {
+        "format": FORMAT,
+        "model": config_to_dict(model_config),
+        "embodiment": embodiment,
+        "asset_id": asset_id,
+        "default_prompt": default_prompt,
+        "delta_action_mask": delta_action_mask if delta_action_mask in ("embodiment", None)
+        else [bool(v) for v in delta_action_mask],
+        "metadata": json.loads(json.dumps(dict(metadata or {}))),
+    }
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def train_tiny_tokenizer(sentences: Sequence[str] = ()) -> bytes:

@@ -1,0 +1,196 @@
+"""``pi0 convert checkpoint --verify``: the same observation and noise through every implementation that can
+load each side of a conversion; the max abs difference of the actions against the source run in JAX.
+
+Implementations: our JAX model for every format, and LeRobot's PyTorch pi0 / pi0.5 for a LeRobot directory.
+Everything runs in float32 (a bfloat16 checkpoint is upcast), 10 Euler steps, the KV-cached sampler.
+
+LeRobot computes the flow-matching time embedding in float64 where the reference (and pi0) use float32; on random
+weights that alone moves the actions by ~1e-4. So LeRobot is run twice: as shipped (reported), and with its time
+embedding computed in float32 (gated): the gate is about the converted weights, not about that precision choice.
+
+LeRobot builds only the full-size model (Gemma 2B + 300M, So400m). For reduced configs (tests) its Gemma variant
+table is pointed at the checkpoint's sizes while the model is built, and its vision tower and token embedding
+are resized to match; its joint attention hard-codes 8 heads, so reduced configs must keep 8 heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from pi0cli.convert.aloha_hdf5 import ConversionError
+from pi0cli.convert.checkpoints import Checkpoint, is_full_size, lerobot_config
+
+NUM_STEPS = 10
+LEROBOT_HEADS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    """Max abs action differences against the source (JAX) run, by implementation name."""
+
+    differences: dict[str, float]
+    gated: tuple[str, ...]
+    tolerance: float
+    max_abs_action: float
+
+    @property
+    def passed(self) -> bool:
+        return all(self.differences[name] <= self.tolerance for name in self.gated)
+
+
+def example_inputs(model_config: Any, *, batch: int = 2, seed: int = 0) -> tuple[Any, np.ndarray]:
+    """A deterministic model-level observation (images in [-1, 1], a padded prompt, the last camera masked when
+    there are several) and the flow-matching noise for it."""
+    import jax.numpy as jnp
+
+    from pi0cli.models.observation import Observation
+
+    rng = np.random.default_rng(seed)
+    h, w = model_config.image_resolution
+    keys = model_config.image_keys
+    images = {k: jnp.asarray(rng.uniform(-1, 1, (batch, h, w, 3)), jnp.float32) for k in keys}
+    masks = {k: jnp.asarray(np.full(batch, i < max(1, len(keys) - 1))) for i, k in enumerate(keys)}
+    length = model_config.token_len
+    token_mask = np.arange(length)[None, :] < np.array([max(1, length - 2 - i) for i in range(batch)])[:, None]
+    tokens = rng.integers(1, model_config.vlm.vocab_size, (batch, length)) * token_mask
+    obs = Observation(images=images, image_masks=masks,
+                      state=jnp.asarray(rng.normal(size=(batch, model_config.action_dim)), jnp.float32),
+                      tokenized_prompt=jnp.asarray(tokens, jnp.int32), tokenized_prompt_mask=jnp.asarray(token_mask))
+    noise = rng.normal(size=(batch, model_config.action_horizon, model_config.action_dim)).astype(np.float32)
+    return obs, noise
+
+
+def _float32(model_config: Any) -> Any:
+    return dataclasses.replace(model_config, dtype="float32", param_dtype="float32")
+
+
+def jax_actions(ckpt: Checkpoint, obs: Any, noise: np.ndarray) -> np.ndarray:
+    """Actions of our JAX model holding ``ckpt``'s parameters (float32)."""
+    import jax.numpy as jnp
+
+    from pi0cli.models.params import unflatten
+    from pi0cli.policy.loading import build_model
+
+    config = _float32(ckpt.model_config)
+    params = {k: np.asarray(v, np.float32) for k, v in ckpt.params.items()}
+    model = build_model(config, unflatten(params))
+    return np.asarray(model.sample_actions(None, obs, noise=jnp.asarray(noise), num_steps=NUM_STEPS))
+
+
+def _posemb_float32(time, dimension, min_period, max_period, device="cpu"):
+    """LeRobot's sinusoidal time embedding computed in float32, as the reference does."""
+    import torch
+
+    fraction = torch.linspace(0.0, 1.0, dimension // 2, dtype=torch.float32, device=device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = (2 * np.pi / period)[None, :] * time[:, None].float()
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
+
+
+@contextlib.contextmanager
+def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
+    """Temporarily replace ``module.name`` (LeRobot exposes no hook for sizes or precision)."""
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def _lerobot_module(model_config: Any) -> Any:
+    if model_config.pi05:
+        from lerobot.policies.pi05 import modeling_pi05 as module
+    else:
+        from lerobot.policies.pi0 import modeling_pi0 as module
+    return module
+
+
+def build_lerobot_model(ckpt: Checkpoint) -> Any:
+    """LeRobot's ``PI0Pytorch`` / ``PI05Pytorch`` (float32, eval mode) holding ``ckpt``'s converted weights."""
+    import torch
+
+    from pi0cli.convert.lerobot_names import EMBED_TOKENS, EXPERT_LM_HEAD, LM_HEAD, to_lerobot
+
+    cfg = _float32(ckpt.model_config)
+    vlm, expert, img = cfg.vlm, cfg.expert, cfg.siglip
+    if vlm.num_heads != LEROBOT_HEADS or expert.num_heads != LEROBOT_HEADS:
+        raise ConversionError(f"LeRobot's pi0 hard-codes {LEROBOT_HEADS} attention heads; this model has "
+                              f"{vlm.num_heads}, so it cannot be compared with LeRobot")
+    module = _lerobot_module(cfg)
+    full = is_full_size(cfg)
+    lr_cfg = lerobot_config(cfg if full else dataclasses.replace(
+        cfg, paligemma_variant="gemma_2b", action_expert_variant="gemma_300m"))
+    sizes = {"gemma_2b": module.GemmaConfig(vlm.width, vlm.depth, vlm.mlp_dim, vlm.num_heads, vlm.num_kv_heads,
+                                            vlm.head_dim),
+             "gemma_300m": module.GemmaConfig(expert.width, expert.depth, expert.mlp_dim, expert.num_heads,
+                                              expert.num_kv_heads, expert.head_dim)}
+    model_class = module.PI05Pytorch if cfg.pi05 else module.PI0Pytorch
+    torch.manual_seed(0)
+    with _patched(module, "get_gemma_config", sizes.__getitem__) if not full else contextlib.nullcontext():
+        model = model_class(lr_cfg)
+    if not full:
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        inner = model.paligemma_with_expert.paligemma.model
+        h, _ = cfg.image_resolution
+        inner.vision_tower = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=img.width, intermediate_size=img.mlp_dim, num_hidden_layers=img.depth,
+            num_attention_heads=img.num_heads, image_size=h, patch_size=img.patch_size,
+            hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False))
+        inner.multi_modal_projector.linear = torch.nn.Linear(img.width, vlm.width)
+        if vlm.vocab_size != inner.language_model.embed_tokens.num_embeddings:
+            inner.language_model.embed_tokens = torch.nn.Embedding(vlm.vocab_size, vlm.width)
+    state = {k.removeprefix("model."): torch.from_numpy(np.ascontiguousarray(v, np.float32))
+             for k, v in to_lerobot(ckpt.params, cfg).items()}
+    state[EMBED_TOKENS] = state.pop(LM_HEAD)  # what LeRobot's from_pretrained does with the tied embedding
+    state.pop(EXPERT_LM_HEAD)  # unused to sample actions
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ConversionError(f"LeRobot's model does not take the converted weights: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+    return model.float().eval()
+
+
+def lerobot_actions(model: Any, model_config: Any, obs: Any, noise: np.ndarray, *,
+                    float32_time_embedding: bool) -> np.ndarray:
+    """Actions of LeRobot's PyTorch model for the same observation and noise."""
+    import torch
+
+    keys = model_config.image_keys
+    images = [torch.from_numpy(np.asarray(obs.images[k]).transpose(0, 3, 1, 2).copy()) for k in keys]
+    masks = [torch.from_numpy(np.array(obs.image_masks[k])) for k in keys]
+    tokens = torch.from_numpy(np.asarray(obs.tokenized_prompt).astype(np.int64))
+    token_mask = torch.from_numpy(np.array(obs.tokenized_prompt_mask))
+    args = (images, masks, tokens, token_mask) + (() if model_config.pi05 else
+                                                 (torch.from_numpy(np.asarray(obs.state)),))
+    module = _lerobot_module(model_config)
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        if float32_time_embedding:
+            stack.enter_context(_patched(module, "create_sinusoidal_pos_embedding", _posemb_float32))
+        return model.sample_actions(*args, noise=torch.from_numpy(noise), num_steps=NUM_STEPS).numpy()
+
+
+def verify(source: Checkpoint, target: Checkpoint, *, tolerance: float = 1e-4, seed: int = 0) -> VerifyResult:
+    """Run one example through the source (JAX) and every implementation that loads the target."""
+    obs, noise = example_inputs(source.model_config, seed=seed)
+    reference = jax_actions(source, obs, noise)
+    runs: dict[str, np.ndarray] = {f"{target.format} (pi0 JAX)": jax_actions(target, obs, noise)}
+    gated = [f"{target.format} (pi0 JAX)"]
+    for side in (source, target):
+        if side.format == "lerobot":  # the same weights in LeRobot's own implementation
+            model = build_lerobot_model(side)
+            shipped = f"{side.format} (LeRobot PyTorch, as shipped)"
+            matched = f"{side.format} (LeRobot PyTorch, float32 time embedding)"
+            runs[shipped] = lerobot_actions(model, side.model_config, obs, noise, float32_time_embedding=False)
+            runs[matched] = lerobot_actions(model, side.model_config, obs, noise, float32_time_embedding=True)
+            gated.append(matched)
+    diffs = {name: float(np.abs(actions.astype(np.float64) - reference).max()) for name, actions in runs.items()}
+    return VerifyResult(differences=diffs, gated=tuple(gated), tolerance=tolerance,
+                        max_abs_action=float(np.abs(reference).max()))
