@@ -119,7 +119,8 @@ def checkpoint(
 
     with console.err.status("verifying (float32, 10 denoising steps)"):
         result = run_verify(source, ck.read_checkpoint(written, model=model), tolerance=tolerance)
-    table = Table(title=f"max |actions - source (pi0 JAX)|, max |action| {result.max_abs_action:.3f}")
+    table = Table(title=f"max |actions - source (pi0 JAX)|; max |action| {result.max_abs_action:.3f}, "
+                        f"max |action - noise| {result.signal:.3f}")
     table.add_column("implementation")
     table.add_column("max abs diff", justify="right")
     table.add_column("gate", justify="center")

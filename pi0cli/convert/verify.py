@@ -37,6 +37,7 @@ class VerifyResult:
     gated: tuple[str, ...]
     tolerance: float
     max_abs_action: float
+    signal: float  # max |actions - noise|: how far the model moved the noise (what the comparison can see)
 
     @property
     def passed(self) -> bool:
@@ -193,4 +194,4 @@ def verify(source: Checkpoint, target: Checkpoint, *, tolerance: float = 1e-4, s
             gated.append(matched)
     diffs = {name: float(np.abs(actions.astype(np.float64) - reference).max()) for name, actions in runs.items()}
     return VerifyResult(differences=diffs, gated=tuple(gated), tolerance=tolerance,
-                        max_abs_action=float(np.abs(reference).max()))
+                        max_abs_action=float(np.abs(reference).max()), signal=float(np.abs(reference - noise).max()))
