@@ -1,4 +1,4 @@
-"""``pi0 eval``: closed-loop success rate of a policy in simulation."""
+"""``pi0 eval``: closed-loop success rate of a policy in simulation, or offline action error on dataset episodes."""
 
 from __future__ import annotations
 
@@ -13,10 +13,21 @@ from pi0cli.cli.embodiments import complete_embodiment
 
 
 def evaluate(
-    embodiment: Annotated[str, typer.Argument(help="A simulated embodiment (e.g. aloha_sim).", autocompletion=complete_embodiment)],
+    embodiment: Annotated[str | None, typer.Argument(
+        help="A simulated embodiment (e.g. aloha_sim); with --dataset any robot (default: the checkpoint's).",
+        autocompletion=complete_embodiment)] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Evaluate the policy in this checkpoint.")] = None,
     server: Annotated[str | None, typer.Option("--server", help="Evaluate a policy served at ws://HOST:PORT.")] = None,
-    episodes: Annotated[int, typer.Option("--episodes", "-n", min=1, help="Episodes to run.")] = 10,
+    episodes: Annotated[int | None, typer.Option(
+        "--episodes", "-n", min=1, help="Episodes to run (default 10); with --dataset, held-out episodes to compare "
+                                        "(default: all).")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Offline: compare the checkpoint's action chunks with this LeRobot dataset's recorded "
+                          "actions (root or repo id) instead of running the simulator.")] = None,
+    first_episode: Annotated[int | None, typer.Option(
+        "--first-episode", min=0, help="With --dataset: the first episode to compare (default: the last --episodes "
+                                       "of the dataset).")] = None,
+    stride: Annotated[int, typer.Option("--stride", min=1, help="With --dataset: compare every Nth frame.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the embodiment's).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json and videos/ here.")] = None,
@@ -25,7 +36,15 @@ def evaluate(
     api_key: Annotated[str | None, typer.Option("--api-key", help="API key of the server.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Run closed-loop episodes and report the success rate with a 95% confidence interval."""
+    """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
+    report the action error per dimension and horizon step on recorded episodes, with plots."""
+    if dataset is not None:
+        _offline(embodiment, checkpoint, server, dataset, episodes, first_episode, stride, out, as_json)
+        return
+    if embodiment is None:
+        raise typer.BadParameter("name the simulated embodiment (e.g. aloha_sim), or pass --dataset",
+                                 param_hint="EMBODIMENT")
+    episodes = 10 if episodes is None else episodes
     from pi0cli.cli.sim_common import open_policy, simulated, task_of
     from pi0cli.evaluation.closed_loop import evaluate as run
     from pi0cli.sim import PROMPTS
@@ -48,3 +67,48 @@ def evaluate(
     console.out.print(f"success rate {report['success_rate']:.0%} ({report['successes']}/{report['episodes']}), "
                       f"95% CI {low:.0%}-{high:.0%}; mean return {report['mean_return']:.1f}"
                       + (f"; report {Path(out) / 'report.json'}" if out else ""))
+
+
+def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,
+             episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pi0cli.data.lerobot import resolve_dataset
+    from pi0cli.errors import Pi0Error
+    from pi0cli.evaluation.offline import episode_indices, evaluate_offline, open_frames
+    from pi0cli.policy.loading import load_policy, read_checkpoint_config
+
+    if checkpoint is None or server is not None:
+        raise Pi0Error("offline evaluation (--dataset) needs --checkpoint DIR (a served policy answers one "
+                       "observation at a time; point at its checkpoint instead)")
+    saved = read_checkpoint_config(Path(checkpoint)) or {}
+    name = embodiment or saved.get("embodiment")
+    if name is None:
+        raise Pi0Error(f"{checkpoint} does not say which robot it drives; name the embodiment: pi0 eval ROBOT --dataset ...")
+    emb = console.registry().embodiment(name)
+    _, root = resolve_dataset(dataset)
+    if not root.is_dir():
+        raise Pi0Error(f"dataset {dataset!r} is not a local LeRobot dataset ({root} does not exist)")
+    chosen = episode_indices(root, episodes, first_episode)
+    with console.err.status(f"loading {checkpoint}"):
+        policy = load_policy(checkpoint, embodiment=emb, batch_sizes=(1, 8))
+    horizon = len(policy.infer(emb.example_observation(0))["actions"])
+    frames = open_frames(dataset, emb, horizon, chosen)
+    progress = Progress(TextColumn("[bold]offline eval"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                        TimeRemainingColumn(), console=console.err)
+    with progress:
+        task = progress.add_task("offline", total=None)
+        report = evaluate_offline(
+            frames, policy, emb, stride=stride, out=out,
+            provenance={"checkpoint": str(Path(checkpoint).absolute()), "dataset": str(root), "embodiment": emb.name,
+                        "episodes": chosen, "config": saved},
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if as_json:
+        console.out.print_json(json.dumps(report, default=str))
+        return
+    fmt = lambda values: "  ".join(f"{i}:{v:.3g}" for i, v in enumerate(values))  # noqa: E731
+    console.out.print(f"MAE per horizon step  {fmt(report['mae_per_step'])}")
+    console.out.print(f"MAE per action dim    {fmt(report['mae_per_dim'])}")
+    console.out.print(f"action MAE {report['mae']:.4f}, RMSE {report['rmse']:.4f} over {report['frames_compared']} "
+                      f"frames of episodes {chosen[0]}-{chosen[-1]}"
+                      + (f"; report and plots in {out}" if out else ""))

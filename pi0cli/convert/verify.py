@@ -105,10 +105,16 @@ def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
 
 
 def _lerobot_module(model_config: Any) -> Any:
-    if model_config.pi05:
-        from lerobot.policies.pi05 import modeling_pi05 as module
-    else:
-        from lerobot.policies.pi0 import modeling_pi0 as module
+    try:
+        import transformers  # noqa: F401  (LeRobot's pi0 needs it; lerobot does not install it by default)
+
+        if model_config.pi05:
+            from lerobot.policies.pi05 import modeling_pi05 as module
+        else:
+            from lerobot.policies.pi0 import modeling_pi0 as module
+    except ImportError as exc:
+        raise ConversionError(f"comparing with LeRobot's PyTorch pi0 needs its extra dependencies ({exc}); install "
+                              "them with `pip install 'pi0[dev]'` (or `pip install transformers`)") from None
     return module
 
 

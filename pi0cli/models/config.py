@@ -89,6 +89,10 @@ GEMMA_VARIANTS: dict[str, GemmaConfig] = {
         width=16, depth=2, mlp_dim=32, num_heads=2, num_kv_heads=1, head_dim=8, vocab_size=1024
     ),
 }
+# Small pair for an hour of CPU training: wide enough for smooth action chunks (the tiny expert is not).
+GEMMA_VARIANTS["small"] = GemmaConfig(width=64, depth=3, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=16,
+                                      vocab_size=1024)
+GEMMA_VARIANTS["small_expert"] = GEMMA_VARIANTS["small"]
 GEMMA_VARIANTS["tiny_lora"] = _lora(GEMMA_VARIANTS["tiny"], 4, 4.0)
 GEMMA_VARIANTS["tiny_expert_lora"] = _lora(GEMMA_VARIANTS["tiny_expert"], 4, 4.0)
 
@@ -96,6 +100,7 @@ GEMMA_VARIANTS["tiny_expert_lora"] = _lora(GEMMA_VARIANTS["tiny_expert"], 4, 4.0
 SIGLIP_VARIANTS: dict[str, SigLIPConfig] = {
     "So400m/14": SigLIPConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14),
     "tiny": SigLIPConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8),
+    "small": SigLIPConfig(width=64, depth=3, mlp_dim=256, num_heads=4, patch_size=8),
 }
 
 
@@ -225,6 +230,9 @@ PRESETS: dict[str, Pi0Config] = {
     ),
     "pi0_tiny": Pi0Config(model_type="pi0", **_TINY),
     "pi05_tiny": Pi0Config(model_type="pi05", **_TINY),
+    "pi0_small": Pi0Config(model_type="pi0", **{**_TINY, "paligemma_variant": "small",
+                                                "action_expert_variant": "small_expert", "siglip_variant": "small",
+                                                "image_resolution": (64, 64)}),
     "pi0_tiny_lora": Pi0Config(
         model_type="pi0", **{**_TINY, "paligemma_variant": "tiny_lora", "action_expert_variant": "tiny_expert_lora"}
     ),

@@ -11,6 +11,8 @@ from pi0cli.training.config import CosineDecaySchedule, TrainConfig
 #: Tiny models train on a CPU in minutes; full-size ones need a GPU (see ``pi0 train --dry-run``).
 TINY_SCHEDULE = CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=3_000, decay_lr=1e-4)
 
+SMALL_SCHEDULE = CosineDecaySchedule(warmup_steps=200, peak_lr=1e-3, decay_steps=6_000, decay_lr=5e-5)
+
 
 def standard_presets(
     robot: str,
@@ -19,10 +21,12 @@ def standard_presets(
     dataset: str | None = None,
     models: tuple[str, ...] = ("pi0", "pi05"),
     tiny: dict[str, Any] | None = None,
+    small: dict[str, Any] | None = None,
     **common: Any,
 ) -> list[TrainConfig]:
-    """``<model>_<robot>`` full fine-tuning and ``<model>_<robot>_lora`` presets for each model type, and a
-    ``pi0_<robot>_tiny`` CPU preset (model overrides in ``tiny``)."""
+    """``<model>_<robot>`` full fine-tuning and ``<model>_<robot>_lora`` presets for each model type, a
+    ``pi0_<robot>_tiny`` CPU preset (model overrides in ``tiny``) and, when ``small`` is given (model overrides,
+    may be empty), a ``pi0_<robot>_small`` preset: a wider CPU model for about an hour of training."""
     configs = []
     for model in models:
         configs.append(TrainConfig(name=f"{model}_{robot}", embodiment=embodiment, model=model_preset(model),
@@ -43,4 +47,15 @@ def standard_presets(
         num_workers=2, description=f"tiny pi0 that trains on a CPU in minutes ({embodiment})",
         **{k: v for k, v in common.items() if k not in ("batch_size", "num_train_steps", "lr_schedule")},
     ))
+    if small is not None:
+        small_model = dataclasses.replace(
+            model_preset("pi0_small"), **({"action_dim": 32, "action_horizon": 10, "max_token_len": 16} | small)
+        )
+        configs.append(TrainConfig(
+            name=f"pi0_{robot}_small", embodiment=embodiment, model=small_model, dataset=dataset, batch_size=16,
+            num_train_steps=SMALL_SCHEDULE.decay_steps, lr_schedule=SMALL_SCHEDULE, log_interval=100,
+            save_interval=1_000, keep_period=None, num_workers=2,
+            description=f"small pi0 (64-wide, 3 layers) for about an hour of CPU training ({embodiment})",
+            **{k: v for k, v in common.items() if k not in ("batch_size", "num_train_steps", "lr_schedule")},
+        ))
     return configs

@@ -185,5 +185,6 @@ def pi0_register_presets(register) -> None:
     for config in standard_presets("aloha", "aloha"):
         register(config)
     for config in standard_presets("aloha_sim", "aloha_sim", models=("pi0",), dataset="lerobot/aloha_sim_transfer_cube_human",
-                                   num_train_steps=20_000, default_prompt="Transfer cube", tiny={"image_resolution": (64, 64)}):
+                                   num_train_steps=20_000, default_prompt="Transfer cube",
+                                   tiny={"image_resolution": (64, 64)}, small={}):
         register(config)

@@ -1,0 +1,169 @@
+"""Offline evaluation: a policy's action chunks against the recorded ones on held-out dataset episodes.
+
+Every ``stride``-th frame of each episode goes through the policy exactly as a robot observation would (the
+embodiment's dataset key map, the episode's task as prompt); the predicted chunk is compared with the recorded
+actions of the next ``H`` frames, in the robot's own action units (after the policy's output transforms).
+Frames past the end of an episode are padding and do not count.
+
+Reported: mean absolute error per action dimension, per horizon step and overall (plus RMSE), per episode, and
+a PNG per episode with the recorded trajectory of every action dimension against the policy's prediction (the
+first action of each predicted chunk, and the whole chunk every few frames).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pi0cli.errors import Pi0Error
+
+REPORT_FILENAME = "offline_report.json"
+
+
+class OfflineEvalError(Pi0Error):
+    """A dataset and a policy that cannot be compared (episodes, dims)."""
+
+
+def episode_indices(dataset_root: Path, count: int | None, first: int | None) -> list[int]:
+    """``count`` episodes starting at ``first`` (default: the last ``count`` episodes of the dataset)."""
+    from pi0cli.data.lerobot import read_info
+
+    total = int(read_info(dataset_root)["total_episodes"])
+    count = total if count is None else count
+    start = total - count if first is None else first
+    if count < 1 or start < 0 or start + count > total:
+        raise OfflineEvalError(f"dataset {dataset_root} has episodes 0-{total - 1}; cannot take {count} starting at "
+                               f"{start} (pass --episodes N and --first-episode K within that range)")
+    return list(range(start, start + count))
+
+
+def evaluate_offline(
+    frames: Any,
+    policy: Any,
+    embodiment: Any,
+    *,
+    stride: int = 5,
+    batch_size: int = 8,
+    out: Path | None = None,
+    provenance: dict[str, Any] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Compare ``policy`` with the recorded actions of ``frames`` (a ``LeRobotFrames`` opened with the
+    embodiment's action key and the policy's horizon, restricted to the held-out episodes)."""
+    action_key = embodiment.action_key
+    pad_key = f"{action_key}_is_pad"
+    indices = list(range(0, len(frames), max(1, stride)))
+    if not indices:
+        raise OfflineEvalError("the selected episodes have no frames")
+    per_episode: dict[int, dict[str, list]] = {}
+    done = 0
+    for start in range(0, len(indices), batch_size):
+        rows = [frames[i] for i in indices[start:start + batch_size]]
+        observations = []
+        for row in rows:
+            obs = embodiment.repack(row)
+            obs.pop("actions", None)
+            if row.get("prompt"):
+                obs["prompt"] = row["prompt"]
+            observations.append(obs)
+        results = policy.infer_batch(observations)
+        for row, result in zip(rows, results, strict=True):
+            recorded = np.asarray(row[action_key], np.float64)
+            predicted = np.asarray(result["actions"], np.float64)
+            horizon = min(len(recorded), len(predicted))
+            if predicted.shape[-1] != recorded.shape[-1]:
+                raise OfflineEvalError(f"the policy predicts {predicted.shape[-1]} action dims, the dataset records "
+                                       f"{recorded.shape[-1]}; is the checkpoint for {embodiment.name}?")
+            pad = np.asarray(row.get(pad_key, np.zeros(len(recorded), bool)), bool)[:horizon]
+            ep = per_episode.setdefault(int(row["episode_index"]), {"frame": [], "recorded": [], "predicted": [],
+                                                                     "valid": []})
+            ep["frame"].append(int(row["frame_index"]))
+            ep["recorded"].append(recorded[:horizon])
+            ep["predicted"].append(predicted[:horizon])
+            ep["valid"].append(~pad)
+        done += len(rows)
+        if on_progress is not None:
+            on_progress(done, len(indices))
+
+    report = _summarise(per_episode)
+    report.update(stride=stride, frames_compared=len(indices), provenance=dict(provenance or {}))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        report["plots"] = [str(plot_episode(out / f"episode_{ep:04d}.png", ep, data, embodiment))
+                           for ep, data in sorted(per_episode.items())]
+        tmp = out / f".{REPORT_FILENAME}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, out / REPORT_FILENAME)
+    return report
+
+
+def _errors(recorded: np.ndarray, predicted: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
+    """recorded/predicted [N, H, A], valid [N, H] -> MAE per dim, per step, overall, and RMSE."""
+    err = np.abs(predicted - recorded)
+    w = valid.astype(np.float64)
+    n = max(float(w.sum()), 1.0)
+    return {
+        "mae": float((err.mean(-1) * w).sum() / n),
+        "rmse": float(np.sqrt(((err ** 2).mean(-1) * w).sum() / n)),
+        "mae_per_dim": [float(v) for v in (err * w[..., None]).sum((0, 1)) / n],
+        "mae_per_step": [float(v) for v in (err.mean(-1) * w).sum(0) / np.maximum(w.sum(0), 1.0)],
+    }
+
+
+def _summarise(per_episode: dict[int, dict[str, list]]) -> dict[str, Any]:
+    horizon = min(len(r) for ep in per_episode.values() for r in ep["recorded"])
+    stacked = {ep: {k: np.stack([x[:horizon] for x in data[k]]) for k in ("recorded", "predicted", "valid")}
+               for ep, data in per_episode.items()}
+    everything = {k: np.concatenate([s[k] for s in stacked.values()]) for k in ("recorded", "predicted", "valid")}
+    return {
+        "episodes": sorted(per_episode),
+        "horizon": horizon,
+        **_errors(everything["recorded"], everything["predicted"], everything["valid"]),
+        "per_episode": {str(ep): {k: v for k, v in _errors(s["recorded"], s["predicted"], s["valid"]).items()
+                                  if k in ("mae", "rmse")} for ep, s in stacked.items()},
+    }
+
+
+def plot_episode(path: Path, episode: int, data: dict[str, list], embodiment: Any, chunk_every: int = 4) -> Path:
+    """PNG: per action dimension, the recorded trajectory, the first predicted action at each evaluated frame,
+    and every ``chunk_every``-th predicted chunk drawn over the frames it covers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = np.asarray(data["frame"])
+    recorded = np.stack([r[0] for r in data["recorded"]])
+    predicted_first = np.stack([p[0] for p in data["predicted"]])
+    dims = recorded.shape[-1]
+    cols = min(dims, 4)
+    rows = -(-dims // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False, sharex=True)
+    for d in range(dims):
+        ax = axes[d // cols][d % cols]
+        ax.plot(frames, recorded[:, d], color="black", lw=1.2, label="recorded")
+        ax.plot(frames, predicted_first[:, d], color="tab:red", lw=0.9, ls="--", label="predicted (first)")
+        for j in range(0, len(frames), chunk_every):
+            chunk = data["predicted"][j][:, d]
+            ax.plot(frames[j] + np.arange(len(chunk)), chunk, color="tab:blue", lw=0.6, alpha=0.6)
+        ax.set_title(f"{embodiment.name} action[{d}]", fontsize=8)
+        ax.tick_params(labelsize=6)
+    for d in range(dims, rows * cols):
+        axes[d // cols][d % cols].axis("off")
+    axes[0][0].legend(fontsize=6, loc="best")
+    fig.suptitle(f"episode {episode}: recorded vs predicted actions (blue: predicted chunks)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def open_frames(dataset: str | os.PathLike[str], embodiment: Any, horizon: int, episodes: Sequence[int]) -> Any:
+    from pi0cli.data.lerobot import LeRobotFrames
+
+    return LeRobotFrames(dataset, action_key=embodiment.action_key, action_horizon=horizon, episodes=episodes)
