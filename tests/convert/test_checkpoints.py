@@ -230,3 +230,30 @@ def test_pi0_config_json_is_kept(tmp_path, aloha):
     out = ck.write_checkpoint(ck.read_checkpoint(src), tmp_path / "lr", "lerobot")
     saved = json.loads((out / "pi0_config.json").read_text())
     assert saved["embodiment"] == "aloha_sim" and saved["metadata"]["converted_from"].startswith("pi0:")
+
+
+@pytest.mark.parametrize("model", ["pi0", "pi05"])
+def test_lerobot_config_json_round_trip(tmp_path, model):
+    """A policy directory written by LeRobot itself describes the model in its config.json only."""
+    from pi0cli.models.config import preset
+
+    config = preset(model, action_horizon=10, dtype="float32")
+    ck.lerobot_config(config)._save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["type"] == model and data["chunk_size"] == 10
+    read = ck._config_from_lerobot(tmp_path)
+    assert read.token_len == config.token_len and dataclasses.replace(read, max_token_len=None) == config
+
+
+def test_lerobot_state_dict_variants(tmp_path, aloha):
+    """Files saved by LeRobot may drop the ``model.`` prefix and keep the tied embedding as embed_tokens."""
+    from pi0cli.convert.lerobot_names import EMBED_TOKENS, LM_HEAD, NameMapError, from_lerobot, to_lerobot
+
+    source = ck.read_checkpoint(_checkpoint(tmp_path, aloha))
+    sd = {k.removeprefix("model."): v for k, v in to_lerobot(source.params, source.model_config).items()}
+    sd[EMBED_TOKENS] = sd.pop(LM_HEAD)
+    back = from_lerobot(sd, source.model_config)
+    assert all(np.array_equal(back[k], v) for k, v in source.params.items())
+    sd["paligemma_with_expert.gemma_expert.model.layers.0.extra.weight"] = np.zeros(3)
+    with pytest.raises(NameMapError, match="no pi0 counterpart"):
+        from_lerobot(sd, source.model_config)
