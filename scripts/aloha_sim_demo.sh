@@ -2,14 +2,16 @@
 # The main job, end to end on the built-in defaults: record scripted transfer-cube demonstrations in the
 # simulated ALOHA, compute norm stats, train the tiny pi0 preset on the CPU, and evaluate it closed-loop.
 #
-# Sizes come from the environment; the defaults finish in minutes on 2 cores (and learn little). A longer run:
-#   EPISODES=50 STEPS=3000 EVAL_EPISODES=50 bash scripts/aloha_sim_demo.sh
+# Sizes come from the environment; the defaults finish in minutes on 2 cores (and learn little). The longer
+# setting (see README.md for what it reaches):
+#   PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=6000 EVAL_EPISODES=20 bash scripts/aloha_sim_demo.sh
 set -euo pipefail
 
 EPISODES=${EPISODES:-4}
 STEPS=${STEPS:-300}
 EVAL_EPISODES=${EVAL_EPISODES:-4}
 BATCH_SIZE=${BATCH_SIZE:-16}
+PRESET=${PRESET:-pi0_aloha_sim_tiny}
 WORK=${WORK:-runs/aloha_sim_demo}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,8 +24,8 @@ echo "== 1/4 record $EPISODES scripted demonstrations"
 "$pi0" record aloha_sim --scripted --episodes "$EPISODES" --out demos --overwrite
 echo "== 2/4 norm stats"
 "$pi0" norm-stats aloha_sim --dataset demos --horizon 10 --out assets
-echo "== 3/4 train pi0_aloha_sim_tiny for $STEPS steps"
-"$pi0" train pi0_aloha_sim_tiny --dataset demos --steps "$STEPS" --batch-size "$BATCH_SIZE" --exp demo --overwrite \
+echo "== 3/4 train $PRESET for $STEPS steps"
+"$pi0" train "$PRESET" --dataset demos --steps "$STEPS" --batch-size "$BATCH_SIZE" --exp demo --overwrite \
   --log-interval 25
 echo "== 4/4 evaluate $EVAL_EPISODES episodes closed-loop"
-"$pi0" eval aloha_sim --checkpoint "checkpoints/pi0_aloha_sim_tiny/demo/$STEPS" --episodes "$EVAL_EPISODES" --out eval
+"$pi0" eval aloha_sim --checkpoint "checkpoints/$PRESET/demo/$STEPS" --episodes "$EVAL_EPISODES" --out eval
