@@ -48,9 +48,10 @@ def main() -> None:
     from pi0cli.data.lerobot import LeRobotFrames
     from pi0cli.data.loader import DataLoader
     from pi0cli.data.stats import compute_norm_stats
-    from pi0cli.data.synthetic import train_tiny_tokenizer, write_synthetic_dataset
+    from pi0cli.data.synthetic import write_synthetic_dataset
     from pi0cli.models.config import preset
     from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.policy.loading import train_tiny_tokenizer
     from pi0cli.pipeline import Pipeline, collate
     from pi0cli.plugins.manager import get_registry
 

@@ -92,19 +92,3 @@ def write_synthetic_dataset(
                 writer.add_frame(row, task=task)
             writer.save_episode()
     return Path(root)
-
-
-def train_tiny_tokenizer(vocab_size: int = 320, sentences: Sequence[str] = ()) -> bytes:
-    """A tiny sentencepiece model (BPE with byte fallback, ids pad 0 / eos 1 / bos 2 / unk 3 as Gemma's),
-    trained in well under a second: a stand-in for the PaliGemma tokenizer in tests and benchmarks."""
-    import io
-
-    import sentencepiece
-
-    corpus = [*DEFAULT_TASKS, "Task: , State: ;", "Action: ", "0 1 2 3 4 5 6 7 8 9 10 127 128 255", *sentences] * 20
-    buffer = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=buffer, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, hard_vocab_limit=False, minloglevel=2,
-    )
-    return buffer.getvalue()
