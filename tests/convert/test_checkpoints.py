@@ -181,7 +181,7 @@ def _diffs(stdout: str) -> dict[str, float]:
 @pytest.mark.parametrize("model", ["pi0_tiny", "pi05_tiny"])
 def test_verify_against_lerobot_pytorch(tmp_path, aloha, model):
     """pi0 (JAX) -> LeRobot directory -> LeRobot's own PyTorch pi0 / pi0.5 agrees to <= 1e-4 in float32 (8-head
-    config, as LeRobot's joint attention requires); and (pi0) back to pi0, verified again."""
+    config, as LeRobot's joint attention requires). The way back is bit-exact (test_round_trip_is_exact)."""
     pytest.importorskip("lerobot.policies.pi0.modeling_pi0")
     src = _checkpoint(tmp_path, aloha, model, paligemma_variant="dummy", action_expert_variant="dummy")
     to_lr = run_pi0("convert", "checkpoint", str(src), "--to", "lerobot", "--out", str(tmp_path / "lr"), "--verify",
@@ -195,12 +195,6 @@ def test_verify_against_lerobot_pytorch(tmp_path, aloha, model):
     assert "verified" in to_lr.stdout
     signal = float(re.search(r"max \|action - noise\| ([0-9.]+)", to_lr.stdout).group(1))
     assert signal > 0.1  # the model moves the noise far more than the tolerance: the comparison sees the weights
-    if model == "pi05_tiny":
-        return
-    back = run_pi0("convert", "checkpoint", str(tmp_path / "lr"), "--to", "pi0", "--out", str(tmp_path / "back"),
-                   "--verify")
-    assert back.returncode == 0, back.stderr
-    assert _diffs(back.stdout)["lerobot (LeRobot PyTorch, float32 time embedding)"] <= 1e-4
 
 
 @pytest.mark.slow
