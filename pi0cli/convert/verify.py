@@ -83,7 +83,7 @@ def jax_actions(ckpt: Checkpoint, obs: Any, noise: np.ndarray) -> np.ndarray:
     return np.asarray(model.sample_actions(None, obs, noise=jnp.asarray(noise), num_steps=NUM_STEPS))
 
 
-def _posemb_float32(time, dimension, min_period, max_period, device="cpu"):
+def posemb_float32(time, dimension, min_period, max_period, device="cpu"):
     """LeRobot's sinusoidal time embedding computed in float32, as the reference does."""
     import torch
 
@@ -180,7 +180,7 @@ def lerobot_actions(model: Any, model_config: Any, obs: Any, noise: np.ndarray, 
     module = _lerobot_module(model_config)
     with contextlib.ExitStack() as stack, torch.no_grad():
         if float32_time_embedding:
-            stack.enter_context(_patched(module, "create_sinusoidal_pos_embedding", _posemb_float32))
+            stack.enter_context(_patched(module, "create_sinusoidal_pos_embedding", posemb_float32))
         return model.sample_actions(*args, noise=torch.from_numpy(noise), num_steps=NUM_STEPS).numpy()
 
 

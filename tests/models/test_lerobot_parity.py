@@ -3,8 +3,8 @@
 LeRobot builds its PaliGemma-with-expert only from full-size Gemma variants and a So400m vision tower, and its
 joint attention hard-codes 8 heads. So: the Gemma variant lookup is patched to small 8-head configs, the vision
 tower and projector are swapped for a small HF SigLIP and Linear, every weight is copied from our model through
-the reference-named export (``params.export_flat``) with the HF renaming below, and the same inputs, noise and
-time go through both. Compared: SigLIP image tokens, prompt embeddings, the full training forward (per-element
+the reference-named export (``params.export_flat``) and the converter's LeRobot renaming
+(``pi0cli.convert.lerobot_names``), and the same inputs, noise and time go through both. Compared: SigLIP image tokens, prompt embeddings, the full training forward (per-element
 flow-matching loss) and ``sample_actions`` (10 Euler steps, KV cache) in float32.
 """
 
@@ -21,6 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from model_helpers import make_obs  # noqa: E402
+from pi0cli.convert.verify import posemb_float32  # noqa: E402
 from pi0cli.models import config as C  # noqa: E402
 from pi0cli.models.params import export_flat  # noqa: E402
 from pi0cli.models.pi0 import Pi0  # noqa: E402
@@ -52,60 +53,13 @@ def _ours() -> Pi0:
 
 
 def _lerobot_state_dict(model: Pi0) -> dict[str, torch.Tensor]:
-    """Our reference-named tree -> LeRobot/HF names (torch Linear weights are [out, in])."""
-    p = {k: np.asarray(v, np.float32) for k, v in export_flat(model).items()}
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    sd: dict[str, np.ndarray] = {}
-    pg = "paligemma_with_expert.paligemma.model"
-    for e, (prefix, cfg) in enumerate([(f"{pg}.language_model", VLM),
-                                       ("paligemma_with_expert.gemma_expert.model", EXPERT)]):
-        s = "" if e == 0 else "_1"
-        L = "PaliGemma/llm/layers"
-        for i in range(cfg.depth):
-            q = p[f"{L}/attn/q_einsum{s}/w"][i]  # [N, D, Hd]
-            kv = p[f"{L}/attn/kv_einsum{s}/w"][i]  # [2, K, D, Hd]
-            o = p[f"{L}/attn/attn_vec_einsum{s}/w"][i]  # [N, Hd, D]
-            g = p[f"{L}/mlp{s}/gating_einsum"][i]  # [2, D, F]
-            lp = f"{prefix}.layers.{i}"
-            sd[f"{lp}.self_attn.q_proj.weight"] = q.transpose(0, 2, 1).reshape(-1, cfg.width)
-            sd[f"{lp}.self_attn.k_proj.weight"] = kv[0].transpose(0, 2, 1).reshape(-1, cfg.width)
-            sd[f"{lp}.self_attn.v_proj.weight"] = kv[1].transpose(0, 2, 1).reshape(-1, cfg.width)
-            sd[f"{lp}.self_attn.o_proj.weight"] = o.reshape(-1, cfg.width).T
-            sd[f"{lp}.mlp.gate_proj.weight"] = g[0].T
-            sd[f"{lp}.mlp.up_proj.weight"] = g[1].T
-            sd[f"{lp}.mlp.down_proj.weight"] = p[f"{L}/mlp{s}/linear"][i].T
-            sd[f"{lp}.input_layernorm.weight"] = p[f"{L}/pre_attention_norm{s}/scale"][i]
-            sd[f"{lp}.post_attention_layernorm.weight"] = p[f"{L}/pre_ffw_norm{s}/scale"][i]
-        sd[f"{prefix}.norm.weight"] = p[f"PaliGemma/llm/final_norm{s}/scale"]
-    sd[f"{pg}.language_model.embed_tokens.weight"] = p["PaliGemma/llm/embedder/input_embedding"]
-    v, I = f"{pg}.vision_tower.vision_model", "PaliGemma/img"  # noqa: E741
-    sd[f"{v}.embeddings.patch_embedding.weight"] = p[f"{I}/embedding/kernel"].transpose(3, 2, 0, 1)
-    sd[f"{v}.embeddings.patch_embedding.bias"] = p[f"{I}/embedding/bias"]
-    sd[f"{v}.embeddings.position_embedding.weight"] = p[f"{I}/pos_embedding"][0]
-    B = f"{I}/Transformer/encoderblock"
-    for i in range(SIGLIP.depth):
-        lp = f"{v}.encoder.layers.{i}"
-        for ln, ours in (("layer_norm1", "LayerNorm_0"), ("layer_norm2", "LayerNorm_1")):
-            sd[f"{lp}.{ln}.weight"] = p[f"{B}/{ours}/scale"][i]
-            sd[f"{lp}.{ln}.bias"] = p[f"{B}/{ours}/bias"][i]
-        for hf, ours in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-            sd[f"{lp}.self_attn.{hf}.weight"] = p[f"{B}/MultiHeadDotProductAttention_0/{ours}/kernel"][i].reshape(
-                SIGLIP.width, -1).T
-            sd[f"{lp}.self_attn.{hf}.bias"] = p[f"{B}/MultiHeadDotProductAttention_0/{ours}/bias"][i].reshape(-1)
-        sd[f"{lp}.self_attn.out_proj.weight"] = p[f"{B}/MultiHeadDotProductAttention_0/out/kernel"][i].reshape(
-            -1, SIGLIP.width).T
-        sd[f"{lp}.self_attn.out_proj.bias"] = p[f"{B}/MultiHeadDotProductAttention_0/out/bias"][i]
-        for hf, ours in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
-            sd[f"{lp}.mlp.{hf}.weight"] = p[f"{B}/MlpBlock_0/{ours}/kernel"][i].T
-            sd[f"{lp}.mlp.{hf}.bias"] = p[f"{B}/MlpBlock_0/{ours}/bias"][i]
-    sd[f"{v}.post_layernorm.weight"] = p[f"{I}/Transformer/encoder_norm/scale"]
-    sd[f"{v}.post_layernorm.bias"] = p[f"{I}/Transformer/encoder_norm/bias"]
-    sd[f"{pg}.multi_modal_projector.linear.weight"] = p[f"{I}/head/kernel"].T
-    sd[f"{pg}.multi_modal_projector.linear.bias"] = p[f"{I}/head/bias"]
-    for name in ("action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in", "action_time_mlp_out"):
-        sd[f"{name}.weight"] = p[f"{name}/kernel"].T
-        sd[f"{name}.bias"] = p[f"{name}/bias"]
-    return {k: t(a) for k, a in sd.items()}
+    """Our reference-named tree -> LeRobot/HF names, through the converter's mapping (``pi0 convert``)."""
+    from pi0cli.convert.lerobot_names import EMBED_TOKENS, EXPERT_LM_HEAD, LM_HEAD, to_lerobot
+
+    sd = {k.removeprefix("model."): v for k, v in to_lerobot(export_flat(model), model.config).items()}
+    sd[EMBED_TOKENS] = sd.pop(LM_HEAD)  # what LeRobot's from_pretrained does with the tied embedding
+    del sd[EXPERT_LM_HEAD]
+    return {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in sd.items()}
 
 
 @pytest.fixture(scope="module")
@@ -154,19 +108,11 @@ def _inputs(model, batch=2):
     return obs, (images, masks, tok, tok_mask, state)
 
 
-def _posemb_f32(time, dimension, min_period, max_period, device="cpu"):
-    """LeRobot's sinusoidal time embedding, but in float32 like the JAX reference (theirs uses float64)."""
-    fraction = torch.linspace(0.0, 1.0, dimension // 2, dtype=torch.float32)
-    period = min_period * (max_period / min_period) ** fraction
-    x = (1.0 / period * 2 * np.pi)[None, :] * time[:, None].float()
-    return torch.cat([torch.sin(x), torch.cos(x)], dim=1)
-
-
 def _run_both_ways(fn):
     """fn() as LeRobot ships it, and with its time embedding computed in float32 (the reference's precision)."""
     as_is = fn()
     mp = pytest.MonkeyPatch()
-    mp.setattr(modeling_pi0, "create_sinusoidal_pos_embedding", _posemb_f32)
+    mp.setattr(modeling_pi0, "create_sinusoidal_pos_embedding", posemb_float32)
     try:
         f32 = fn()
     finally:
