@@ -40,6 +40,7 @@ from pi0cli.transforms import (
     Transform,
     Unnormalize,
     compose,
+    crop_fraction,
     pad_to_dim,
     resize_with_pad,
 )
@@ -92,7 +93,8 @@ class KeepKeys:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ModelInputs:
-    """Model-side input transforms: resize-with-pad, tokenize, pad to the model dims, drop strings."""
+    """Model-side input transforms: crop (non-wrist cameras, when the model has ``image_crop``), resize-with-pad,
+    tokenize, pad to the model dims, drop strings."""
 
     resolution: tuple[int, int]
     action_dim: int
@@ -100,6 +102,7 @@ class ModelInputs:
     tokenizer: Any | None = None
     discrete_state: bool = False
     default_prompt: str | None = None
+    image_crop: tuple[float, float, float, float] | None = None
 
     def __call__(self, data: Data) -> Data:
         height, width = self.resolution
@@ -112,6 +115,8 @@ class ModelInputs:
                 # An absent camera's zero image stays zero when resized: skip the resize.
                 images[slot] = np.zeros((*img.shape[:-3], height, width, img.shape[-1]), dtype=img.dtype)
             else:
+                if self.image_crop is not None and "wrist" not in slot:
+                    img = crop_fraction(img, self.image_crop)
                 images[slot] = resize_with_pad(img, height, width)
         out: Data = {"image": images, "image_mask": masks}
         state = np.asarray(data["state"], dtype=np.float32)
@@ -197,7 +202,8 @@ class Pipeline:
     def _model_inputs(self) -> ModelInputs:
         m = self.model
         return ModelInputs(tuple(m.image_resolution), m.action_dim, m.action_horizon, self.tokenizer,
-                           bool(m.uses_discrete_state), self.default_prompt)
+                           bool(m.uses_discrete_state), self.default_prompt,
+                           None if m.image_crop is None else tuple(m.image_crop))
 
     def robot_inputs(self) -> Compose:
         """Embodiment inputs then delta actions (what norm stats are computed over)."""

@@ -353,6 +353,17 @@ def to_uint8_hwc(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def crop_fraction(images: np.ndarray, window: tuple[float, float, float, float]) -> np.ndarray:
+    """Cut ``window`` = (top, left, height, width), fractions of the image, out of ``[..., H, W, C]`` images
+    (edges rounded to whole pixels, at least one pixel)."""
+    images = np.asarray(images)
+    h, w = images.shape[-3:-1]
+    top, left, height, width = window
+    y0, x0 = min(h - 1, int(round(top * h))), min(w - 1, int(round(left * w)))
+    y1, x1 = max(y0 + 1, min(h, int(round((top + height) * h)))), max(x0 + 1, min(w, int(round((left + width) * w))))
+    return images[..., y0:y1, x0:x1, :]
+
+
 def resize_with_pad(images: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize ``[..., H, W, C]`` images to fit ``height x width`` keeping the aspect ratio, then centre them
     on a zero canvas (bilinear, as the reference client; a no-op at the target size).

@@ -21,6 +21,7 @@ from pi0cli.transforms import (
     Unnormalize,
     bool_mask,
     compose,
+    crop_fraction,
     flatten,
     lookup,
     normalize,
@@ -151,6 +152,22 @@ def test_resize_with_pad_batches_and_floats():
     assert out.shape == (2, 3, 10, 10, 3) and out.dtype == np.float32
     np.testing.assert_array_equal(out[:, :, :2], 0.0)  # 20x40 -> 5x10, centred: rows 2..6 hold the image
     assert (out[:, :, 2:7] > 0).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.floats(0, 0.9), st.floats(0, 0.9), st.floats(0.01, 1), st.floats(0.01, 1))
+def test_crop_fraction_cuts_the_window(h, w, top, left, height, width):
+    height, width = min(height, 1 - top), min(width, 1 - left)
+    image = np.arange(h * w * 3, dtype=np.int64).reshape(h, w, 3)
+    out = crop_fraction(image, (top, left, height, width))
+    y0, x0 = min(h - 1, round(top * h)), min(w - 1, round(left * w))  # a window past the edge keeps its last pixel
+    assert out.shape[-1] == 3 and out.shape[0] >= 1 and out.shape[1] >= 1
+    np.testing.assert_array_equal(out, image[y0:y0 + out.shape[0], x0:x0 + out.shape[1]])
+    assert abs(out.shape[0] - height * h) <= 1.5 or out.shape[0] == 1
+    assert abs(out.shape[1] - width * w) <= 1.5 or out.shape[1] == 1
+    np.testing.assert_array_equal(crop_fraction(image, (0, 0, 1, 1)), image)
+    batched = crop_fraction(np.stack([image, image]), (top, left, height, width))
+    np.testing.assert_array_equal(batched[1], out)
 
 
 def test_resize_images_transform():

@@ -124,6 +124,13 @@ class Pi0Config:
     bfloat16 is enough for inference). ``scan`` runs the stacked layers with ``lax.scan`` (else a Python loop
     over the same stacked weights, which XLA's cost analysis can count); ``remat`` recomputes each layer's
     activations in the backward pass (saves memory when training).
+
+    ``image_crop`` (top, left, height, width as fractions of the image) cuts a window out of every non-wrist
+    camera before the resize to ``image_resolution``: a small model at a low resolution can then still resolve
+    a few-pixel object (the simulated cube spans one 8-pixel patch of the whole 64-pixel frame). It is part of
+    the model config, so training, serving and evaluation all crop alike. ``augment_geometric`` switches the
+    training-time random crop and rotation of non-wrist cameras (reference: on); off when the target position
+    in the image must be read to a pixel.
     """
 
     model_type: ModelType = "pi0"
@@ -138,6 +145,8 @@ class Pi0Config:
     image_resolution: tuple[int, int] = (224, 224)
     image_keys: tuple[str, ...] = IMAGE_KEYS
     discrete_state_input: bool | None = None  # None: same as pi05 (only informs the tokenizer)
+    image_crop: tuple[float, float, float, float] | None = None
+    augment_geometric: bool = True
     scan: bool = True
     remat: bool = True
 
@@ -165,6 +174,16 @@ class Pi0Config:
             raise ModelConfigError(
                 f"image_resolution {self.image_resolution} must be a multiple of the patch size {img.patch_size}"
             )
+        if self.image_crop is not None:
+            if len(self.image_crop) != 4:
+                raise ModelConfigError(f"image_crop {self.image_crop} must be (top, left, height, width) fractions")
+            top, left, height, width = self.image_crop
+            if not (0 <= top < 1 and 0 <= left < 1 and 0 < height and 0 < width
+                    and top + height <= 1 + 1e-9 and left + width <= 1 + 1e-9):
+                raise ModelConfigError(
+                    f"image_crop {self.image_crop} is not a window inside the image; give (top, left, height, width) "
+                    "as fractions with top + height <= 1 and left + width <= 1"
+                )
         if img.width % img.num_heads:
             raise ModelConfigError(f"SigLIP width {img.width} is not divisible by num_heads {img.num_heads}")
 

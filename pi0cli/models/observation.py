@@ -161,8 +161,10 @@ def preprocess_observation(
     train: bool = False,
     image_keys: Sequence[str],
     image_resolution: tuple[int, int],
+    augment_geometric: bool = True,
 ) -> Observation:
-    """Select ``image_keys``, resize-with-pad to ``image_resolution``, augment when ``train``, default masks."""
+    """Select ``image_keys``, resize-with-pad to ``image_resolution``, augment when ``train`` (random crop and
+    rotation only for non-wrist cameras and only with ``augment_geometric``), default masks."""
     missing = [k for k in image_keys if k not in obs.images]
     if missing:
         raise ModelInputError(
@@ -180,7 +182,7 @@ def preprocess_observation(
             raise ModelInputError(f"image {key!r} has shape {img.shape}; expected [B, H, W, 3]")
         img = resize_with_pad(img, *image_resolution)
         if train:
-            img = augment_image(k, img, geometric="wrist" not in key)
+            img = augment_image(k, img, geometric=augment_geometric and "wrist" not in key)
         images[key] = img
         masks[key] = obs.image_masks.get(key, jnp.ones(batch, dtype=bool)) if obs.image_masks else jnp.ones(batch, bool)
     return dataclasses.replace(obs, images=images, image_masks=masks)

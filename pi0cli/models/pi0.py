@@ -140,7 +140,8 @@ class Pi0(nnx.Module):
     # ------------------------------------------------------------------------------------------------ training
     def _preprocess(self, rng, obs: Observation, train: bool) -> Observation:
         return preprocess_observation(
-            rng, obs, train=train, image_keys=self.config.image_keys, image_resolution=self.config.image_resolution
+            rng, obs, train=train, image_keys=self.config.image_keys, image_resolution=self.config.image_resolution,
+            augment_geometric=self.config.augment_geometric,
         )
 
     def compute_loss(

@@ -125,6 +125,27 @@ def test_inference_round_trip_with_default_prompt(model_type, sp_model_bytes):
     np.testing.assert_allclose(out["actions"], robot_actions, rtol=1e-4, atol=1e-4)
 
 
+def test_image_crop_cuts_non_wrist_cameras_before_the_resize(sp_model_bytes):
+    from pi0cli.models.config import ModelConfigError
+    from pi0cli.pipeline import ModelInputs
+    from pi0cli.policy.loading import config_from_dict, config_to_dict
+
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[40:60, 50:70] = 255  # a 20x20 square: the whole (0.4, 0.5, 0.2, 0.2) window
+    data = {"image": {"base_0_rgb": image, "left_wrist_0_rgb": image},
+            "image_mask": {"base_0_rgb": np.True_, "left_wrist_0_rgb": np.True_}, "state": np.zeros(14, np.float32)}
+    out = ModelInputs((20, 20), 32, HORIZON, image_crop=(0.4, 0.5, 0.2, 0.2))(data)
+    assert out["image"]["base_0_rgb"].min() == 255  # the window fills the model's image
+    assert (out["image"]["left_wrist_0_rgb"] == 0).mean() > 0.9  # wrist cameras stay whole
+    # The pipeline takes the crop from the model config (so serving crops as training did) ...
+    cfg = model_config("pi0", image_crop=(0.4, 0.5, 0.2, 0.2), image_resolution=(32, 32))
+    assert Pipeline.create(embodiment("aloha_sim"), cfg, None)._model_inputs().image_crop == (0.4, 0.5, 0.2, 0.2)
+    # ... which survives the checkpoint's JSON form, and rejects windows outside the image.
+    assert config_from_dict(config_to_dict(cfg)).image_crop == (0.4, 0.5, 0.2, 0.2)
+    with pytest.raises(ModelConfigError, match="not a window inside the image"):
+        model_config("pi0", image_crop=(0.5, 0.5, 0.6, 0.2))
+
+
 def test_create_checks_dims_and_stats(sp_model_bytes):
     from pi0cli.models.config import preset
 

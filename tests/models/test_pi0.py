@@ -139,6 +139,25 @@ def test_observation_from_dict_and_preprocess():
         preprocess_observation(None, bad, image_keys=cfg.image_keys, image_resolution=(32, 32))
 
 
+def test_geometric_augmentation_can_be_switched_off():
+    cfg = C.preset("pi0_tiny")
+    image = np.zeros((4, 32, 32, 3), np.uint8)
+    image[:, 5, 23] = 255  # one bright pixel off-centre: a crop or rotation moves it
+    obs = Observation.from_dict({"image": {k: image for k in cfg.image_keys}, "state": np.zeros((4, 8), np.float32)})
+
+    def brightest(augment_geometric):
+        out = preprocess_observation(jax.random.key(1), obs, train=True, image_keys=cfg.image_keys,
+                                     image_resolution=(32, 32), augment_geometric=augment_geometric)
+        base = np.asarray(out.images["base_0_rgb"]).sum(-1).reshape(4, -1)
+        return {np.unravel_index(i, (32, 32)) for i in base.argmax(-1)}, out
+
+    kept, out = brightest(False)
+    assert kept == {(5, 23)}
+    assert not np.allclose(np.asarray(out.images["base_0_rgb"]), image / 255 * 2 - 1, atol=1e-3)  # colour jitter stays
+    moved, _ = brightest(True)
+    assert moved != {(5, 23)}
+
+
 def test_bfloat16_forward_runs_and_is_close():
     cfg32 = C.preset("pi0_tiny")
     m16 = Pi0(dataclasses.replace(cfg32, dtype="bfloat16"), nnx.Rngs(0))

@@ -136,6 +136,9 @@ ALOHA = Embodiment(
 
 
 SIM_IMAGE_SIZE = 224
+#: (top, left, height, width) of the top camera (as fractions) around the transfer-cube spawn area and the
+#: hand-over point: about 80 of the 224 pixels each way.
+SIM_CUBE_WINDOW = (0.375, 0.375, 0.36, 0.36)
 SIM_CAMERAS = (Camera("images/cam_high", "base_0_rgb", height=SIM_IMAGE_SIZE, width=SIM_IMAGE_SIZE, channels_first=True),)
 
 
@@ -184,7 +187,10 @@ def pi0_register_presets(register) -> None:
 
     for config in standard_presets("aloha", "aloha"):
         register(config)
+    # The CPU presets see only the table's middle (where the cube spawns and is handed over) and skip the
+    # random crop/rotation: at 64 px the whole spawn area is otherwise one 8-pixel patch.
+    sim_view = {"image_crop": SIM_CUBE_WINDOW, "augment_geometric": False}
     for config in standard_presets("aloha_sim", "aloha_sim", models=("pi0",), dataset="lerobot/aloha_sim_transfer_cube_human",
                                    num_train_steps=20_000, default_prompt="Transfer cube",
-                                   tiny={"image_resolution": (64, 64)}, small={}):
+                                   tiny={"image_resolution": (64, 64), **sim_view}, small=sim_view):
         register(config)
