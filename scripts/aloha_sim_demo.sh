@@ -12,6 +12,8 @@ STEPS=${STEPS:-300}
 EVAL_EPISODES=${EVAL_EPISODES:-4}
 BATCH_SIZE=${BATCH_SIZE:-16}
 PRESET=${PRESET:-pi0_aloha_sim_tiny}
+# Norm stats over the preset's action chunks (the small preset predicts 50 steps, the tiny one 10).
+if [[ $PRESET == pi0_aloha_sim_small ]]; then HORIZON=${HORIZON:-50}; else HORIZON=${HORIZON:-10}; fi
 WORK=${WORK:-runs/aloha_sim_demo}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +25,7 @@ export HF_HUB_OFFLINE=1 HF_LEROBOT_HOME="$PWD/lerobot-home" MUJOCO_GL="${MUJOCO_
 echo "== 1/4 record $EPISODES scripted demonstrations"
 "$pi0" record aloha_sim --scripted --episodes "$EPISODES" --out demos --overwrite
 echo "== 2/4 norm stats"
-"$pi0" norm-stats aloha_sim --dataset demos --horizon 10 --out assets
+"$pi0" norm-stats aloha_sim --dataset demos --horizon "$HORIZON" --out assets
 echo "== 3/4 train $PRESET for $STEPS steps"
 "$pi0" train "$PRESET" --dataset demos --steps "$STEPS" --batch-size "$BATCH_SIZE" --exp demo --overwrite \
   --log-interval 25

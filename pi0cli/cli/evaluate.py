@@ -30,6 +30,9 @@ def evaluate(
     stride: Annotated[int, typer.Option("--stride", min=1, help="With --dataset: compare every Nth frame.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the embodiment's).")] = None,
+    open_loop_steps: Annotated[int | None, typer.Option(
+        "--open-loop-steps", min=1, help="Actions of each chunk executed before the policy is asked again "
+                                         "(default: the embodiment's).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json and videos/ here.")] = None,
     videos: Annotated[bool, typer.Option("--videos/--no-videos", help="Save an mp4 per episode (with --out).")] = True,
     shadows: Annotated[bool, typer.Option("--shadows/--no-shadows", help="Render shadows; match what the policy was trained on.")] = False,
@@ -58,7 +61,7 @@ def evaluate(
         console.err.print(f"episode seed {result.seed}: {mark}  return {result.episode_return:.0f}  "
                           f"{result.steps} steps  {result.seconds:.1f} s")
 
-    report = run(task, list(range(seed, seed + episodes)), policy, open_loop_steps=emb.open_loop_steps, out=out,
+    report = run(task, list(range(seed, seed + episodes)), policy, open_loop_steps=open_loop_steps or emb.open_loop_steps, out=out,
                  provenance={"embodiment": emb.name, **provenance}, videos=videos, on_episode=show, shadows=shadows)
     if as_json:
         console.out.print_json(json.dumps(report, default=str))

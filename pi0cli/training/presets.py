@@ -11,7 +11,7 @@ from pi0cli.training.config import CosineDecaySchedule, TrainConfig
 #: Tiny models train on a CPU in minutes; full-size ones need a GPU (see ``pi0 train --dry-run``).
 TINY_SCHEDULE = CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=3_000, decay_lr=1e-4)
 
-SMALL_SCHEDULE = CosineDecaySchedule(warmup_steps=200, peak_lr=1e-3, decay_steps=6_000, decay_lr=5e-5)
+SMALL_SCHEDULE = CosineDecaySchedule(warmup_steps=200, peak_lr=1e-3, decay_steps=5_000, decay_lr=5e-5)
 
 
 def standard_presets(
