@@ -130,7 +130,9 @@ class Pi0Config:
     a few-pixel object (the simulated cube spans one 8-pixel patch of the whole 64-pixel frame). It is part of
     the model config, so training, serving and evaluation all crop alike. ``augment_geometric`` switches the
     training-time random crop and rotation of non-wrist cameras (reference: on); off when the target position
-    in the image must be read to a pixel.
+    in the image must be read to a pixel. ``state_dropout`` is the training-time probability of hiding an
+    example's continuous state (zeros: the dataset mean after normalisation) so that the policy has to read
+    the scene from its cameras instead of continuing the trajectory its joint positions imply (reference: 0).
     """
 
     model_type: ModelType = "pi0"
@@ -147,6 +149,7 @@ class Pi0Config:
     discrete_state_input: bool | None = None  # None: same as pi05 (only informs the tokenizer)
     image_crop: tuple[float, float, float, float] | None = None
     augment_geometric: bool = True
+    state_dropout: float = 0.0
     scan: bool = True
     remat: bool = True
 
@@ -174,6 +177,8 @@ class Pi0Config:
             raise ModelConfigError(
                 f"image_resolution {self.image_resolution} must be a multiple of the patch size {img.patch_size}"
             )
+        if not 0.0 <= self.state_dropout < 1.0:
+            raise ModelConfigError(f"state_dropout {self.state_dropout} must be a probability in [0, 1)")
         if self.image_crop is not None:
             if len(self.image_crop) != 4:
                 raise ModelConfigError(f"image_crop {self.image_crop} must be (top, left, height, width) fractions")

@@ -162,9 +162,11 @@ def preprocess_observation(
     image_keys: Sequence[str],
     image_resolution: tuple[int, int],
     augment_geometric: bool = True,
+    state_dropout: float = 0.0,
 ) -> Observation:
     """Select ``image_keys``, resize-with-pad to ``image_resolution``, augment when ``train`` (random crop and
-    rotation only for non-wrist cameras and only with ``augment_geometric``), default masks."""
+    rotation only for non-wrist cameras and only with ``augment_geometric``; each example's state zeroed with
+    probability ``state_dropout``), default masks."""
     missing = [k for k in image_keys if k not in obs.images]
     if missing:
         raise ModelInputError(
@@ -185,4 +187,9 @@ def preprocess_observation(
             img = augment_image(k, img, geometric=augment_geometric and "wrist" not in key)
         images[key] = img
         masks[key] = obs.image_masks.get(key, jnp.ones(batch, dtype=bool)) if obs.image_masks else jnp.ones(batch, bool)
-    return dataclasses.replace(obs, images=images, image_masks=masks)
+    state = obs.state
+    if train and state_dropout > 0:
+        # A key of its own (folded in), so the image augmentations stay those of a model without dropout.
+        keep = jax.random.uniform(jax.random.fold_in(rng, 0x57A7E), batch) >= state_dropout
+        state = jnp.where(keep[..., None], state, jnp.zeros_like(state))
+    return dataclasses.replace(obs, images=images, image_masks=masks, state=state)

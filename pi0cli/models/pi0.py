@@ -141,7 +141,7 @@ class Pi0(nnx.Module):
     def _preprocess(self, rng, obs: Observation, train: bool) -> Observation:
         return preprocess_observation(
             rng, obs, train=train, image_keys=self.config.image_keys, image_resolution=self.config.image_resolution,
-            augment_geometric=self.config.augment_geometric,
+            augment_geometric=self.config.augment_geometric, state_dropout=self.config.state_dropout,
         )
 
     def compute_loss(

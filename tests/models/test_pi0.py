@@ -158,6 +158,21 @@ def test_geometric_augmentation_can_be_switched_off():
     assert moved != {(5, 23)}
 
 
+def test_state_dropout_hides_whole_states_in_training_only():
+    cfg = C.preset("pi0_tiny")
+    state = np.random.default_rng(0).uniform(1, 2, (64, 8)).astype(np.float32)
+    obs = Observation.from_dict({"image": {k: np.zeros((64, 8, 8, 3), np.uint8) for k in cfg.image_keys},
+                                 "state": state})
+    kwargs = dict(image_keys=cfg.image_keys, image_resolution=(32, 32), state_dropout=0.5)
+    dropped = np.asarray(preprocess_observation(jax.random.key(0), obs, train=True, **kwargs).state)
+    hidden = (dropped == 0).all(-1)
+    np.testing.assert_array_equal(dropped[~hidden], state[~hidden])  # the rest pass untouched
+    assert 16 < hidden.sum() < 48
+    np.testing.assert_array_equal(np.asarray(preprocess_observation(None, obs, **kwargs).state), state)  # inference
+    with pytest.raises(C.ModelConfigError, match="state_dropout 1.0 must be a probability"):
+        C.preset("pi0_tiny", state_dropout=1.0)
+
+
 def test_bfloat16_forward_runs_and_is_close():
     cfg32 = C.preset("pi0_tiny")
     m16 = Pi0(dataclasses.replace(cfg32, dtype="bfloat16"), nnx.Rngs(0))

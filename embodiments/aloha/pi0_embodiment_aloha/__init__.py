@@ -190,7 +190,7 @@ def pi0_register_presets(register) -> None:
     # The CPU presets see only the table's middle (where the cube spawns and is handed over) and skip the
     # random crop/rotation: at 64 px the whole spawn area is otherwise one 8-pixel patch.
     sim_view = {"image_crop": SIM_CUBE_WINDOW, "augment_geometric": False}
-    small_view = {**sim_view, "action_horizon": 50}
+    small_view = {**sim_view, "action_horizon": 50, "state_dropout": 0.5}
     for config in standard_presets("aloha_sim", "aloha_sim", models=("pi0",), dataset="lerobot/aloha_sim_transfer_cube_human",
                                    num_train_steps=20_000, default_prompt="Transfer cube",
                                    tiny={"image_resolution": (64, 64), **sim_view}, small=small_view):
