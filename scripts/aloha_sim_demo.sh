@@ -4,7 +4,7 @@
 #
 # Sizes come from the environment; the defaults finish in minutes on 2 cores (and learn little). The longer
 # setting (see README.md for what it reaches):
-#   PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=6000 EVAL_EPISODES=20 bash scripts/aloha_sim_demo.sh
+#   PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=5000 EVAL_EPISODES=20 bash scripts/aloha_sim_demo.sh
 set -euo pipefail
 
 EPISODES=${EPISODES:-4}
