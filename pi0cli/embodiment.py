@@ -53,7 +53,12 @@ class Camera:
 
     @property
     def wrist(self) -> bool:
-        return self.slot is not None and "wrist" in self.slot
+        return self.slot is not None and is_wrist_slot(self.slot)
+
+
+def is_wrist_slot(slot: str) -> bool:
+    """Wrist cameras (by the model's slot name) are neither cropped nor geometrically augmented."""
+    return "wrist" in slot
 
 
 @dataclasses.dataclass(frozen=True)

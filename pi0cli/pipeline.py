@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pi0cli.embodiment import is_wrist_slot
 from pi0cli.errors import NormStatsError, Pi0Error
 from pi0cli.normstats import NormStats
 from pi0cli.transforms import (
@@ -115,7 +116,7 @@ class ModelInputs:
                 # An absent camera's zero image stays zero when resized: skip the resize.
                 images[slot] = np.zeros((*img.shape[:-3], height, width, img.shape[-1]), dtype=img.dtype)
             else:
-                if self.image_crop is not None and "wrist" not in slot:
+                if self.image_crop is not None and not is_wrist_slot(slot):
                     img = crop_fraction(img, self.image_crop)
                 images[slot] = resize_with_pad(img, height, width)
         out: Data = {"image": images, "image_mask": masks}
@@ -202,8 +203,7 @@ class Pipeline:
     def _model_inputs(self) -> ModelInputs:
         m = self.model
         return ModelInputs(tuple(m.image_resolution), m.action_dim, m.action_horizon, self.tokenizer,
-                           bool(m.uses_discrete_state), self.default_prompt,
-                           None if m.image_crop is None else tuple(m.image_crop))
+                           bool(m.uses_discrete_state), self.default_prompt, m.image_crop)
 
     def robot_inputs(self) -> Compose:
         """Embodiment inputs then delta actions (what norm stats are computed over)."""

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pi0cli.embodiment import is_wrist_slot
 from pi0cli.errors import Pi0Error
 
 Actions = jax.Array  # [B, action_horizon, action_dim]
@@ -184,7 +185,7 @@ def preprocess_observation(
             raise ModelInputError(f"image {key!r} has shape {img.shape}; expected [B, H, W, 3]")
         img = resize_with_pad(img, *image_resolution)
         if train:
-            img = augment_image(k, img, geometric=augment_geometric and "wrist" not in key)
+            img = augment_image(k, img, geometric=augment_geometric and not is_wrist_slot(key))
         images[key] = img
         masks[key] = obs.image_masks.get(key, jnp.ones(batch, dtype=bool)) if obs.image_masks else jnp.ones(batch, bool)
     state = obs.state
