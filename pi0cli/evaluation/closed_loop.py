@@ -4,6 +4,7 @@ interval, per-episode return, mp4 videos and a JSON report with provenance."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -38,6 +39,9 @@ class EpisodeResult:
     steps: int
     seconds: float
     video: str | None
+    # SHA-256 of the executed actions (float32, in order): equal digests mean two evaluations drove the robot
+    # identically, e.g. ``--server`` against ``--checkpoint``.
+    actions_sha256: str = ""
 
 
 def run_episode(task: str, seed: int, policy: Any, *, open_loop_steps: int, video: Path | None = None,
@@ -49,8 +53,15 @@ def run_episode(task: str, seed: int, policy: Any, *, open_loop_steps: int, vide
     broker = ActionChunkBroker(policy, action_horizon=open_loop_steps)
     frames: list[np.ndarray] = []
     total, best, steps, success = 0.0, 0.0, 0, False
+    digest = hashlib.sha256()
+
+    def act(obs: dict[str, Any]) -> np.ndarray:
+        action = np.asarray(broker.infer(obs)["actions"], dtype=np.float32)
+        digest.update(np.ascontiguousarray(action).tobytes())
+        return action
+
     start = time.perf_counter()
-    for frame in rollout(task, seed, lambda obs: broker.infer(obs)["actions"], **render):
+    for frame in rollout(task, seed, act, **render):
         total += frame["reward"]
         best = max(best, frame["reward"])
         steps += 1
@@ -60,7 +71,7 @@ def run_episode(task: str, seed: int, policy: Any, *, open_loop_steps: int, vide
     if video is not None and frames:
         write_video(video, frames, fps)
     return EpisodeResult(seed, success, total, best, steps, time.perf_counter() - start,
-                         str(video) if video is not None and frames else None)
+                         str(video) if video is not None and frames else None, digest.hexdigest())
 
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:

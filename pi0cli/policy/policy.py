@@ -156,19 +156,30 @@ class Policy:
     # ------------------------------------------------------------------------------------------- inference
 
     def warmup(self, example: Data | None = None) -> dict[int, float]:
-        """Run (and so compile) every batch size once; returns seconds per size."""
+        """Run (and so compile) every batch size once; returns seconds per size.
+
+        Warm-up consumes no noise: the n-th real request draws the same noise whether or not (and for however
+        many batch sizes) the policy was warmed up, so a served policy and the same checkpoint run in-process
+        act identically.
+        """
         if example is None:
             if self.example is None:
                 raise PolicyError("warmup needs an example observation")
             example = self.example()
         times = {}
-        for size in self.batch_sizes:
-            start = time.perf_counter()
-            results = self.infer_batch([example] * size, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise PolicyError(f"warm-up inference with the example observation failed: {result}") from result
-            times[size] = time.perf_counter() - start
+        with self._lock:
+            counter = self._counter
+        try:
+            for size in self.batch_sizes:
+                start = time.perf_counter()
+                results = self.infer_batch([example] * size, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise PolicyError(f"warm-up inference with the example observation failed: {result}") from result
+                times[size] = time.perf_counter() - start
+        finally:
+            with self._lock:
+                self._counter = counter
         return times
 
     def infer(self, obs: Data) -> dict[str, Any]:

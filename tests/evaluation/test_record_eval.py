@@ -46,7 +46,9 @@ def test_eval_through_a_server_matches_eval_of_the_checkpoint(tmp_path):
     from pi0cli.policy.loading import make_tiny_checkpoint
 
     make_tiny_checkpoint(tmp_path / "ckpt", load_registry({}).embodiment("aloha_sim"))
-    direct = _pi0("eval", "aloha_sim", "--checkpoint", "ckpt", "--episodes", "1", "--out", "direct", cwd=tmp_path)
+    # Three steps per chunk: ~100 model calls per episode, so any drift in the noise stream shows.
+    direct = _pi0("eval", "aloha_sim", "--checkpoint", "ckpt", "--episodes", "1", "--open-loop-steps", "3",
+                  "--out", "direct", cwd=tmp_path)
     assert direct.returncode == 0, direct.stderr
     port = free_port()
     # One request per model call: the same noise as the checkpoint evaluated directly.
@@ -57,8 +59,8 @@ def test_eval_through_a_server_matches_eval_of_the_checkpoint(tmp_path):
         from pi0cli.client.policy import wait_until_ready
 
         wait_until_ready("127.0.0.1", port, timeout=300)
-        served = _pi0("eval", "aloha_sim", "--server", f"ws://127.0.0.1:{port}", "--episodes", "1", "--out", "served",
-                      cwd=tmp_path)
+        served = _pi0("eval", "aloha_sim", "--server", f"ws://127.0.0.1:{port}", "--episodes", "1",
+                      "--open-loop-steps", "3", "--out", "served", cwd=tmp_path)
         assert served.returncode == 0, served.stderr
     finally:
         server.terminate()
@@ -66,11 +68,12 @@ def test_eval_through_a_server_matches_eval_of_the_checkpoint(tmp_path):
     a = json.loads((tmp_path / "direct" / "report.json").read_text())
     b = json.loads((tmp_path / "served" / "report.json").read_text())
     assert a["success_rate"] == b["success_rate"]
-    keys = ("seed", "success", "episode_return", "steps")
+    keys = ("seed", "success", "episode_return", "steps", "actions_sha256")
     assert [{k: e[k] for k in keys} for e in a["per_episode"]] == [{k: e[k] for k in keys} for e in b["per_episode"]]
     assert Path(a["per_episode"][0]["video"]).is_file()
     assert a["provenance"]["config"]["embodiment"] == "aloha_sim" and "packages" in a["provenance"]
     assert "server_metadata" in b["provenance"]
+    assert a["open_loop_steps"] == b["open_loop_steps"] == 3
 
 
 def test_eval_refuses_a_robot_without_a_simulator(tmp_path):

@@ -50,6 +50,18 @@ def test_infer_batch_pads_and_splits_and_isolates_failures(policy):
         policy.infer_batch(observations)
 
 
+def test_warmup_consumes_no_noise(tiny_checkpoint):
+    """A warmed-up (served) policy and a cold in-process one draw the same noise for the same request sequence."""
+    cold = load_policy(tiny_checkpoint, batch_sizes=(1,))
+    warm = load_policy(tiny_checkpoint, batch_sizes=(1, 2))
+    warm.warmup()
+    first = [cold.infer(sim_obs(5))["actions"], warm.infer(sim_obs(5))["actions"]]
+    np.testing.assert_array_equal(*first)
+    np.testing.assert_array_equal(cold.infer(sim_obs(6))["actions"], warm.infer(sim_obs(6))["actions"])
+    # The noise does advance between requests: the same observation again gets a different chunk.
+    assert not np.array_equal(cold.infer(sim_obs(5))["actions"], first[0])
+
+
 def test_default_prompt_is_used_when_the_request_has_none(policy):
     obs = {k: v for k, v in sim_obs(4).items() if k != "prompt"}
     assert policy.infer(obs)["actions"].shape == (10, 14)  # the checkpoint's embodiment default ("Transfer cube")
