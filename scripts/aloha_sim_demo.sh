@@ -4,7 +4,7 @@
 #
 # Sizes come from the environment; the defaults finish in minutes on 2 cores (and learn little). The longer
 # setting (see README.md for what it reaches):
-#   PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=5000 EVAL_EPISODES=20 bash scripts/aloha_sim_demo.sh
+#   PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=5000 EVAL_EPISODES=50 bash scripts/aloha_sim_demo.sh
 set -euo pipefail
 
 EPISODES=${EPISODES:-4}
@@ -13,9 +13,9 @@ EVAL_EPISODES=${EVAL_EPISODES:-4}
 BATCH_SIZE=${BATCH_SIZE:-16}
 PRESET=${PRESET:-pi0_aloha_sim_tiny}
 # Norm stats over the preset's action chunks (the small preset predicts 50 steps, the tiny one 10); the small
-# preset executes half of each chunk before asking again (measured better than 10 steps, see README.md).
+# preset executes each whole chunk before asking again (measured better than 25 or 10 steps, see README.md).
 if [[ $PRESET == pi0_aloha_sim_small ]]; then
-  HORIZON=${HORIZON:-50}; OPEN_LOOP_STEPS=${OPEN_LOOP_STEPS:-25}
+  HORIZON=${HORIZON:-50}; OPEN_LOOP_STEPS=${OPEN_LOOP_STEPS:-50}
 else
   HORIZON=${HORIZON:-10}; OPEN_LOOP_STEPS=${OPEN_LOOP_STEPS:-10}
 fi
