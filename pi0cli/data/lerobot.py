@@ -164,7 +164,8 @@ def read_numeric(root: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def _quiet_lerobot_import() -> None:
+def quiet_lerobot_import() -> None:
+    """Call before importing lerobot: silences its torchcodec fallback traceback."""
     # lerobot logs a long torchcodec traceback at import when no system FFmpeg is there; pi0 uses PyAV.
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
 
@@ -212,7 +213,7 @@ class LeRobotFrames:
         return self._dataset
 
     def _open(self):
-        _quiet_lerobot_import()
+        quiet_lerobot_import()
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         fps = None

@@ -67,10 +67,7 @@ def write_synthetic_dataset(
     ``tasks[e % len(tasks)]``. Every camera with a dataset column is written (``optional_cameras=False``
     leaves out cameras that are not required). The content depends only on ``seed`` and the arguments.
     """
-    from pi0cli.data.lerobot import _quiet_lerobot_import
     from pi0cli.data.writer import DatasetWriter, embodiment_features
-
-    _quiet_lerobot_import()
 
     lengths = [int(frames)] * episodes if isinstance(frames, int) else [int(n) for n in frames]
     if len(lengths) != episodes or any(n <= 0 for n in lengths):

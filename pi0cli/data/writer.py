@@ -61,6 +61,9 @@ class DatasetWriter:
                  robot_type: str | None = None, use_videos: bool = True, overwrite: bool = False,
                  keep_on_interrupt: bool = True):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from pi0cli.data.lerobot import quiet_lerobot_import
+
+        quiet_lerobot_import()
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         self.root = Path(root).absolute()
