@@ -165,8 +165,8 @@ def read_numeric(root: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def quiet_lerobot_import() -> None:
-    """Call before importing lerobot: silences its torchcodec fallback traceback."""
-    # lerobot logs a long torchcodec traceback at import when no system FFmpeg is there; pi0 uses PyAV.
+    """Call before importing lerobot: without system FFmpeg it logs a long torchcodec traceback at import,
+    irrelevant here because pi0 decodes and encodes video through PyAV."""
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
 
 

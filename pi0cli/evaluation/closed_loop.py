@@ -41,7 +41,7 @@ class EpisodeResult:
     video: str | None
     # SHA-256 of the executed actions (float32, in order): equal digests mean two evaluations drove the robot
     # identically, e.g. ``--server`` against ``--checkpoint``.
-    actions_sha256: str = ""
+    actions_sha256: str
 
 
 def run_episode(task: str, seed: int, policy: Any, *, open_loop_steps: int, video: Path | None = None,
