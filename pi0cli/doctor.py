@@ -1,0 +1,343 @@
+"""Environment checks behind ``pi0 doctor``: is this machine ready to record, train, serve and evaluate?
+
+Each check returns :class:`Row` objects (what was checked, its status, what was found, and for a problem the
+fix). ``fail`` rows are blocking (pi0 cannot do its basic jobs: train on a LeRobot dataset, serve a
+checkpoint); ``warn`` rows limit something (no accelerator, no headless rendering, a broken plugin) without
+stopping the rest. The library takes the plugin registry as an object and imports nothing heavy at module
+level; probes that can crash a process (OpenGL) run in a subprocess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from pi0cli.plugins.manager import Registry
+
+Status = Literal["ok", "warn", "fail", "info"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the doctor's table."""
+
+    check: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    @property
+    def blocking(self) -> bool:
+        return self.status == "fail"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def check_python() -> list[Row]:
+    # pip refuses to install pi0 below 3.12 (requires-python), so this row is a record of which one runs.
+    return [Row("python", "ok", f"Python {platform.python_version()} at {sys.executable}")]
+
+
+def check_pi0() -> list[Row]:
+    import pi0cli
+
+    return [Row("pi0", "ok", f"pi0 {pi0cli.__version__} from {Path(pi0cli.__file__).parent}")]
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_jax() -> list[Row]:
+    try:
+        import jax
+    except Exception as exc:  # noqa: BLE001 - any import failure is the finding
+        return [Row("jax", "fail", f"cannot import jax: {_one_line(exc)}",
+                    "reinstall: pip install -r requirements.txt")]
+    try:
+        devices = jax.devices()
+        backend = jax.default_backend()
+    except Exception as exc:  # noqa: BLE001
+        return [Row("jax", "fail", f"jax {jax.__version__} has no working backend: {_one_line(exc)}",
+                    "check JAX_PLATFORMS and the jax/jaxlib install (pip install -U jax)")]
+    rows = [Row("jax", "ok", f"jax {jax.__version__}, backend {backend}, {len(devices)} device(s)")]
+    for device in devices:
+        memory = ""
+        try:
+            stats = device.memory_stats() or {}
+        except Exception:  # noqa: BLE001 - not every backend reports memory
+            stats = {}
+        if "bytes_limit" in stats:
+            memory = f", {_gib(stats['bytes_limit'])} usable"
+        rows.append(Row(f"  device {device.id}", "ok", f"{device.platform} {device.device_kind}{memory}"))
+    if backend == "cpu":
+        rows.append(Row("accelerator", "warn",
+                        "no GPU/TPU visible to JAX: training and serving run on the CPU (tiny presets only, bf16 is "
+                        "upcast)", "on a CUDA machine: pip install -U 'jax[cuda12]'"))
+    return rows
+
+
+def check_torch_lerobot() -> list[Row]:
+    rows = []
+    lerobot = _version("lerobot")
+    torch = _version("torch")
+    if lerobot is None:
+        rows.append(Row("lerobot", "fail", "lerobot is not installed (datasets are read and written with it)",
+                        "pip install -r requirements.txt"))
+    else:
+        rows.append(Row("lerobot", "ok", f"lerobot {lerobot}"))
+    if torch is None:
+        rows.append(Row("torch", "fail", "torch is not installed (LeRobot needs it)",
+                        "pip install -r requirements.txt"))
+        return rows
+    cuda_dists = sorted(d.metadata["Name"] for d in importlib.metadata.distributions()
+                        if (d.metadata["Name"] or "").lower().startswith("nvidia-"))
+    detail = f"torch {torch}"
+    if cuda_dists:
+        size = _dists_size(cuda_dists)
+        detail += f", with {len(cuda_dists)} CUDA wheels ({_gib(size)})"
+        if not _has_nvidia_gpu():
+            rows.append(Row("torch", "warn", detail + " on a machine without an NVIDIA GPU",
+                            "pi0 needs no CUDA torch on a CPU machine: pip install torch --index-url "
+                            "https://download.pytorch.org/whl/cpu before `pip install -r requirements.txt`"))
+            return rows
+    rows.append(Row("torch", "ok", detail))
+    return rows
+
+
+def _dists_size(names: Iterable[str]) -> int:
+    total = 0
+    for name in names:
+        try:
+            files = importlib.metadata.distribution(name).files or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for file in files:
+            try:
+                total += os.path.getsize(file.locate())
+            except OSError:
+                pass
+    return total
+
+
+def _has_nvidia_gpu() -> bool:
+    return Path("/proc/driver/nvidia").exists() or Path("/dev/nvidia0").exists()
+
+
+_GL_PROBE = """
+import os
+os.environ.setdefault("MUJOCO_GL", "egl")
+if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+import mujoco
+ctx = mujoco.GLContext(32, 32)
+ctx.make_current()
+ctx.free()
+print(mujoco.__version__)
+"""
+
+
+def check_rendering(timeout: float = 60.0) -> list[Row]:
+    """Headless MuJoCo rendering (simulated robots), probed in a subprocess: a missing EGL library can
+    crash the process that tries it."""
+    if importlib.util.find_spec("mujoco") is None:
+        return [Row("rendering", "info", "MuJoCo is not installed (only simulated robots need it)")]
+    backend = os.environ.get("MUJOCO_GL", "egl")
+    try:
+        probe = subprocess.run([sys.executable, "-c", _GL_PROBE], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [Row("rendering", "warn", f"MuJoCo OpenGL ({backend}) did not start within {timeout:g} s",
+                    _gl_fix(backend))]
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+        return [Row("rendering", "warn", f"MuJoCo cannot render headless through {backend}: {last}",
+                    _gl_fix(backend))]
+    return [Row("rendering", "ok", f"MuJoCo {probe.stdout.strip()} renders headless through MUJOCO_GL={backend}")]
+
+
+def _gl_fix(backend: str) -> str:
+    if backend == "egl":
+        return ("simulated robots need it: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri "
+                "(or MUJOCO_GL=osmesa with libosmesa6)")
+    if backend == "osmesa":
+        return "apt-get install libosmesa6, or use MUJOCO_GL=egl"
+    return f"MUJOCO_GL={backend} needs a display; use MUJOCO_GL=egl on a headless machine"
+
+
+def check_video(codec: str = "libsvtav1") -> list[Row]:
+    """Encode a few frames the way LeRobot's writer does (AV1 in mp4 through PyAV) and decode them back."""
+    try:
+        import av
+        import numpy as np
+        from av.video.stream import VideoStream
+    except Exception as exc:  # noqa: BLE001
+        return [Row("video", "fail", f"cannot import PyAV: {_one_line(exc)}", "pip install -r requirements.txt")]
+    # SVT-AV1 prints its banner and a thread-priority warning to stderr itself; it reads SVT_LOG (1: errors
+    # only) when an encoder starts.
+    os.environ.setdefault("SVT_LOG", "1")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "probe.mp4"
+        try:
+            av.logging.set_level(av.logging.ERROR)  # the encoders' info lines are not findings
+            with av.open(str(path), "w") as container:
+                stream = container.add_stream(codec, rate=10)
+                assert isinstance(stream, VideoStream)
+                stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+                for i in range(4):
+                    frame = np.full((64, 64, 3), 40 * i, dtype=np.uint8)
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                        container.mux(packet)
+                for packet in stream.encode():
+                    container.mux(packet)
+        except Exception as exc:  # noqa: BLE001
+            return [Row("video encode", "fail", f"PyAV {av.__version__} cannot encode {codec}: {_one_line(exc)}",
+                        "reinstall PyAV with its bundled FFmpeg: pip install --force-reinstall av")]
+        rows.append(Row("video encode", "ok", f"PyAV {av.__version__} encodes {codec} (LeRobot's dataset codec)"))
+        try:
+            with av.open(str(path)) as container:
+                decoded = sum(1 for _ in container.decode(video=0))
+        except Exception as exc:  # noqa: BLE001
+            decoded, error = 0, _one_line(exc)
+        else:
+            error = f"{decoded} of 4 frames came back"
+        if decoded != 4:
+            rows.append(Row("video decode", "fail", f"PyAV cannot decode its own {codec} video: {error}",
+                            "reinstall PyAV with its bundled FFmpeg: pip install --force-reinstall av"))
+        else:
+            rows.append(Row("video decode", "ok", f"PyAV decodes {codec}"))
+    return rows
+
+
+def check_plugins(registry: Registry) -> list[Row]:
+    from pi0cli.plugins.manager import DISABLE_ENV, LOAD_ENV
+
+    rows = []
+    if not registry.plugins:
+        selection = os.environ.get(LOAD_ENV)
+        why = f" ({LOAD_ENV}={selection!r})" if selection is not None else ""
+        rows.append(Row("plugins", "warn", f"no robot plugin loaded{why}: no embodiment is available",
+                        "pip install -r requirements.txt installs the built-in robots"
+                        + (f"; unset {LOAD_ENV}" if selection is not None else "")))
+        return rows
+    for plugin in registry.plugins:
+        if plugin.error is None:
+            rows.append(Row(f"plugin {plugin.name}", "ok",
+                            f"{plugin.label}: {', '.join(plugin.embodiments) or 'no embodiments'}"))
+        else:
+            rows.append(Row(f"plugin {plugin.name}", "warn", f"{plugin.label} failed to load: {plugin.error}",
+                            f"fix or uninstall it, or disable it with {DISABLE_ENV}={plugin.name}"))
+    return rows
+
+
+def cache_directories(env: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Where pi0 and its libraries read and write caches (the environment's overrides applied)."""
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME", str(Path.home())))
+    hf_home = Path(env.get("HF_HOME", str(Path(env.get("XDG_CACHE_HOME", str(home / ".cache"))) / "huggingface")))
+    dirs = {
+        "HF_HOME": hf_home,
+        "HF_LEROBOT_HOME": Path(env.get("HF_LEROBOT_HOME", str(hf_home / "lerobot"))),
+        "pi0 cache": home / ".cache" / "pi0",
+        "openpi cache": Path(env.get("OPENPI_DATA_HOME", str(home / ".cache" / "openpi"))),
+    }
+    if env.get("JAX_COMPILATION_CACHE_DIR"):
+        dirs["JAX_COMPILATION_CACHE_DIR"] = Path(env["JAX_COMPILATION_CACHE_DIR"])
+    return dirs
+
+
+def check_caches(env: Mapping[str, str] | None = None) -> list[Row]:
+    rows = []
+    for name, path in cache_directories(env).items():
+        if path.is_dir():
+            writable = os.access(path, os.W_OK)
+            rows.append(Row(f"cache {name}", "ok" if writable else "warn",
+                            f"{path}" + ("" if writable else " (not writable)"),
+                            "" if writable else f"make {path} writable or point {name.split()[0]} elsewhere"))
+        else:
+            parent = next((p for p in path.parents if p.exists()), Path("/"))
+            creatable = os.access(parent, os.W_OK)
+            rows.append(Row(f"cache {name}", "info" if creatable else "warn",
+                            f"{path} (not created yet" + ("" if creatable else f"; {parent} is not writable") + ")",
+                            "" if creatable else f"point {name.split()[0]} at a writable directory"))
+    return rows
+
+
+def check_network(host: str = "huggingface.co", timeout: float = 3.0,
+                  env: Mapping[str, str] | None = None) -> list[Row]:
+    """Offline switches and whether the Hugging Face Hub answers (datasets and checkpoints by repo id)."""
+    env = os.environ if env is None else env
+    switches = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if env.get(k, "").lower() in ("1", "true", "yes")]
+    if switches:
+        return [Row("network", "info", f"offline ({', '.join(switches)}=1): only local datasets and checkpoints")]
+    reachable = _reachable(host, 443, timeout)
+    if reachable:
+        return [Row("network", "ok", f"online: {host} answers")]
+    return [Row("network", "info", f"{host} does not answer within {timeout:g} s: use local dataset roots and "
+                                   "checkpoint directories", "set HF_HUB_OFFLINE=1 to skip hub look-ups")]
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    # DNS resolution ignores socket timeouts; a daemon thread bounds the whole attempt.
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def run_checks(registry: Registry, *, network: bool = True,
+               on_check: Callable[[str], None] | None = None) -> list[Row]:
+    """Every check, in the order of the table; ``on_check(name)`` is called before each (for a spinner)."""
+    checks: list[tuple[str, Callable[[], list[Row]]]] = [
+        ("python", check_python), ("pi0", check_pi0), ("jax", check_jax), ("torch and lerobot", check_torch_lerobot),
+        ("video", check_video), ("rendering", check_rendering), ("plugins", lambda: check_plugins(registry)),
+        ("caches", check_caches),
+    ]
+    if network:
+        checks.append(("network", check_network))
+    rows: list[Row] = []
+    for name, check in checks:
+        if on_check is not None:
+            on_check(name)
+        try:
+            rows.extend(check())
+        except Exception as exc:  # noqa: BLE001 - a crashing check is itself a finding, not a doctor crash
+            rows.append(Row(name, "fail", f"the check itself failed: {_one_line(exc)}",
+                            "run with PI0_DEBUG=1 and report it"))
+            if os.environ.get("PI0_DEBUG"):
+                raise
+    return rows
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,65 @@
+"""`pi0 doctor`: one table, exit 1 only on a blocking problem, every problem row names its fix."""
+
+from __future__ import annotations
+
+import json
+
+from plugin_helpers import fake_distribution, run_pi0
+
+from pi0cli.doctor import Row, check_caches, check_network
+
+
+def _rows(result) -> dict[str, dict]:
+    return {row["check"]: row for row in json.loads(result.stdout)}
+
+
+def test_doctor_on_this_machine_is_ready_and_covers_every_area():
+    result = run_pi0("doctor", "--json", "--no-network")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _rows(result)
+    for check in ("python", "jax", "lerobot", "torch", "video encode", "video decode", "rendering", "plugin aloha",
+                  "cache HF_HOME"):
+        assert check in rows, sorted(rows)
+    assert rows["python"]["status"] == "ok"
+    assert rows["video decode"]["status"] == "ok"
+    assert any(name.startswith("  device") for name in rows)
+    assert all(row["fix"] for row in rows.values() if row["status"] in ("warn", "fail"))
+    # The probe encodes AV1: the encoder's banner is not the doctor's output.
+    assert "Svt[" not in result.stderr
+
+
+def test_doctor_table_and_exit_1_on_a_blocking_problem():
+    result = run_pi0("doctor", "--no-network", env={"JAX_PLATFORMS": "nonexistent"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL" in result.stdout and "JAX_PLATFORMS" in result.stdout
+    assert "1 blocking problem" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_doctor_reports_a_broken_plugin_with_how_to_disable_it(tmp_path):
+    root = fake_distribution(tmp_path / "site", "pi0-embodiment-broken", "broken", "pi0_broken",
+                             "raise RuntimeError('boom')\n")
+    result = run_pi0("doctor", "--json", "--no-network", pythonpath=[root])
+    assert result.returncode == 0, result.stdout + result.stderr  # the other robots still work: a warning
+    row = _rows(result)["plugin broken"]
+    assert row["status"] == "warn" and "boom" in row["detail"]
+    assert "PI0_DISABLE_PLUGINS=broken" in row["fix"]
+
+
+def test_cache_rows_follow_the_environment(tmp_path):
+    blocked = tmp_path / "ro"
+    blocked.mkdir()
+    blocked.chmod(0o500)
+    try:
+        rows = {r.check: r for r in check_caches({"HOME": str(tmp_path), "HF_HOME": str(blocked / "hf")})}
+    finally:
+        blocked.chmod(0o700)
+    assert rows["cache HF_HOME"].detail.startswith(str(blocked / "hf"))
+    assert rows["cache HF_LEROBOT_HOME"].detail.startswith(str(blocked / "hf" / "lerobot"))
+    if rows["cache HF_HOME"].status == "warn":  # root may write anywhere
+        assert "HF_HOME" in rows["cache HF_HOME"].fix
+
+
+def test_offline_switch_skips_the_network_probe():
+    (row,) = check_network(env={"HF_HUB_OFFLINE": "1"}, host="192.0.2.1")
+    assert row == Row("network", "info", row.detail) and "offline" in row.detail
