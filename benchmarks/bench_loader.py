@@ -52,7 +52,8 @@ def main() -> None:
     from pi0cli.models.config import preset
     from pi0cli.models.tokenizer import PaligemmaTokenizer
     from pi0cli.policy.loading import train_tiny_tokenizer
-    from pi0cli.pipeline import Pipeline, collate
+    from pi0cli.pipeline import Pipeline
+    from pi0cli.transforms import stack_trees
     from pi0cli.plugins.manager import get_registry
 
     emb = get_registry().embodiment(args.embodiment)
@@ -76,7 +77,7 @@ def main() -> None:
         indices = [i for s in range(steps) for i in loader.order.local_indices(s)]
         t0 = time.perf_counter()
         for s in range(steps):
-            collate([transform(dataset[int(i)]) for i in indices[s * batch : (s + 1) * batch]])
+            stack_trees([transform(dataset[int(i)]) for i in indices[s * batch : (s + 1) * batch]])
         base = n / (time.perf_counter() - t0)
         print(f"baseline (main thread, dataset[i] + pipeline): {base:.1f} samples/s; peak RSS {peak_rss_mib():.0f} MiB")
 

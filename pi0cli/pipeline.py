@@ -231,16 +231,3 @@ class Pipeline:
             strict=True)
         return compose(unnormalize, AbsoluteActions(self.delta_action_mask), self.embodiment.outputs)
 
-
-def collate(examples: list[Data]) -> Data:
-    """Stack a list of examples (same nested keys) into one batch with a leading axis."""
-    first = examples[0]
-    out: Data = {}
-    for key, value in first.items():
-        if isinstance(value, Mapping):
-            out[key] = collate([e[key] for e in examples])
-        elif isinstance(value, str):
-            out[key] = [e[key] for e in examples]
-        else:
-            out[key] = np.stack([np.asarray(e[key]) for e in examples])
-    return out

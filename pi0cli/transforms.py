@@ -33,17 +33,23 @@ class Transform(Protocol):
 
 
 def flatten(data: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
-    """Flatten nested mappings into one level with ``sep``-joined keys (leaves are kept as they are)."""
+    """Flatten nested mappings into one level with ``sep``-joined keys (leaves are kept as they are).
+
+    Walks with an explicit stack, not a recursive closure: a closure that refers to itself is a reference
+    cycle, which keeps every tree it flattened alive until the cycle collector runs.
+    """
     flat: dict[str, Any] = {}
-
-    def visit(prefix: str, node: Any) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                visit(f"{prefix}{sep}{key}" if prefix else str(key), value)
+    stack: list[tuple[str, Iterator[tuple[Any, Any]]]] = [("", iter(data.items()))]
+    while stack:
+        prefix, items = stack[-1]
+        for key, value in items:
+            path = f"{prefix}{sep}{key}" if prefix else str(key)
+            if isinstance(value, Mapping):
+                stack.append((path, iter(value.items())))
+                break
+            flat[path] = value
         else:
-            flat[prefix] = node
-
-    visit("", data)
+            stack.pop()
     return flat
 
 
@@ -60,6 +66,29 @@ def unflatten(flat: Mapping[str, Any], sep: str = "/") -> Data:
             node = child
         node[leaf] = value
     return nested
+
+
+def stack_trees(trees: Sequence[Mapping[str, Any]], *, concatenate: bool = False) -> Data:
+    """Trees of the same nested keys -> one tree: array leaves stacked on a new leading axis (or, with
+    ``concatenate``, joined along the existing one). Stacking turns string leaves into a list; concatenating
+    chains list leaves (the stacked strings of each part).
+
+    The one batching helper: examples -> a training batch, requests -> a model batch, worker chunks -> a batch.
+    """
+    first = trees[0]
+    out: Data = {}
+    for key, value in first.items():
+        leaves = [tree[key] for tree in trees]
+        if isinstance(value, Mapping):
+            out[key] = stack_trees(leaves, concatenate=concatenate)
+        elif isinstance(value, str) and not concatenate:
+            out[key] = leaves
+        elif isinstance(value, list) and concatenate:
+            out[key] = [x for leaf in leaves for x in leaf]
+        else:
+            arrays = [np.asarray(leaf) for leaf in leaves]
+            out[key] = np.concatenate(arrays) if concatenate else np.stack(arrays)
+    return out
 
 
 def has_path(data: Mapping[str, Any], path: str) -> bool:

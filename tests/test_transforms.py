@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -27,6 +30,7 @@ from pi0cli.transforms import (
     normalize,
     pad_to_dim,
     resize_with_pad,
+    stack_trees,
     to_absolute_actions,
     to_delta_actions,
     to_uint8_hwc,
@@ -196,6 +200,30 @@ def test_pad_to_dim():
 def test_unflatten_inverts_flatten(tree):
     tree = {k: v for k, v in tree.items() if v}
     assert unflatten(flatten(tree)) == tree
+
+
+def test_flatten_keeps_order_and_leaves_no_reference_cycle():
+    class Leaf:
+        pass
+
+    leaf = Leaf()
+    ref = weakref.ref(leaf)
+    gc.disable()  # only reference counting frees now: a cycle through the result would keep the leaf alive
+    try:
+        flat = flatten({"a": {"b": leaf, "c": {"d": 1}}, "e": 2})
+        assert list(flat) == ["a/b", "a/c/d", "e"]
+        del flat, leaf
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_stack_trees_stacks_or_concatenates():
+    trees = [{"x": np.full((2,), i), "n": {"y": np.array(i)}, "s": f"p{i}"} for i in range(3)]
+    stacked = stack_trees(trees)
+    assert stacked["x"].shape == (3, 2) and stacked["n"]["y"].tolist() == [0, 1, 2] and stacked["s"] == ["p0", "p1", "p2"]
+    joined = stack_trees([stacked, stacked], concatenate=True)
+    assert joined["x"].shape == (6, 2) and joined["n"]["y"].tolist() == [0, 1, 2] * 2 and len(joined["s"]) == 6
 
 
 def test_lookup_reads_flat_and_nested_paths():

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pi0cli.errors import Pi0Error
-from pi0cli.pipeline import collate
+from pi0cli.transforms import stack_trees
 
 Batch = dict[str, Any]
 
@@ -108,7 +108,7 @@ def _load(dataset: Any, transform: Callable | None, indices: Sequence[int]) -> B
     for i in indices:
         example = dataset[int(i)]
         examples.append(transform(example) if transform is not None else example)
-    return collate(examples)
+    return stack_trees(examples)
 
 
 def _load_in_worker(indices: Sequence[int]) -> Batch:
@@ -170,7 +170,7 @@ class DataLoader:
                 if not pending:
                     return
                 parts = [future.result() for future in pending.popleft()]
-                yield parts[0] if len(parts) == 1 else _concat(parts)
+                yield parts[0] if len(parts) == 1 else stack_trees(parts, concatenate=True)
         finally:
             for futures in pending:
                 for future in futures:
@@ -180,15 +180,3 @@ class DataLoader:
     def __iter__(self) -> Iterator[Batch]:
         return self.batches(0)
 
-
-def _concat(parts: list[Batch]) -> Batch:
-    first = parts[0]
-    out: Batch = {}
-    for key, value in first.items():
-        if isinstance(value, dict):
-            out[key] = _concat([p[key] for p in parts])
-        elif isinstance(value, list):
-            out[key] = [x for p in parts for x in p[key]]
-        else:
-            out[key] = np.concatenate([p[key] for p in parts])
-    return out

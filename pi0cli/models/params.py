@@ -18,8 +18,12 @@ import numpy as np
 from flax import nnx
 
 from pi0cli.errors import Pi0Error
+from pi0cli.transforms import flatten, unflatten
 
-SEP = "/"
+__all__ = [
+    "ParamTreeError", "check_params", "count_params", "export_flat", "export_params", "flatten", "import_params",
+    "strip_value_leaves", "unflatten",
+]
 
 
 class ParamTreeError(Pi0Error, ValueError):
@@ -30,30 +34,6 @@ class ParamTreeError(Pi0Error, ValueError):
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         super().__init__(f"parameter tree does not match the model ({len(problems)} problem(s)):\n  "
                          + "\n  ".join(shown) + f"\n{hint}")
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{"a/b/c": leaf}``."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{SEP}{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a/b/c": leaf}`` -> nested dict."""
-    out: dict[str, Any] = {}
-    for key, v in flat.items():
-        node = out
-        *parents, last = key.split(SEP)
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return out
 
 
 def strip_value_leaves(tree: Mapping[str, Any]) -> dict[str, Any]:

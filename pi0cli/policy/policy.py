@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pi0cli.errors import ObservationError, Pi0Error
-from pi0cli.transforms import Data, compose
+from pi0cli.transforms import Data, compose, stack_trees
 
 #: Keys of the model's input batch (everything else the input transforms produce stays per request).
 MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
@@ -79,13 +79,6 @@ def make_transforms(
     # Contiguous images just before the model-side step (resize), which is the last one.
     inputs = compose(*steps[:-1], ContiguousImages(), steps[-1]) if steps else inputs
     return inputs, pipeline.outputs()
-
-
-def _stack(items: Sequence[Any]) -> Any:
-    first = items[0]
-    if isinstance(first, Mapping):
-        return {k: _stack([item[k] for item in items]) for k in first}
-    return np.stack([np.asarray(item) for item in items])
 
 
 class Policy:
@@ -236,7 +229,7 @@ class Policy:
         model_inputs = [{k: d[k] for k in MODEL_KEYS if k in d} for _, d in chunk]
         model_inputs += [model_inputs[0]] * (size - n)
         try:
-            batch = _stack(model_inputs)
+            batch = stack_trees(model_inputs)
         except (ValueError, KeyError) as exc:
             raise ObservationError(f"requests in one batch do not share shapes ({exc})") from None
         with self._lock:

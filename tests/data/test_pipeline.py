@@ -14,7 +14,8 @@ from pi0cli.embodiment import MODEL_IMAGE_SLOTS
 from pi0cli.errors import NormStatsError
 from pi0cli.models.tokenizer import PaligemmaTokenizer
 from pi0cli.normstats import NormStats
-from pi0cli.pipeline import Pipeline, PipelineError, collate, uses_quantile_norm
+from pi0cli.pipeline import Pipeline, PipelineError, uses_quantile_norm
+from pi0cli.transforms import stack_trees
 
 RESOLUTION = (48, 64)  # not the 32x32 of the data: resize-with-pad runs
 
@@ -73,7 +74,7 @@ def test_round_trip_every_embodiment(name, model_type, datasets, sp_model_bytes)
     assert examples[2]["actions_is_pad"].tolist() == [False, False, True, True]
     # Padded steps repeat the episode's last action (lerobot's padding), after every transform too.
     np.testing.assert_array_equal(examples[1]["actions"][1:], np.repeat(examples[1]["actions"][:1], 3, axis=0))
-    batch = collate(examples)
+    batch = stack_trees(examples)
     assert batch["state"].shape == (3, 32) and batch["actions_is_pad"].shape == (3, HORIZON)
     assert batch["image_mask"]["base_0_rgb"].shape == (3,) and batch["tokenized_prompt"].shape == (3, cfg.token_len)
 
@@ -88,7 +89,7 @@ def test_batch_builds_a_model_observation(datasets, sp_model_bytes):
     stats = compute_norm_stats(emb, datasets["aloha"], horizon=HORIZON)
     pipe = Pipeline.create(emb, cfg, stats, tokenizer=PaligemmaTokenizer(cfg.token_len, sp_model_bytes))
     frames = LeRobotFrames(datasets["aloha"], action_key=emb.action_key, action_horizon=HORIZON)
-    batch = collate([pipe.training_inputs()(frames[i]) for i in range(2)])
+    batch = stack_trees([pipe.training_inputs()(frames[i]) for i in range(2)])
     obs = Observation.from_dict(jax.tree.map(np.asarray, batch))
     assert obs.images["base_0_rgb"].shape == (2, *cfg.image_resolution, 3)
     assert float(obs.images["base_0_rgb"].min()) >= -1.0 and obs.tokenized_prompt.shape == (2, cfg.token_len)
