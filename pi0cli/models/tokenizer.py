@@ -8,6 +8,11 @@ pi0.5: ``BOS + tokens("Task: {cleaned text}, State: {bins};\\nAction: ")`` where
 Token ids are right-padded with 0 (mask False) or truncated (with a :class:`PromptTruncatedWarning`) to
 ``max_len``.
 
+pi0-FAST (:class:`FASTTokenizer`, prompt lower-cased, stripped, ``_`` -> space; newlines kept):
+prefix  ``BOS + tokens("Task: {text}, State: {bins};\n")`` (ar 0, no loss), postfix (training only)
+``tokens("Action: ") + mapped FAST ids + tokens("|") + EOS`` (ar 1, loss). FAST id ``i`` maps to the model id
+``vocab_size - 1 - 128 - i`` (the top of the vocabulary below its last 128 special tokens).
+
 The model file is found, in order: an explicit path (a file, or a directory holding
 ``paligemma_tokenizer.model``), ``$PI0_TOKENIZER``, the pi0 cache (``$PI0_CACHE_DIR`` or
 ``~/.cache/pi0``), the reference's cache (``$OPENPI_DATA_HOME`` or ``~/.cache/openpi``, under ``big_vision/``);
@@ -20,20 +25,28 @@ No JAX here: the data pipeline and the CLI use this module.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pi0cli.downloads import cache_dir, fetch, offline, openpi_cache_dir
 from pi0cli.errors import Pi0Error
 
-TOKENIZER_FILENAME = "paligemma_tokenizer.model"
+if TYPE_CHECKING:
+    from pi0cli.models.fast_tokenizer import FastActionTokenizer
+
+#: The reference's file name of the shared PaliGemma model (``big_vision/`` in its cache); a checkpoint's
+#: own tokenizer is :data:`pi0cli.checkpoint.TOKENIZER_FILENAME`.
+PALIGEMMA_TOKENIZER_FILENAME = "paligemma_tokenizer.model"
 #: Where the reference fetches the tokenizer (``gs://big_vision/paligemma_tokenizer.model``) over HTTPS.
 TOKENIZER_URL = "https://storage.googleapis.com/big_vision/paligemma_tokenizer.model"
 #: Number of bins of the discretised state in pi0.5 prompts.
 STATE_BINS = 256
+#: pi0-FAST: ids at the very top of the vocabulary that FAST ids never map to (PaliGemma's 128 ``<seg>`` tokens).
+FAST_SKIP_TOKENS = 128
 
 
 class TokenizerError(Pi0Error):
@@ -55,28 +68,18 @@ def discretize_state(state: np.ndarray) -> np.ndarray:
     return np.digitize(np.asarray(state, dtype=np.float64), bins) - 1
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "PI0_OFFLINE"))
-
-
-def cache_dir() -> Path:
-    """The pi0 download cache (``$PI0_CACHE_DIR`` or ``~/.cache/pi0``)."""
-    return Path(os.environ.get("PI0_CACHE_DIR") or Path.home() / ".cache" / "pi0")
-
-
 def candidate_paths(path: str | os.PathLike[str] | None = None) -> list[Path]:
     """Every place a tokenizer model is looked for, in order."""
     def as_file(p: Path) -> Path:
-        return p / TOKENIZER_FILENAME if p.is_dir() or p.suffix != ".model" else p
+        return p / PALIGEMMA_TOKENIZER_FILENAME if p.is_dir() or p.suffix != ".model" else p
 
     if path is not None:
         return [as_file(Path(path).expanduser())]
     found: list[Path] = []
     if os.environ.get("PI0_TOKENIZER"):
         found.append(as_file(Path(os.environ["PI0_TOKENIZER"]).expanduser()))
-    found.append(cache_dir() / TOKENIZER_FILENAME)
-    openpi = Path(os.environ.get("OPENPI_DATA_HOME") or Path.home() / ".cache" / "openpi")
-    found.append(openpi / "big_vision" / TOKENIZER_FILENAME)
+    found.append(cache_dir() / PALIGEMMA_TOKENIZER_FILENAME)
+    found.append(openpi_cache_dir() / "big_vision" / PALIGEMMA_TOKENIZER_FILENAME)
     return found
 
 
@@ -89,32 +92,22 @@ def find_tokenizer_model(path: str | os.PathLike[str] | None = None, *, download
     looked = ", ".join(str(c) for c in candidates)
     if path is not None:
         raise TokenizerError(f"no tokenizer model at {looked}; pass the path of a sentencepiece .model file")
-    if not download or _offline():
+    if not download or offline():
         raise TokenizerError(
             f"PaliGemma tokenizer not found (looked in {looked}) and offline; copy paligemma_tokenizer.model "
             f"there or pass --tokenizer PATH (it is at {TOKENIZER_URL})"
         )
-    return _download(cache_dir() / TOKENIZER_FILENAME, looked)
+    return _download(cache_dir() / PALIGEMMA_TOKENIZER_FILENAME, looked)
 
 
 def _download(target: Path, looked: str) -> Path:
-    import urllib.error
-    import urllib.request
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(TOKENIZER_URL, timeout=30) as response:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, target)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        Path(tmp).unlink(missing_ok=True)
+        return fetch(TOKENIZER_URL, target, timeout=30)
+    except OSError as exc:  # URLError and socket timeouts are OSErrors
         raise TokenizerError(
             f"PaliGemma tokenizer not found (looked in {looked}) and downloading {TOKENIZER_URL} failed ({exc}); "
             "copy the file there or pass --tokenizer PATH"
         ) from None
-    return target
 
 
 class PaligemmaTokenizer:
@@ -143,7 +136,9 @@ class PaligemmaTokenizer:
         try:
             sp.LoadFromSerializedProto(proto)
         except Exception as exc:  # sentencepiece raises RuntimeError/OSError for bad files
-            raise TokenizerError(f"not a sentencepiece model ({exc}); pass the PaliGemma tokenizer .model file") from None
+            raise TokenizerError(
+                f"not a sentencepiece model ({exc}); pass the PaliGemma tokenizer .model file"
+            ) from None
         return sp
 
     def __getstate__(self) -> dict:
@@ -161,6 +156,10 @@ class PaligemmaTokenizer:
     @property
     def bos_id(self) -> int:
         return int(self._sp.bos_id())
+
+    @property
+    def eos_id(self) -> int:
+        return int(self._sp.eos_id())
 
     def encode(self, text: str) -> list[int]:
         return list(self._sp.EncodeAsIds(text))
@@ -192,3 +191,132 @@ class PaligemmaTokenizer:
         tokens[: len(ids)] = ids
         mask[: len(ids)] = True
         return tokens, mask
+
+
+def fast_clean_text(text: str) -> str:
+    """pi0-FAST prompt cleaning (reference): lower-cased, stripped, ``_`` becomes a space (newlines kept)."""
+    return text.lower().strip().replace("_", " ")
+
+
+def _pad_or_truncate(rows: Sequence[list[int]], max_len: int, what: str) -> list[list[int]]:
+    n = len(rows[0])
+    if n > max_len:
+        warnings.warn(
+            f"{what} has {n} tokens, truncated to max_token_len {max_len}; shorten the prompt, lower the action "
+            "tokens per chunk (a larger FAST vocabulary or a smaller scale) or raise max_token_len",
+            PromptTruncatedWarning,
+            stacklevel=3,
+        )
+        return [r[:max_len] for r in rows]
+    return [r + [0] * (max_len - n) for r in rows]
+
+
+class FASTTokenizer:
+    """pi0-FAST token sequences: prompt + discretised state (+ FAST action tokens when training).
+
+    ``vocab_size`` is the model's vocabulary size (the top of which FAST ids map into); it defaults to the
+    sentencepiece model's, as the reference (257,152 for PaliGemma). The action-id range must not overlap
+    the text ids the sentencepiece model can produce. Picklable.
+    """
+
+    def __init__(
+        self,
+        paligemma: PaligemmaTokenizer,
+        fast: FastActionTokenizer,
+        *,
+        max_len: int = 250,
+        vocab_size: int | None = None,
+    ):
+        if max_len <= 0:
+            raise TokenizerError(f"max_len must be positive, got {max_len}")
+        self.paligemma, self.fast, self.max_len = paligemma, fast, int(max_len)
+        self.vocab_size = int(vocab_size if vocab_size is not None else paligemma.vocab_size)
+        highest = self.vocab_size - 1 - FAST_SKIP_TOKENS
+        lowest = highest - (fast.vocab_size - 1)
+        if lowest < paligemma.vocab_size and self.vocab_size != paligemma.vocab_size:
+            raise TokenizerError(
+                f"FAST ids (vocab {fast.vocab_size}) map to model ids {lowest}..{highest}, overlapping the "
+                f"{paligemma.vocab_size} text ids; use a larger model vocabulary or a smaller FAST "
+                "vocabulary"
+            )
+        if lowest < 0:
+            raise TokenizerError(
+                f"the model vocabulary ({self.vocab_size}) is too small for {fast.vocab_size} FAST ids plus "
+                f"{FAST_SKIP_TOKENS} reserved ones"
+            )
+
+    # ------------------------------------------------------------------------------------------- id mapping
+    def fast_to_model_ids(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """FAST ids -> model ids ``vocab_size - 1 - 128 - id`` (the map is its own inverse)."""
+        return self.vocab_size - 1 - FAST_SKIP_TOKENS - np.asarray(ids, dtype=np.int64)
+
+    def model_to_fast_ids(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        return self.fast_to_model_ids(ids)
+
+    def is_action_id(self, ids: np.ndarray) -> np.ndarray:
+        """Which model ids lie in the FAST range."""
+        fast = self.model_to_fast_ids(ids)
+        return (fast >= 0) & (fast < self.fast.vocab_size)
+
+    # ------------------------------------------------------------------------------------------- tokenize
+    def prefix_ids(self, prompt: str, state: np.ndarray) -> list[int]:
+        """``BOS + tokens("Task: {text}, State: {bins};\\n")``."""
+        bins = " ".join(str(int(b)) for b in discretize_state(np.asarray(state).reshape(-1)))
+        text = f"Task: {fast_clean_text(prompt)}, State: {bins};\n"
+        return [self.paligemma.bos_id, *self.paligemma.encode(text)]
+
+    def postfix_ids(self, actions: np.ndarray) -> list[int]:
+        """``tokens("Action: ") + mapped FAST ids + tokens("|") + EOS`` of one normalised chunk ``[H, D]``."""
+        fast_ids = self.fast.encode(np.asarray(actions)[None])[0]
+        mapped = self.fast_to_model_ids(fast_ids).tolist()
+        return [*self.paligemma.encode("Action: "), *mapped, *self.paligemma.encode("|"), self.paligemma.eos_id]
+
+    def tokenize(
+        self, prompt: str, state: np.ndarray, actions: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(tokens int32, mask bool, ar_mask int32, loss_mask bool)``, each ``[max_len]``.
+
+        ``state`` is the normalised, unpadded state; ``actions`` the normalised, unpadded chunk ``[H, D]``
+        (None at inference: no postfix). Right-padded with 0 / False, or truncated with a warning.
+        """
+        prefix = self.prefix_ids(prompt, state)
+        postfix = [] if actions is None else self.postfix_ids(actions)
+        tokens = prefix + postfix
+        rows = [tokens, [1] * len(tokens), [0] * len(prefix) + [1] * len(postfix),
+                [0] * len(prefix) + [1] * len(postfix)]
+        tok, mask, ar, loss = _pad_or_truncate(rows, self.max_len, "pi0-FAST token sequence")
+        return (np.asarray(tok, np.int32), np.asarray(mask, bool), np.asarray(ar, np.int32), np.asarray(loss, bool))
+
+    # ------------------------------------------------------------------------------------------- detokenize
+    def action_ids(self, output: np.ndarray | Sequence[int]) -> list[int] | None:
+        """The FAST ids of a generated sequence: the action-range ids right after ``tokens("Action: ")``, up
+        to the first other id (``"|"``, EOS, padding). None when there is no ``"Action: "``.
+
+        The reference decodes the ids to text, splits on ``"Action: "`` and ``"|"`` and re-encodes; working on
+        ids gives the same answer for well-formed outputs without a text round trip (which a small test
+        vocabulary could not make for ids above its size).
+        """
+        ids = [int(i) for i in np.asarray(output).reshape(-1)]
+        if self.paligemma.eos_id in ids:
+            ids = ids[: ids.index(self.paligemma.eos_id)]
+        marker = self.paligemma.encode("Action: ")
+        m = len(marker)
+        for start in range(len(ids) - m + 1):
+            if ids[start : start + m] == marker:
+                rest = np.asarray(ids[start + m :], dtype=np.int64)
+                in_range = self.is_action_id(rest)
+                end = int(np.argmin(in_range)) if not in_range.all() else len(rest)
+                return self.model_to_fast_ids(rest[:end]).tolist()
+        return None
+
+    def extract_actions(
+        self, output: np.ndarray | Sequence[int], action_horizon: int, action_dim: int
+    ) -> tuple[np.ndarray, bool]:
+        """``(actions [H, D], ok)``; zeros and ``ok=False`` when the output holds no well-formed chunk."""
+        fast_ids = self.action_ids(output)
+        if fast_ids is None:
+            return np.zeros((action_horizon, action_dim)), False
+        chunk = self.fast.decode_one(fast_ids, action_horizon, action_dim)
+        if chunk is None:
+            return np.zeros((action_horizon, action_dim)), False
+        return chunk, True

@@ -1,0 +1,245 @@
+"""The FAST action tokenizer (DCT + BPE) and the pi0-FAST token sequences (hand-computed cases)."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from pi0cli.models.fast_tokenizer import (
+    FastActionTokenizer,
+    FastTokenizerError,
+    _dct_matrix,
+    dct,
+    evaluate,
+    idct,
+    quantization_error_bound,
+)
+from pi0cli.models.tokenizer import (
+    FAST_SKIP_TOKENS,
+    FASTTokenizer,
+    PaligemmaTokenizer,
+    PromptTruncatedWarning,
+    TokenizerError,
+    fast_clean_text,
+)
+
+H, D = 10, 7
+
+
+def smooth_chunks(n: int, seed: int = 0, horizon: int = H, dim: int = D) -> np.ndarray:
+    """Structured chunks like recorded robot motion: each dim a slow sinusoid plus a ramp, in about [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
+    freq = rng.uniform(0.1, 1.5, (n, 1, dim))
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, dim))
+    amp = rng.uniform(0.1, 0.8, (n, 1, dim))
+    ramp = rng.uniform(-0.3, 0.3, (n, 1, dim))
+    x = amp * np.sin(2 * np.pi * freq * t + phase) + ramp * t
+    x[..., -1] = np.where(rng.uniform(size=(n, 1)) < 0.5, -1.0, 1.0)  # a binary gripper dim
+    return np.clip(x, -1, 1)
+
+
+@pytest.fixture(scope="module")
+def fast() -> FastActionTokenizer:
+    return FastActionTokenizer.fit(list(smooth_chunks(400)), vocab_size=512)
+
+
+def train_sentencepiece() -> bytes:
+    """A tiny sentencepiece model with Gemma's special ids (pad 0, eos 1, bos 2, unk 3)."""
+    import sentencepiece
+
+    corpus = ["Task: pick up the cube, State: 0 12 128 255;\n", "Action: ", "|", "fold the towel",
+              "transfer cube", "open the drawer slowly", "0 1 2 3 4 5 6 7 8 9 10 100 127 128 192 255"] * 20
+    buffer = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=buffer, vocab_size=320, model_type="bpe", byte_fallback=True,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, hard_vocab_limit=False, minloglevel=2,
+    )
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def paligemma() -> PaligemmaTokenizer:
+    return PaligemmaTokenizer(48, train_sentencepiece())
+
+
+# ------------------------------------------------------------------------------------------------ DCT, codec
+def test_dct_is_the_orthonormal_dct_ii():
+    x = np.random.default_rng(0).normal(size=(H, D))
+    m = _dct_matrix(H)
+    np.testing.assert_allclose(m @ m.T, np.eye(H), atol=1e-12)
+    np.testing.assert_allclose(dct(x, axis=0), m @ x, atol=1e-12)
+    np.testing.assert_allclose(idct(dct(x, axis=0), axis=0), x, atol=1e-12)
+
+
+def test_round_trip_on_structured_chunks_is_within_the_quantization_bound(fast):
+    chunks = smooth_chunks(200, seed=1)  # not the fitting chunks
+    report = evaluate(fast, list(chunks))
+    bound = quantization_error_bound(H, fast.scale)
+    assert report.decode_failures == 0
+    assert report.max_abs_error <= bound
+    assert report.mean_tokens < H * D  # BPE compresses the 70 coefficients
+    assert report.compression > 1.5
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.float64, (H, D), elements=st.floats(-1, 1, allow_nan=False)))
+def test_round_trip_on_random_chunks_is_within_the_quantization_bound(fast, chunk):
+    # Random chunks reach DCT coefficients beyond the fitted range; values above it still encode (byte-level
+    # alphabet), values below min_token are clipped: keep the test inside the representable range.
+    coef = np.around(dct(chunk, axis=0) * fast.scale)
+    if coef.min() < fast.min_token:
+        chunk = chunk * 0.5
+    tokens = fast.encode(chunk)
+    result = fast.decode_with_status(tokens, time_horizon=H, action_dim=D)
+    assert result.ok.all()
+    assert np.abs(result.actions[0] - chunk).max() <= quantization_error_bound(H, fast.scale) + 1e-12
+
+
+def test_fitting_is_deterministic():
+    chunks = list(smooth_chunks(150, seed=3))
+    a = FastActionTokenizer.fit(chunks, vocab_size=400)
+    b = FastActionTokenizer.fit(chunks, vocab_size=400)
+    assert a._json == b._json and a.min_token == b.min_token
+    assert a.encode(np.stack(chunks)) == b.encode(np.stack(chunks))
+    c = FastActionTokenizer.fit(chunks[:-1], vocab_size=400)
+    assert c._json != a._json  # the test can tell tokenizers apart
+
+
+def test_saved_directory_loads_back_with_identical_tokens(fast, tmp_path):
+    fast.save(tmp_path / "fast")
+    cfg = json.loads((tmp_path / "fast" / "processor_config.json").read_text())
+    assert cfg["processor_class"] == "UniversalActionProcessor"
+    assert {cfg["scale"], cfg["vocab_size"], cfg["min_token"]} == {fast.scale, 512, fast.min_token}
+    assert json.loads((tmp_path / "fast" / "tokenizer.json").read_text())["model"]["type"] == "BPE"
+    loaded = FastActionTokenizer.load(tmp_path / "fast")
+    chunks = smooth_chunks(30, seed=5)
+    assert loaded.encode(chunks) == fast.encode(chunks)
+    np.testing.assert_array_equal(loaded.decode(fast.encode(chunks)), fast.decode(fast.encode(chunks)))
+    again = pickle.loads(pickle.dumps(loaded))
+    assert again.encode(chunks) == fast.encode(chunks)
+
+
+def test_published_layout_without_optional_fields_loads(fast, tmp_path):
+    """The hub directory carries extra keys (auto_map) and null shape fields; decoding then needs the shape."""
+    d = tmp_path / "hub"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(fast._json)
+    (d / "processor_config.json").write_text(json.dumps({
+        "auto_map": {"AutoProcessor": "processing_action_tokenizer.UniversalActionProcessor"},
+        "processor_class": "UniversalActionProcessor", "scale": 10, "vocab_size": 512,
+        "min_token": fast.min_token, "action_dim": None, "time_horizon": None,
+    }))
+    loaded = FastActionTokenizer.load(d)
+    tokens = loaded.encode(smooth_chunks(2))
+    with pytest.raises(FastTokenizerError, match="pass time_horizon and action_dim"):
+        loaded.decode(tokens)
+    assert loaded.decode(tokens, time_horizon=H, action_dim=D).shape == (2, H, D)
+
+
+def test_bad_directories_name_the_problem(tmp_path):
+    with pytest.raises(FastTokenizerError, match="not a FAST tokenizer directory"):
+        FastActionTokenizer.load(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "processor_config.json").write_text("{}")
+    with pytest.raises(FastTokenizerError, match="not a tokenizers JSON"):
+        FastActionTokenizer.load(tmp_path)
+
+
+def test_decode_failures_are_counted_and_give_zeros(fast):
+    good = fast.encode(smooth_chunks(1))[0]
+    result = fast.decode_with_status([good, good[:-3], [fast.bpe_vocab_size + 5]], time_horizon=H, action_dim=D)
+    assert result.ok.tolist() == [True, False, False] and result.failures == 2
+    assert (result.actions[1:] == 0).all() and np.abs(result.actions[0]).sum() > 0
+    np.testing.assert_array_equal(fast.decode([good[:-3]], time_horizon=H, action_dim=D), np.zeros((1, H, D)))
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(FastTokenizerError, match="no action chunks"):
+        FastActionTokenizer.fit([])
+    with pytest.raises(FastTokenizerError, match="one shape"):
+        FastActionTokenizer.fit([np.zeros((4, 2)), np.zeros((5, 2))])
+    with pytest.raises(FastTokenizerError, match="below the 256 byte symbols"):
+        FastActionTokenizer.fit([np.zeros((4, 2))], vocab_size=100)
+
+
+# --------------------------------------------------------------------------------------- pi0-FAST tokenization
+def test_prompt_cleaning_lowercases_and_keeps_newlines():
+    assert fast_clean_text("  Pick_Up the Cube \n") == "pick up the cube"
+    assert fast_clean_text("a\nb_c") == "a\nb c"
+
+
+def test_id_mapping_is_the_top_of_the_vocabulary(paligemma, fast):
+    ft = FASTTokenizer(paligemma, fast, max_len=64, vocab_size=1024)
+    # Hand computation: 1024 - 1 - 128 - id.
+    assert ft.fast_to_model_ids([0, 1, 5, 511]).tolist() == [895, 894, 890, 384]
+    assert ft.model_to_fast_ids([895, 384]).tolist() == [0, 511]
+    assert ft.is_action_id(np.array([896, 895, 384, 383, 3])).tolist() == [False, True, True, False, False]
+    # The reference's PaliGemma vocabulary: FAST id 0 is 257023, below the last 128 special tokens.
+    big = FASTTokenizer(paligemma, fast, vocab_size=257_152)
+    assert big.fast_to_model_ids([0, 511]).tolist() == [257_152 - 1 - FAST_SKIP_TOKENS, 256_512]
+
+
+def test_prefix_is_bos_task_and_state_bins(paligemma, fast):
+    ft = FASTTokenizer(paligemma, fast, max_len=64, vocab_size=1024)
+    state = np.array([-1.5, -1.0, 0.0, 0.5, 0.999, 1.0, 2.0])
+    tokens, mask, ar, loss = ft.tokenize("Pick_up the CUBE", state)
+    # Hand computation of the bins: digitize(s, linspace(-1, 1, 257)[:-1]) - 1.
+    text = "Task: pick up the cube, State: -1 0 128 192 255 255 255;\n"
+    expected = [2, *paligemma.encode(text)]
+    n = len(expected)
+    assert tokens.dtype == np.int32 and ar.dtype == np.int32 and mask.dtype == bool and loss.dtype == bool
+    assert tokens.tolist() == expected + [0] * (64 - n)
+    assert mask.tolist() == [True] * n + [False] * (64 - n)
+    assert ar.tolist() == [0] * 64 and loss.tolist() == [False] * 64
+
+
+def test_postfix_is_action_marker_mapped_ids_bar_eos(paligemma, fast):
+    ft = FASTTokenizer(paligemma, fast, max_len=120, vocab_size=1024)
+    state, chunk = np.zeros(3), smooth_chunks(1)[0]
+    tokens, mask, ar, loss = ft.tokenize("fold the towel", state, chunk)
+    prefix = [2, *paligemma.encode("Task: fold the towel, State: 128 128 128;\n")]
+    mapped = [1024 - 1 - 128 - i for i in fast.encode(chunk)[0]]
+    postfix = [*paligemma.encode("Action: "), *mapped, *paligemma.encode("|"), 1]
+    n_p, n_a = len(prefix), len(postfix)
+    pad = 120 - n_p - n_a
+    assert tokens.tolist() == prefix + postfix + [0] * pad
+    assert mask.tolist() == [True] * (n_p + n_a) + [False] * pad
+    assert ar.tolist() == [0] * n_p + [1] * n_a + [0] * pad
+    assert loss.tolist() == [False] * n_p + [True] * n_a + [False] * pad
+    # Detokenizing the generated part (the postfix, then padding) gives the chunk back.
+    actions, ok = ft.extract_actions(tokens[n_p:], H, D)
+    assert ok
+    np.testing.assert_allclose(actions, fast.decode(fast.encode(chunk), time_horizon=H, action_dim=D)[0])
+
+
+def test_truncation_warns_and_cuts_every_mask(paligemma, fast):
+    ft = FASTTokenizer(paligemma, fast, max_len=12, vocab_size=1024)
+    chunk = smooth_chunks(1)[0]
+    full = FASTTokenizer(paligemma, fast, max_len=200, vocab_size=1024).tokenize("fold", np.zeros(2), chunk)
+    with pytest.warns(PromptTruncatedWarning, match="truncated to max_token_len 12"):
+        tokens, mask, ar, loss = ft.tokenize("fold", np.zeros(2), chunk)
+    assert tokens.tolist() == full[0][:12].tolist() and mask.all()
+    assert ar.tolist() == full[2][:12].tolist() and loss.tolist() == full[3][:12].tolist()
+
+
+def test_extraction_failures(paligemma, fast):
+    ft = FASTTokenizer(paligemma, fast, max_len=64, vocab_size=1024)
+    actions, ok = ft.extract_actions(np.array(paligemma.encode("no actions here") + [1, 0, 0]), H, D)
+    assert not ok and (actions == 0).all() and actions.shape == (H, D)
+    marker = paligemma.encode("Action: ")
+    actions, ok = ft.extract_actions(np.array([*marker, 895, 894, 1]), H, D)  # too few tokens for a chunk
+    assert not ok and (actions == 0).all()
+    assert ft.action_ids([*marker, 895, 894, *paligemma.encode("|"), 1, 880]) == [0, 1]
+
+
+def test_action_range_overlapping_text_ids_is_refused(paligemma, fast):
+    with pytest.raises(TokenizerError, match="overlapping"):
+        FASTTokenizer(paligemma, fast, vocab_size=700)  # 700 - 129 - 511 = 60 < 320 text ids
