@@ -37,6 +37,9 @@ def evaluate(
     videos: Annotated[bool, typer.Option("--videos/--no-videos", help="Save an mp4 per episode (with --out).")] = True,
     shadows: Annotated[bool, typer.Option("--shadows/--no-shadows", help="Render shadows; match what the policy was trained on.")] = False,
     api_key: Annotated[str | None, typer.Option("--api-key", help="API key of the server.")] = None,
+    connect_timeout: Annotated[float, typer.Option(
+        "--connect-timeout", min=0, metavar="SECONDS",
+        help="With a served policy: how long to wait for the server to answer.")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
@@ -54,7 +57,8 @@ def evaluate(
 
     emb, simulator = simulated(embodiment)
     task = task_of(simulator, task)
-    policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=PROMPTS[task])
+    policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=PROMPTS[task],
+                                     connect_timeout=connect_timeout)
 
     def show(result) -> None:
         mark = "[green]success[/green]" if result.success else "[red]failure[/red]"

@@ -22,6 +22,9 @@ def record(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first episode's scene.")] = 0,
     shadows: Annotated[bool, typer.Option("--shadows/--no-shadows", help="Render shadows (slow on a CPU; gym-aloha's default look).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
+    connect_timeout: Annotated[float, typer.Option(
+        "--connect-timeout", min=0, metavar="SECONDS",
+        help="With a served policy: how long to wait for the server to answer.")] = 30.0,
 ) -> None:
     """Record simulated episodes into a LeRobot dataset (images as video, state, action, task).
 
@@ -48,7 +51,7 @@ def record(
         from pi0cli.client.broker import ActionChunkBroker
         from pi0cli.sim.episodes import rollout
 
-        policy, _ = open_policy(emb, checkpoint, server, default_prompt=prompt)
+        policy, _ = open_policy(emb, checkpoint, server, default_prompt=prompt, connect_timeout=connect_timeout)
 
         def rollouts():
             for s in range(seed, seed + episodes):

@@ -29,9 +29,10 @@ def task_of(simulator: str, task: str | None) -> str:
 
 
 def open_policy(embodiment: Any, checkpoint: Path | None, server: str | None, *, api_key: str | None = None,
-                default_prompt: str | None = None) -> tuple[Any, dict[str, Any]]:
+                default_prompt: str | None = None, connect_timeout: float = 30.0) -> tuple[Any, dict[str, Any]]:
     """A policy answering ``infer(observation)``: loaded from ``checkpoint`` or reached at ``server``
-    (``ws://host:port``); returns it with its provenance."""
+    (``ws://host:port``, waiting up to ``connect_timeout`` seconds and saying so); returns it with its
+    provenance."""
     if (checkpoint is None) == (server is None):
         raise Pi0Error("pass exactly one of --checkpoint DIR and --server ws://HOST:PORT")
     if checkpoint is not None:
@@ -46,10 +47,27 @@ def open_policy(embodiment: Any, checkpoint: Path | None, server: str | None, *,
         return policy, provenance
     from urllib.parse import urlparse
 
-    from pi0cli.client.policy import WebsocketClientPolicy
+    from pi0cli.cli import console
+    from pi0cli.client.policy import ServerUnreachableError, WebsocketClientPolicy
 
+    assert server is not None
     url = urlparse(server if "://" in server else f"ws://{server}")
     if url.scheme not in ("ws", "wss") or not url.hostname:
         raise Pi0Error(f"--server {server!r} is not a websocket address; use ws://HOST:PORT")
-    policy = WebsocketClientPolicy(url.hostname, url.port or 8000, api_key=api_key)
+    uri = f"{url.scheme}://{url.hostname}:{url.port or 8000}"
+    message = f"connecting to the policy server at {uri} (waiting up to {connect_timeout:g} s)"
+    if not console.err.is_terminal:  # a log gets one line instead of the spinner
+        console.err.print(message)
+    with console.err.status(message) as status:
+
+        def waiting(waited: float, last: BaseException | None) -> None:
+            why = f": {' '.join(str(last).split())}" if last is not None else ""
+            status.update(f"waiting for the policy server at {uri}: {waited:.0f} s of {connect_timeout:g} s{why} "
+                          "(start it with `pi0 serve`)")
+
+        try:
+            policy = WebsocketClientPolicy(uri, None, api_key=api_key, connect_timeout=connect_timeout,
+                                           on_wait=waiting)
+        except ServerUnreachableError as exc:
+            raise Pi0Error(f"{exc}; or wait longer with --connect-timeout SECONDS") from None
     return policy, {"server": server, "server_metadata": policy.get_server_metadata()}

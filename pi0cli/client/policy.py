@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from pi0cli.errors import Pi0Error
@@ -13,6 +14,10 @@ from pi0cli.serving import protocol
 
 class PolicyServerError(Pi0Error):
     """The server answered with an error, or could not be reached."""
+
+
+class ServerUnreachableError(PolicyServerError):
+    """No server answered at the address within the connect timeout."""
 
 
 class BasePolicy:
@@ -27,7 +32,8 @@ class BasePolicy:
 
 class WebsocketClientPolicy(BasePolicy):
     """Connects to ``ws://host:port`` (``host`` may be a full ``ws://`` / ``wss://`` URI), retrying every
-    ``retry_interval`` seconds while the server starts, for up to ``connect_timeout`` seconds (None: forever).
+    ``retry_interval`` seconds while the server starts, for up to ``connect_timeout`` seconds (None: forever);
+    ``on_wait(waited_seconds, last_error)`` is called after each failed attempt (to show what is awaited).
 
     Sends ``Authorization: Api-Key <key>`` when ``api_key`` is given; a refused key fails at once. The server's
     first frame (its metadata) is available from :meth:`get_server_metadata`. An error reply (a text frame)
@@ -44,6 +50,7 @@ class WebsocketClientPolicy(BasePolicy):
         retry_interval: float = 0.5,
         request_timeout: float | None = None,
         max_message_bytes: int | None = None,
+        on_wait: Callable[[float, BaseException | None], None] | None = None,
     ):
         if host.startswith(("ws://", "wss://")):
             self.uri = host
@@ -55,6 +62,7 @@ class WebsocketClientPolicy(BasePolicy):
         self.request_timeout = request_timeout
         self._max_size = max_message_bytes
         self._packer = protocol.Packer()
+        self._on_wait = on_wait
         self._ws, self._metadata = self._connect(connect_timeout, retry_interval)
 
     # -------------------------------------------------------------------------------------------- connect
@@ -64,13 +72,16 @@ class WebsocketClientPolicy(BasePolicy):
         from websockets.sync.client import connect
 
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         last: BaseException | None = None
         while True:
+            # One attempt never outlasts the deadline (a silent host would otherwise hold it 10 s).
+            attempt = 10.0 if deadline is None else max(0.1, min(10.0, deadline - time.monotonic()))
             try:
                 # Entered as a context manager (closed by close()): websockets >= 17.1 warns otherwise.
                 ws = connect(self.uri, compression=None, max_size=self._max_size, additional_headers=headers,
-                             open_timeout=10).__enter__()
+                             open_timeout=attempt).__enter__()
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
@@ -90,9 +101,11 @@ class WebsocketClientPolicy(BasePolicy):
                     raise PolicyServerError(f"{self.uri} sent an error instead of metadata: {first}")
                 return ws, protocol.unpackb(first)
             if deadline is not None and time.monotonic() >= deadline:
-                raise PolicyServerError(f"no policy server at {self.uri} after {timeout:g} s ({last}); start one "
-                                        "with `pi0 serve` or check the host and port")
-            time.sleep(interval)
+                raise ServerUnreachableError(f"no policy server at {self.uri} after {timeout:g} s ({last}); start "
+                                             "one with `pi0 serve` or check the host and port")
+            if self._on_wait is not None:
+                self._on_wait(time.monotonic() - start, last)
+            time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
 
     def get_server_metadata(self) -> dict[str, Any]:
         return self._metadata
