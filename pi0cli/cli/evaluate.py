@@ -18,6 +18,9 @@ def evaluate(
         autocompletion=complete_embodiment)] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Evaluate the policy in this checkpoint.")] = None,
     server: Annotated[str | None, typer.Option("--server", help="Evaluate a policy served at ws://HOST:PORT.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Model preset of a checkpoint without pi0_config.json (e.g. a reference openpi one): "
+                        "pi0, pi05, ...")] = None,
     episodes: Annotated[int | None, typer.Option(
         "--episodes", "-n", min=1, help="Episodes to run (default 10); with --dataset, held-out episodes to compare "
                                         "(default: all).")] = None,
@@ -29,7 +32,7 @@ def evaluate(
                                        "of the dataset).")] = None,
     stride: Annotated[int, typer.Option("--stride", min=1, help="With --dataset: compare every Nth frame.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
-    task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the embodiment's).")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the simulator's).")] = None,
     open_loop_steps: Annotated[int | None, typer.Option(
         "--open-loop-steps", min=1, help="Actions of each chunk executed before the policy is asked again "
                                          "(default: the embodiment's).")] = None,
@@ -45,27 +48,27 @@ def evaluate(
     """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
     report the action error per dimension and horizon step on recorded episodes, with plots."""
     if dataset is not None:
-        _offline(embodiment, checkpoint, server, dataset, episodes, first_episode, stride, out, as_json)
+        _offline(embodiment, checkpoint, server, dataset, episodes, first_episode, stride, out, as_json, model)
         return
     if embodiment is None:
         raise typer.BadParameter("name the simulated embodiment (e.g. aloha_sim), or pass --dataset",
                                  param_hint="EMBODIMENT")
     episodes = 10 if episodes is None else episodes
     from pi0cli.cli.sim_common import open_policy, simulated, task_of
+    from pi0cli.evaluation.closed_loop import EpisodeResult
     from pi0cli.evaluation.closed_loop import evaluate as run
-    from pi0cli.sim import PROMPTS
 
     emb, simulator = simulated(embodiment)
-    task = task_of(simulator, task)
-    policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=PROMPTS[task],
-                                     connect_timeout=connect_timeout)
+    sim_task = task_of(simulator, task)
+    policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=sim_task.prompt)
 
-    def show(result) -> None:
+    def show(result: EpisodeResult) -> None:
         mark = "[green]success[/green]" if result.success else "[red]failure[/red]"
         console.err.print(f"episode seed {result.seed}: {mark}  return {result.episode_return:.0f}  "
                           f"{result.steps} steps  {result.seconds:.1f} s")
 
-    report = run(task, list(range(seed, seed + episodes)), policy, open_loop_steps=open_loop_steps or emb.open_loop_steps, out=out,
+    report = run(simulator, emb, sim_task.name, list(range(seed, seed + episodes)), policy,
+                 open_loop_steps=open_loop_steps or emb.open_loop_steps, out=out,
                  provenance={"embodiment": emb.name, **provenance}, videos=videos, on_episode=show, shadows=shadows)
     if as_json:
         console.out.print_json(json.dumps(report, default=str))
@@ -77,7 +80,8 @@ def evaluate(
 
 
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,
-             episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool) -> None:
+             episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool,
+             model: str | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pi0cli.data.lerobot import resolve_dataset
@@ -98,7 +102,7 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
         raise Pi0Error(f"dataset {dataset!r} is not a local LeRobot dataset ({root} does not exist)")
     chosen = episode_indices(root, episodes, first_episode)
     with console.err.status(f"loading {checkpoint}"):
-        policy = load_policy(checkpoint, embodiment=emb, batch_sizes=(1, 8))
+        policy = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8))
     horizon = len(policy.infer(emb.example_observation(0))["actions"])
     frames = open_frames(dataset, emb, horizon, chosen)
     progress = Progress(TextColumn("[bold]offline eval"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
