@@ -45,3 +45,73 @@ def test_waiting_for_a_server_says_what_and_how_long_then_fails_once(command, tm
     error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "--connect-timeout" in error[0] and "pi0 serve" in error[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- help text
+
+
+def _command_paths() -> list[str]:
+    import typer
+
+    from pi0cli.cli.app import app
+
+    paths = []
+
+    def walk(command, prefix: str) -> None:
+        if hasattr(command, "commands"):  # a group (typer bundles its own click)
+            for name, sub in command.commands.items():
+                walk(sub, f"{prefix} {name}".strip())
+        else:
+            paths.append(prefix)
+
+    walk(typer.main.get_command(app), "")
+    return sorted(paths)
+
+
+def test_every_command_has_examples():
+    from pi0cli.cli.helpstyle import EXAMPLES
+
+    paths = _command_paths()
+    assert {"train", "eval", "doctor", "embodiments show"} <= set(paths)
+    assert set(paths) <= set(EXAMPLES), f"add examples for {sorted(set(paths) - set(EXAMPLES))} to EXAMPLES"
+
+
+@pytest.mark.parametrize("path", ["eval", "record", "embodiments show", "convert checkpoint", "doctor"])
+def test_help_has_examples_no_bool_metavar_and_plain_usage(path):
+    result = run_pi0(*path.split(), "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "<bool>" not in text
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+    assert "Examples" in text and f"pi0 {path}" in text.split("Examples", 1)[1]
+
+
+# ------------------------------------------------------------------------------ messages that mislead
+
+
+def _pi0_in(cwd, *args: str, env: dict[str, str] | None = None):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PI0_")}
+    full_env.update({"COLUMNS": "200", **(env or {})})
+    return subprocess.run([sys.executable, "-m", "pi0cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=full_env, timeout=120)
+
+
+def test_train_on_a_missing_dataset_names_the_dataset_not_its_norm_stats(tmp_path):
+    missing = str(tmp_path / "nonexistent")
+    result = _pi0_in(tmp_path, "train", "pi0_aloha_sim_tiny", "--dataset", missing, "--steps", "1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"dataset {missing!r} not found" in result.stderr
+    assert "norm-stats" not in result.stderr
+    assert "local cache" not in result.stderr  # a path is not looked up in the cache
+
+
+def test_a_missing_repo_id_names_the_cache_it_looked_in(tmp_path):
+    result = _pi0_in(tmp_path, "norm-stats", "aloha_sim", "--dataset", "someone/missing",
+                     env={"HF_HUB_OFFLINE": "1", "HF_LEROBOT_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"local cache {tmp_path / 'cache' / 'someone' / 'missing'}" in result.stderr

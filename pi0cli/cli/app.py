@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from pi0cli import __version__
-from pi0cli.cli import console, convert, doctor, embodiments, evaluate, norm_stats, record, serve, train
+from pi0cli.cli import console, convert, doctor, embodiments, evaluate, helpstyle, norm_stats, record, serve, train
 
 app = typer.Typer(
     name="pi0",
@@ -31,6 +31,8 @@ app.command("norm-stats")(norm_stats.norm_stats)
 app.command("record")(record.record)
 app.command("eval")(evaluate.evaluate)
 app.command("doctor")(doctor.doctor)
+helpstyle.install()
+helpstyle.add_examples(app)
 
 
 def _print_version(value: bool) -> None:

@@ -28,11 +28,7 @@ def serve(
     num_steps: Annotated[int, typer.Option("--num-steps", min=1, help="Denoising steps per action chunk.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
 ) -> None:
-    """Serve a policy over websockets (openpi-compatible; openpi-client works unchanged).
-
-    Examples: [bold]pi0 serve --checkpoint checkpoints/pi0_aloha_sim_tiny/default/3000 --embodiment aloha_sim[/bold];
-    [bold]pi0 serve --embodiment aloha_sim[/bold] (downloads the embodiment's default checkpoint).
-    """
+    """Serve a policy over websockets (openpi-compatible; openpi-client works unchanged)."""
     import asyncio
     import logging
     import signal

@@ -49,11 +49,7 @@ def train(
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration and exit.")] = False,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the training presets and exit.")] = False,
 ) -> None:
-    """Fine-tune a pi0 / pi0.5 policy on a LeRobot dataset.
-
-    Examples: [bold]pi0 train pi0_aloha_sim_tiny --dataset data/demos[/bold];
-    [bold]pi0 train --embodiment ur5 --dataset ROOT --lora --dry-run[/bold].
-    """
+    """Fine-tune a pi0 / pi0.5 policy on a LeRobot dataset."""
     if list_presets:
         _list_presets()
         return

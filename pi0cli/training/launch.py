@@ -135,6 +135,10 @@ def find_norm_stats(config: TrainConfig, asset_id: str, explicit: Path | None) -
             return load_norm_stats(candidate)
     if explicit is not None:
         return load_norm_stats(explicit)  # raises, naming the path
+    if config.dataset:
+        from pi0cli.data.lerobot import resolve_dataset
+
+        resolve_dataset(config.dataset)  # a missing dataset is the problem to report, not its missing stats
     looked = ", ".join(str(norm_stats_path(c)) for c in candidates)
     raise Pi0Error(
         f"no norm stats for asset {asset_id!r} (looked in {looked}); compute them with "
