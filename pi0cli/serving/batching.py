@@ -31,9 +31,13 @@ from pi0cli.errors import Pi0Error
 class OverloadedError(Pi0Error):
     """More requests are waiting than the server accepts; the client should retry later."""
 
+    kind = "overloaded"
+
 
 class BatcherClosedError(Pi0Error):
     """The batcher was shut down."""
+
+    kind = "shutdown"
 
 
 @dataclasses.dataclass
@@ -66,7 +70,10 @@ class DynamicBatcher:
 
     ``warmup`` (optional) runs on the worker thread before the first batch (e.g. compiling every batch
     size); ``ready`` is set once it has finished. ``active_clients`` (optional) returns how many clients
-    could currently submit: when that many items are waiting the batch starts without waiting out the window.
+    could currently submit (the server counts only connections that asked recently, so idle ones do not hold
+    the window open): when that many items are waiting the batch starts without waiting out the window.
+    ``incoming`` (optional) returns how many requests are admitted but still in their input transforms.
+    ``on_batch(size, seconds)`` (optional) is called on the worker thread after every batch (metrics).
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class DynamicBatcher:
         warmup: Callable[[], None] | None = None,
         active_clients: Callable[[], int] | None = None,
         incoming: Callable[[], int] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
         name: str = "pi0-batcher",
     ):
         if max_batch < 1:
@@ -92,6 +100,7 @@ class DynamicBatcher:
         self._warmup = warmup
         self._active_clients = active_clients
         self._incoming = incoming
+        self._on_batch = on_batch
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -148,6 +157,10 @@ class DynamicBatcher:
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
+    def _post_all(self, batch: list[_Pending], results: list[Any]) -> None:
+        for pending, result in zip(batch, results, strict=True):
+            self._post(pending, result)
+
     def _take_batch(self) -> list[_Pending] | None:
         with self._cond:
             while not self._queue and not self._closed:
@@ -200,10 +213,13 @@ class DynamicBatcher:
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
             except Exception as exc:  # noqa: BLE001 - the whole batch failed: every request hears why
                 results = [exc] * len(batch)
-            self.stats.busy_s += time.perf_counter() - start
+            busy = time.perf_counter() - start
+            self.stats.busy_s += busy
+            if self._on_batch is not None:
+                self._on_batch(len(batch), busy)
             self.stats.batches += 1
             self.stats.items += len(batch)
             self.stats.sizes[len(batch)] += 1
-            for pending, result in zip(batch, results):
-                self._post(pending, result)
+            self._post_all(batch, results)
+            del batch, results  # no request outlives its reply in this thread (memory under --record)
             self._free_since = time.perf_counter()

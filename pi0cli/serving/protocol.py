@@ -9,8 +9,10 @@ msgpack strings, bytes are msgpack bin. Object, void and complex dtypes are refu
 nothing is ever unpickled: decoding only builds dicts, lists, numbers, strings, bytes and numeric arrays.
 
 Decoding is strict: every problem raises :class:`ProtocolError` with one line that names the offending key
-path and the fix, which the server sends back to the client as a text frame. Decoded arrays are read-only
-views of the message bytes (as in the reference); copy one before writing into it.
+path and the fix, which the server sends back to the client as a text frame (quoting at most a few dozen
+characters of what the client sent). Its cost is bounded: a message holds at most ``max_elements`` msgpack
+elements and :data:`MAX_DEPTH` levels. Decoded arrays are read-only views of the message bytes (as in the
+reference); copy one before writing into it.
 
 This module imports numpy and msgpack only, so the robot-side client can use it without JAX.
 """
@@ -19,12 +21,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
 
 from pi0cli.errors import ObservationError, Pi0Error
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
 
 NDARRAY_KEY = b"__ndarray__"
 NPGENERIC_KEY = b"__npgeneric__"
@@ -34,6 +39,10 @@ MAX_NDIM = 32
 MAX_DEPTH = 32
 #: Longest prompt accepted in a request (characters).
 MAX_PROMPT_CHARS = 4096
+#: Most msgpack elements (each container counts 1 plus its length) one message may hold by default.
+MAX_ELEMENTS = 2**15
+#: Longest error text sent to a client (characters).
+MAX_ERROR_CHARS = 300
 
 
 class ProtocolError(Pi0Error, ValueError):
@@ -100,8 +109,27 @@ class Packer:
 # -------------------------------------------------------------------------------------------------- decoding
 
 
+class DecodeError(ProtocolError):
+    """A frame that is not one msgpack-numpy message within the decoding limits."""
+
+    kind = "decode"
+
+
 class _HookError(Exception):
     """Raised inside msgpack hooks (msgpack would otherwise wrap or swallow the type)."""
+
+
+class _BudgetExceeded(Exception):
+    """Raised inside a msgpack hook once the message holds more elements than its budget."""
+
+
+def clip(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: what an error text may quote of client data. Long
+    strings and bytes are cut before ``repr`` so that quoting them costs nothing."""
+    if isinstance(value, (str, bytes, bytearray)) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _decode_dtype(raw: Any, where: str) -> np.dtype:
@@ -111,7 +139,7 @@ def _decode_dtype(raw: Any, where: str) -> np.dtype:
         except UnicodeDecodeError:
             raise _HookError(f"{where}: dtype is not an ASCII dtype string") from None
     if not isinstance(raw, str) or not 1 < len(raw) <= 8 or raw[0] not in "<>|=" or not raw[1:].isalnum():
-        raise _HookError(f"{where}: dtype must be a numpy dtype string such as '<f4' or '|u1', got {raw!r}")
+        raise _HookError(f"{where}: dtype must be a numpy dtype string such as '<f4' or '|u1', got {clip(raw)}")
     try:
         dtype = np.dtype(raw)
     except TypeError:
@@ -121,28 +149,37 @@ def _decode_dtype(raw: Any, where: str) -> np.dtype:
     return dtype
 
 
+_NDARRAY_FIELDS = frozenset({NDARRAY_KEY, b"data", b"dtype", b"shape"})
+_NPGENERIC_FIELDS = frozenset({NPGENERIC_KEY, b"data", b"dtype"})
+
+
 def _object_hook(obj: dict) -> Any:
     if NDARRAY_KEY in obj:
-        if set(obj) != {NDARRAY_KEY, b"data", b"dtype", b"shape"}:
-            missing = sorted(k.decode(errors="replace") for k in {b"data", b"dtype", b"shape"} - set(obj))
+        if obj.keys() != _NDARRAY_FIELDS:
+            missing = sorted(k.decode() for k in _NDARRAY_FIELDS - obj.keys())
+            extra = len(obj.keys() - _NDARRAY_FIELDS)
             raise _HookError(f"an __ndarray__ map needs data, dtype and shape (missing {missing or 'none'}, "
-                             f"extra {sorted(str(k) for k in set(obj) - {NDARRAY_KEY, b'data', b'dtype', b'shape'})})")
+                             f"{extra} other key(s))")
         dtype = _decode_dtype(obj[b"dtype"], "__ndarray__")
         shape = obj[b"shape"]
-        if not isinstance(shape, (list, tuple)) or len(shape) > MAX_NDIM or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
+            type(d) is int and 0 <= d < 2**62 for d in shape
         ):
-            raise _HookError(f"__ndarray__: shape must be a list of at most {MAX_NDIM} non-negative ints, got {shape!r}")
+            raise _HookError(f"__ndarray__: shape must be a list of at most {MAX_NDIM} non-negative ints, "
+                             f"got {clip(shape)}")
         data = obj[b"data"]
         if not isinstance(data, bytes):
             raise _HookError(f"__ndarray__: data must be msgpack bin (raw bytes), got {type(data).__name__}")
         count = math.prod(shape)
         if count * dtype.itemsize != len(data):
-            raise _HookError(f"__ndarray__: shape {list(shape)} of {dtype.str} needs {count * dtype.itemsize} bytes, "
-                             f"data has {len(data)}")
-        return np.frombuffer(data, dtype=dtype, count=count).reshape(tuple(shape))
+            raise _HookError(f"__ndarray__: shape {clip(shape)} of {dtype.str} needs {count * dtype.itemsize} "
+                             f"bytes, data has {len(data)}")
+        try:
+            return np.frombuffer(data, dtype=dtype, count=count).reshape(tuple(shape))
+        except ValueError as exc:  # e.g. an empty array whose other dimensions overflow numpy's index type
+            raise _HookError(f"__ndarray__: shape {clip(shape)} is not a valid numpy shape ({exc})") from None
     if NPGENERIC_KEY in obj:
-        if set(obj) != {NPGENERIC_KEY, b"data", b"dtype"}:
+        if obj.keys() != _NPGENERIC_FIELDS:
             raise _HookError("an __npgeneric__ map needs exactly data and dtype")
         dtype = _decode_dtype(obj[b"dtype"], "__npgeneric__")
         value = obj[b"data"]
@@ -150,105 +187,221 @@ def _object_hook(obj: dict) -> Any:
             raise _HookError(f"__npgeneric__: data must be a number, got {type(value).__name__}")
         try:
             return dtype.type(value)
-        except (OverflowError, ValueError, TypeError) as exc:
-            raise _HookError(f"__npgeneric__: {value!r} does not fit {dtype.str}: {exc}") from None
+        except (OverflowError, ValueError, TypeError):
+            raise _HookError(f"__npgeneric__: {clip(value)} does not fit {dtype.str}") from None
     return obj
+
+
+class _Budget:
+    """The msgpack hooks of one decoding: every container costs 1 plus its length, until ``left`` runs out.
+
+    msgpack calls the hooks bottom-up as each container is completed, and ``max_array_len`` /
+    ``max_map_len`` stop a single container from exceeding the budget before its hook runs, so a message
+    is abandoned after about ``2 * max_elements`` Python objects whatever its shape.
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, max_elements: int):
+        self.left = max_elements
+
+    def list_hook(self, value: list) -> list:
+        self.left -= len(value) + 1
+        if self.left < 0:
+            raise _BudgetExceeded
+        return value
+
+    def object_hook(self, value: dict) -> Any:
+        self.left -= len(value) + 1
+        if self.left < 0:
+            raise _BudgetExceeded
+        return _object_hook(value)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
     raise _HookError(f"msgpack extension type {code} is not allowed")
 
 
-def unpackb(message: bytes | bytearray | memoryview) -> Any:
-    """Deserialise one message; raises :class:`ProtocolError` for anything that is not plain msgpack-numpy."""
+def unpackb(message: bytes | bytearray | memoryview, *, max_elements: int = MAX_ELEMENTS) -> Any:
+    """Deserialise one message; raises :class:`DecodeError` for anything that is not plain msgpack-numpy
+    within the limits (at most ``max_elements`` msgpack elements, :data:`MAX_DEPTH` levels, str map keys).
+
+    The cost is bounded by ``max_elements`` whatever the frame holds (an array of a million empty lists is
+    refused after ``max_elements`` of them), and checking the decoded tree is one pass that builds no
+    strings unless it has an error to report.
+    """
+    obj = _unpack(message, max_elements)
+    _check_tree(obj, finite=False)
+    return obj
+
+
+def _unpack(message: Any, max_elements: int) -> Any:
     if isinstance(message, str):
-        raise ProtocolError("expected a binary msgpack frame, got a text frame; send msgpack-numpy bytes")
+        raise DecodeError("expected a binary msgpack frame, got a text frame; send msgpack-numpy bytes")
     if not isinstance(message, (bytes, bytearray, memoryview)):
-        raise ProtocolError(f"expected bytes, got {type(message).__name__}")
+        raise DecodeError(f"expected bytes, got {type(message).__name__}")
+    budget = _Budget(max_elements)
     try:
-        obj = msgpack.unpackb(
+        return msgpack.unpackb(
             message,
-            object_hook=_object_hook,
+            object_hook=budget.object_hook,
+            list_hook=budget.list_hook,
             ext_hook=_ext_hook,
             raw=False,
             strict_map_key=False,
             use_list=True,
             timestamp=0,
+            max_array_len=max_elements,
+            max_map_len=max_elements,
         )
+    except _BudgetExceeded:
+        raise DecodeError(f"the message holds more than {max_elements} msgpack elements (the server's "
+                          "--max-message-elements); send arrays as numpy arrays, not as lists") from None
     except _HookError as exc:
-        raise ProtocolError(f"bad array encoding: {exc}") from None
+        raise DecodeError(f"bad array encoding: {exc}") from None
     except msgpack.ExtraData:
-        raise ProtocolError("the frame holds more than one msgpack object; send one map per frame") from None
+        raise DecodeError("the frame holds more than one msgpack object; send one map per frame") from None
+    except msgpack.StackError:
+        raise DecodeError(f"message nests deeper than {MAX_DEPTH} levels") from None
     except (msgpack.UnpackException, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise ProtocolError(f"not a msgpack message ({type(exc).__name__}: {exc}); send msgpack-numpy bytes") from None
-    _check_tree(obj, "", 0)
-    return obj
+        if "exceeds max_" in str(exc):
+            raise DecodeError(f"the message holds more than {max_elements} msgpack elements (the server's "
+                              "--max-message-elements)") from None
+        raise DecodeError(f"not a msgpack message ({type(exc).__name__}: {clip(str(exc), 120)}); "
+                          "send msgpack-numpy bytes") from None
 
 
-def _check_tree(obj: Any, path: str, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels at {path or 'the top'}")
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if not isinstance(key, str):
-                raise ProtocolError(f"map key {key!r} at {path or 'the top'} is not a string; keys must be str")
-            _check_tree(value, f"{path}/{key}" if path else key, depth + 1)
-    elif isinstance(obj, list):
-        for i, value in enumerate(obj):
-            _check_tree(value, f"{path}[{i}]", depth + 1)
-    elif obj is None or isinstance(obj, (bool, int, float, str, bytes, np.ndarray, np.generic)):
+# Leaves that need no check; float leaves need one only for finiteness.
+_PLAIN = frozenset({int, bool, str, bytes, type(None)})
+_NUMBERS = frozenset({int, bool, float})
+_CONTAINERS = (dict, list)
+
+_Link = tuple[Any, Any] | None  # (parent link, key or index): a path, built into a string only for errors
+
+
+def _path(link: _Link) -> str:
+    parts: list[str] = []
+    while link is not None:
+        link, key = link
+        parts.append(f"[{key}]" if isinstance(key, int) else f"/{key}")
+    text = "".join(reversed(parts)).lstrip("/")
+    if not text:
+        return "the top"
+    return repr(text) if len(text) <= 200 else f"{text[:200]!r}..."
+
+
+def _check_tree(obj: Any, *, finite: bool) -> None:
+    """One iterative pass over a decoded message: str map keys, allowed leaf types, depth, and (``finite``)
+    no NaN or infinity in floats and float arrays. Error texts name the key path."""
+    stack: list[tuple[Any, int, _Link]] = [(obj, 0, None)]
+    while stack:
+        value, depth, link = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            if value and set(map(type, value)) != {str}:
+                bad = next(k for k in value if type(k) is not str)
+                raise ProtocolError(f"map key {clip(bad)} at {_path(link)} is not a string; keys must be str")
+            _check_children(stack, list(value.values()), list(value), depth, link, finite)
+        elif kind is list:
+            _check_children(stack, value, None, depth, link, finite)
+        elif kind is np.ndarray:
+            if finite and value.dtype.kind == "f" and value.size and not np.isfinite(value).all():
+                raise ProtocolError(f"{_path(link)} holds NaN or infinity; send finite values")
+        elif kind is float:
+            if finite and not math.isfinite(value):
+                raise ProtocolError(f"{_path(link)} is NaN or infinity; send a finite value")
+        elif isinstance(value, np.generic):
+            if finite and isinstance(value, np.floating) and not np.isfinite(value):
+                raise ProtocolError(f"{_path(link)} is NaN or infinity; send a finite value")
+        elif kind not in _PLAIN:  # msgpack Timestamp and the like
+            raise ProtocolError(f"value of type {kind.__name__} at {_path(link)} is not allowed")
+
+
+def _check_children(stack: list[tuple[Any, int, _Link]], values: list[Any], keys: list[Any] | None, depth: int,
+                    link: _Link, finite: bool) -> None:
+    if not values:
         return
-    else:  # msgpack Timestamp and the like
-        raise ProtocolError(f"value of type {type(obj).__name__} at {path or 'the top'} is not allowed")
+    if depth >= MAX_DEPTH:
+        raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels at {_path(link)}")
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN:  # the common case: checked at C speed
+        return
+    if kinds <= _NUMBERS and (not finite or all(map(math.isfinite, values))):
+        return
+    for i, item in enumerate(values):
+        kind = type(item)
+        if kind in _PLAIN or (kind is float and not finite):
+            continue
+        if isinstance(item, _CONTAINERS) and not item:
+            continue  # an empty container needs no visit (its depth is within the limit, checked above)
+        stack.append((item, depth + 1, (link, i if keys is None else keys[i])))
 
 
 # -------------------------------------------------------------------------------------------------- requests
 
 
-def decode_request(message: Any, embodiment: Any | None = None) -> dict[str, Any]:
+def decode_request(message: Any, embodiment: Embodiment | None = None, *,
+                   max_elements: int = MAX_ELEMENTS) -> dict[str, Any]:
     """Decode and validate one observation request; :class:`ProtocolError` / ``ObservationError`` name the key."""
-    obs = unpackb(message)
-    return validate_request(obs, embodiment)
+    return validate_request(_unpack(message, max_elements), embodiment)
 
 
-def validate_request(obs: Any, embodiment: Any | None = None) -> dict[str, Any]:
+def validate_request(obs: Any, embodiment: Embodiment | None = None) -> dict[str, Any]:
     """Check a decoded request: a map of str keys whose arrays are numeric and finite, an optional str
-    ``prompt``, and (given an embodiment) the embodiment's own observation contract."""
+    ``prompt``, and (given an embodiment) the embodiment's own observation contract, with every image it
+    reads non-empty. Keys the embodiment does not know pass unchecked (beyond the codec's own checks)."""
     if not isinstance(obs, dict):
         raise ProtocolError(f"a request must be a msgpack map of observation keys, got {type(obs).__name__}")
     if not obs:
         raise ProtocolError("the request is an empty map; send the robot's observation")
+    _check_tree(obs, finite=True)
     prompt = obs.get("prompt")
     if prompt is not None:
-        if isinstance(prompt, np.ndarray) and prompt.ndim == 0 and prompt.dtype.kind in "US":
-            prompt = str(prompt)
         if not isinstance(prompt, str):
             raise ProtocolError(f"'prompt' must be a string, got {type(prompt).__name__}")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ProtocolError(f"'prompt' has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are accepted")
-    _check_finite(obs, "")
     if embodiment is not None:
         try:
             embodiment.validate_observation(obs)
-        except ObservationError:
-            raise
+        except ObservationError as exc:
+            raise ObservationError(clip_text(str(exc))) from None
         except Exception as exc:  # a plugin's validator that trips over odd input must not crash the server
-            raise ObservationError(f"{embodiment.name}: invalid observation ({type(exc).__name__}: {exc})") from None
+            raise ObservationError(f"{embodiment.name}: invalid observation "
+                                   f"({type(exc).__name__}: {clip_text(str(exc), 120)})") from None
+        _check_embodiment_arrays(obs, embodiment)
     return obs
 
 
-def _check_finite(obj: Any, path: str) -> None:
-    if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            _check_finite(value, f"{path}/{key}" if path else key)
-    elif isinstance(obj, np.ndarray):
-        if obj.dtype.kind == "f" and obj.size and not np.isfinite(obj).all():
-            raise ProtocolError(f"{path!r} holds NaN or infinity; send finite values")
-    elif isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
-        raise ProtocolError(f"{path!r} is NaN or infinity; send a finite value")
+def _lookup(obs: Mapping[str, Any], key: str) -> Any:
+    node: Any = obs
+    for part in key.split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_embodiment_arrays(obs: Mapping[str, Any], embodiment: Embodiment) -> None:
+    """What the embodiment's own check lets through but its transforms cannot take: empty images
+    (0x0x3, 3x0x5) and empty state fields."""
+    for cam in embodiment.cameras:
+        image = _lookup(obs, cam.key)
+        if isinstance(image, np.ndarray) and image.size == 0:
+            raise ObservationError(f"{embodiment.name}: image {cam.key!r} has shape {image.shape}, with an empty "
+                                   "dimension; send a non-empty HxWx3 (or 3xHxW) image")
+    for field in embodiment.state:
+        value = _lookup(obs, field.key)
+        if isinstance(value, np.ndarray) and value.size == 0:
+            raise ObservationError(f"{embodiment.name}: {field.key!r} is empty; send a vector of {field.dim}")
+
+
+def clip_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """One line of at most ``limit`` characters (error texts must never echo megabytes of client data)."""
+    line = " ".join(text[: limit * 4].split())
+    return line if len(line) <= limit else f"{line[: limit - 3]}..."
 
 
 def error_text(exc: BaseException) -> str:
-    """The one-line text frame the server sends for a rejected request."""
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    return f"Error: {message}"
+    """The one-line text frame the server sends for a rejected request (at most ~MAX_ERROR_CHARS characters)."""
+    return f"Error: {clip_text(str(exc)) or type(exc).__name__}"

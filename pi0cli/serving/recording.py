@@ -1,10 +1,18 @@
 """``pi0 serve --record DIR``: every served request and its reply, saved as ``.npz`` files (no pickle).
 
-One file per request, ``DIR/request_<N>.npz`` (N zero-padded, in serving order), holding ``/``-flattened keys:
-``inputs/<observation path>`` and ``outputs/<reply path>`` (``outputs/actions``, ``outputs/policy_timing/infer_ms``,
-``outputs/server_timing/...``). Strings (the prompt) are stored as numpy unicode scalars, numbers as 0-d
-arrays, so ``np.load(..., allow_pickle=False)`` reads everything. Files are written by a background thread
-(the event loop never waits on the disk) into a temporary name and renamed, so a reader never sees half a file.
+One file per request, ``DIR/request_<N>.npz`` (N zero-padded, in serving order), holding ``/``-joined key
+paths: ``inputs/<observation path>`` and ``outputs/<reply path>`` (``outputs/actions``,
+``outputs/policy_timing/infer_ms``, ``outputs/server_timing/...``). A ``/`` or ``%`` *inside* a key is escaped
+(``%2F``, ``%25``), so a flat key ``"a/b"`` and a nested ``{"a": {"b": ...}}`` are stored apart and read back
+as they were sent. Strings (the prompt) are stored as numpy unicode scalars, numbers as 0-d arrays, so
+``np.load(..., allow_pickle=False)`` reads everything.
+
+Keys the embodiment does not know (anything but its cameras, state fields and the prompt) are recorded only
+up to ``max_unknown_key_bytes`` each; a larger one is left out and its size noted under
+``omitted/inputs/<path>``. Files are written by a background thread (the event loop never waits on the disk)
+into a temporary name and renamed, so a reader never sees half a file; a failed write removes its temporary
+file. The queue is bounded in bytes: when the disk cannot keep up, records are dropped rather than slowing
+the robots down. Drops and failures are counted (``/metrics``) and each distinct reason is logged once.
 
 Read recordings with :func:`load_record` (one file) or :func:`load_records` (a directory, in order)::
 
@@ -15,18 +23,67 @@ Read recordings with :func:`load_record` (one file) or :func:`load_records` (a d
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import queue
+import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from pi0cli.transforms import flatten, unflatten
+from pi0cli.errors import Pi0Error
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
+
+log = logging.getLogger("pi0.serve.record")
 
 PREFIX = "request_"
+_INDEX = re.compile(rf"{PREFIX}(\d+)\.npz")
+_ESCAPES = {"%": "%25", "/": "%2F"}
+_NEEDS_ESCAPE = re.compile(r"[%/\x00-\x1f\x7f]")
+_ESCAPED = re.compile(r"%([0-9A-F]{2})")
+#: Reasons of failed writes remembered (each logged once); more distinct reasons are counted only.
+_MAX_REASONS = 16
+
+
+class RecordError(Pi0Error):
+    """The record directory cannot be used."""
+
+
+def escape_key(key: str) -> str:
+    """A map key as one path component: ``/``, ``%`` and control characters become ``%XX``."""
+    return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES.get(m.group(), f"%{ord(m.group()):02X}"), key)
+
+
+def unescape_key(part: str) -> str:
+    """Inverse of :func:`escape_key`."""
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), part)
+
+
+def known_keys(embodiment: Embodiment) -> frozenset[str]:
+    """The request keys an embodiment reads: its cameras, its state fields and the prompt."""
+    return frozenset([c.key for c in embodiment.cameras] + [f.key for f in embodiment.state] + ["prompt"])
+
+
+def _leaves(tree: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """``(escaped path, plain path, leaf)`` of every leaf, walking with an explicit stack (no recursive
+    closure: a closure that refers to itself is a reference cycle, which would keep every recorded request
+    alive until the cycle collector runs)."""
+    stack: list[tuple[str, str, Any]] = [("", "", tree)]
+    while stack:
+        escaped, plain, node = stack.pop()
+        if isinstance(node, Mapping):
+            for key, value in reversed(list(node.items())):
+                key = str(key)
+                stack.append((f"{escaped}/{escape_key(key)}" if escaped else escape_key(key),
+                              f"{plain}/{key}" if plain else key, value))
+        else:
+            yield escaped, plain, node
 
 
 def _to_array(value: Any) -> np.ndarray:
@@ -39,36 +96,77 @@ def _to_array(value: Any) -> np.ndarray:
     if isinstance(value, (list, tuple)):
         try:
             arr = np.asarray(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             return np.asarray(repr(value))
         return arr if arr.dtype.kind in "biufU" else np.asarray(repr(value))
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except OverflowError:
+        return np.asarray(str(value))
     return arr if arr.dtype.kind in "biufU" else np.asarray(str(value))
 
 
-def to_record(request: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The flat ``{key: array}`` mapping saved for one request."""
-    flat = {f"inputs/{k}": _to_array(v) for k, v in flatten(request).items()}
-    flat.update({f"outputs/{k}": _to_array(v) for k, v in flatten(reply).items()})
+def to_record(request: Mapping[str, Any], reply: Mapping[str, Any], *, known: Iterable[str] | None = None,
+              max_unknown_key_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """The flat ``{key: array}`` mapping saved for one request. With ``known`` (the request keys the
+    embodiment reads) and ``max_unknown_key_bytes``, larger leaves under other keys are replaced by their size
+    under ``omitted/inputs/<path>``."""
+    known_set = frozenset(known) if known is not None else None
+    flat: dict[str, np.ndarray] = {}
+    for escaped, plain, leaf in _leaves(request):
+        arr = _to_array(leaf)
+        if (max_unknown_key_bytes is not None and known_set is not None and plain not in known_set
+                and arr.nbytes > max_unknown_key_bytes):
+            flat[f"omitted/inputs/{escaped}"] = np.asarray(arr.nbytes, np.int64)
+            continue
+        flat[f"inputs/{escaped}"] = arr
+    for escaped, _, leaf in _leaves(reply):
+        flat[f"outputs/{escaped}"] = _to_array(leaf)
     return flat
 
 
-def save_record(path: str | os.PathLike[str], request: Mapping[str, Any], reply: Mapping[str, Any]) -> Path:
-    """Write one record atomically."""
+def save_record(path: str | os.PathLike[str], request: Mapping[str, Any], reply: Mapping[str, Any], *,
+                known: Iterable[str] | None = None, max_unknown_key_bytes: int | None = None) -> Path:
+    """Write one record atomically (see :func:`to_record` for the keys)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **to_record(request, reply))
-    os.replace(tmp, path)
+    _savez_atomic(path, to_record(request, reply, known=known, max_unknown_key_bytes=max_unknown_key_bytes))
     return path
 
 
+def _savez_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` into a temporary name renamed into place; the temporary file is removed if anything fails."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **cast("dict[str, Any]", arrays))  # keys start inputs/ or outputs/
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """One recording as ``{"inputs": nested observation, "outputs": nested reply}`` (strings back to ``str``)."""
+    """One recording as ``{"inputs": nested observation, "outputs": nested reply}`` (strings back to ``str``),
+    plus ``"omitted": {request key path: size in bytes}`` when keys were left out."""
+    nested: dict[str, Any] = {"inputs": {}, "outputs": {}}
+    omitted: dict[str, int] = {}
     with np.load(path, allow_pickle=False) as data:
-        flat = {key: _from_array(data[key]) for key in data.files}
-    nested = unflatten(flat)
-    return {"inputs": nested.get("inputs", {}), "outputs": nested.get("outputs", {})}
+        for key in data.files:
+            parts = [unescape_key(p) for p in key.split("/")]
+            if parts[:2] == ["omitted", "inputs"]:
+                omitted["/".join(parts[2:])] = int(data[key])
+                continue
+            node = nested
+            for part in parts[:-1]:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise ValueError(f"{path}: key {key!r} runs through a leaf")
+                node = child
+            node[parts[-1]] = _from_array(data[key])
+    if omitted:
+        nested["omitted"] = omitted
+    return nested
 
 
 def _from_array(arr: np.ndarray) -> Any:
@@ -81,7 +179,7 @@ def _from_array(arr: np.ndarray) -> Any:
 
 def record_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The record files of a directory, in serving order."""
-    return sorted(Path(directory).glob(f"{PREFIX}*.npz"))
+    return sorted(p for p in Path(directory).glob(f"{PREFIX}*.npz") if _INDEX.fullmatch(p.name))
 
 
 def load_records(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -90,44 +188,147 @@ def load_records(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         yield load_record(file)
 
 
+def _nbytes(tree: Any) -> int:
+    """About how many bytes a request or reply holds (arrays, bytes and strings; containers count 64)."""
+    total, stack = 0, [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, np.ndarray):
+            total += node.nbytes
+        elif isinstance(node, (bytes, str)):
+            total += len(node)
+        elif isinstance(node, Mapping):
+            stack.extend(node.values())
+            total += 64
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+            total += 64
+        else:
+            total += 16
+    return total
+
+
 class Recorder:
     """Saves (request, reply) pairs from the server on a background thread.
 
-    The queue is bounded: if the disk cannot keep up, records are dropped (and counted in ``dropped``) rather
-    than slowing the robots down.
+    ``max_queue_bytes`` bounds what waits to be written (records beyond it are dropped and counted);
+    ``known``/``max_unknown_key_bytes``: see :func:`to_record` (``Recorder.for_embodiment`` fills ``known``).
+    A directory that cannot be created or written raises :class:`RecordError` here, before serving starts.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], max_pending: int = 256):
+    def __init__(self, directory: str | os.PathLike[str], *, max_queue_bytes: int = 256 * 2**20,
+                 known: Iterable[str] | None = None, max_unknown_key_bytes: int | None = 2**20):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".probe-{os.getpid()}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise RecordError(f"cannot record to {self.directory}: {exc.strerror or exc}; "
+                              "pass a writable directory to --record") from None
+        for stale in self.directory.glob(f".{PREFIX}*.npz.tmp"):  # left by a process that was killed
+            with contextlib.suppress(OSError):
+                stale.unlink()
         existing = record_files(self.directory)
-        self._next = int(existing[-1].stem.removeprefix(PREFIX)) + 1 if existing else 0
-        self._queue: queue.Queue = queue.Queue(max_pending)
+        match = _INDEX.fullmatch(existing[-1].name) if existing else None
+        self._next = int(match.group(1)) + 1 if match else 0
+        self.max_queue_bytes = int(max_queue_bytes)
+        self.known = frozenset(known) if known is not None else None
+        self.max_unknown_key_bytes = max_unknown_key_bytes
+        self._queue: queue.Queue[tuple[int, Mapping[str, Any], Mapping[str, Any], int] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._queue_bytes = 0
         self.saved = 0
-        self.dropped = 0
-        self.failed: str | None = None
+        self.dropped_queue_full = 0
+        self.failed_writes = 0
+        self.omitted_keys = 0
+        self.failure_reasons: list[str] = []
         self._thread = threading.Thread(target=self._run, name="pi0-recorder", daemon=True)
         self._thread.start()
 
-    def record(self, request: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
-        try:
-            self._queue.put_nowait((self._next, request, reply))
-            self._next += 1
-        except queue.Full:
-            self.dropped += 1
+    @classmethod
+    def for_embodiment(cls, directory: str | os.PathLike[str], embodiment: Embodiment, **kwargs: Any) -> Recorder:
+        return cls(directory, known=known_keys(embodiment), **kwargs)
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_queue_full + self.failed_writes
+
+    def stats(self) -> dict[str, int]:
+        return {"saved": self.saved, "queue_full": self.dropped_queue_full, "write_failed": self.failed_writes,
+                "omitted_keys": self.omitted_keys, "queue_bytes": self._queue_bytes}
+
+    def record(self, request: Mapping[str, Any], reply: Mapping[str, Any], nbytes: int | None = None) -> bool:
+        """Queue one pair (``nbytes``: its size if known, e.g. the frame lengths); False if it was dropped."""
+        size = int(nbytes) if nbytes is not None else _nbytes(request) + _nbytes(reply)
+        first = False
+        with self._lock:
+            if self._queue_bytes + size > self.max_queue_bytes and self._queue_bytes > 0:
+                self.dropped_queue_full += 1
+                first = self.dropped_queue_full == 1
+                accepted = False
+            else:
+                self._queue_bytes += size
+                index, self._next = self._next, self._next + 1
+                accepted = True
+        if not accepted:
+            if first:
+                log.warning("--record: the disk does not keep up (%d MiB queued); dropping records, counted in "
+                            "/metrics as pi0_record_dropped_total{reason=\"queue_full\"}", self.max_queue_bytes >> 20)
+            return False
+        self._queue.put((index, request, reply, size))
+        return True
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
+                self._queue.task_done()
                 return
-            index, request, reply = item
+            index, request, reply, size = item
+            del item
             try:
-                save_record(self.directory / f"{PREFIX}{index:08d}.npz", request, reply)
-                self.saved += 1
+                self._write(index, request, reply)
             except Exception as exc:  # noqa: BLE001 - a full disk must not stop serving
-                self.failed = f"{type(exc).__name__}: {exc}"
-                self.dropped += 1
+                self._failed(f"{type(exc).__name__}: {exc}")
+            finally:
+                # Nothing of the request outlives its write: not even this loop's variables.
+                del request, reply
+                with self._lock:
+                    self._queue_bytes -= size
+                self._queue.task_done()
+
+    def _write(self, index: int, request: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
+        flat = to_record(request, reply, known=self.known, max_unknown_key_bytes=self.max_unknown_key_bytes)
+        omitted = [k for k in flat if k.startswith("omitted/")]
+        if omitted:
+            self.omitted_keys += len(omitted)
+            if self.omitted_keys == len(omitted):
+                log.warning("--record: left %s out of request %d (over the %d-byte cap for keys the embodiment "
+                            "does not know); counted in /metrics as pi0_record_omitted_keys_total",
+                            omitted[0].removeprefix("omitted/inputs/"), index, self.max_unknown_key_bytes)
+        _savez_atomic(self.directory / f"{PREFIX}{index:08d}.npz", flat)
+        self.saved += 1
+
+    def _failed(self, reason: str) -> None:
+        self.failed_writes += 1
+        if reason not in self.failure_reasons and len(self.failure_reasons) < _MAX_REASONS:
+            self.failure_reasons.append(reason)
+            log.error("--record: cannot write to %s (%s); the request was served but not recorded. Further "
+                      "failures are counted in /metrics as pi0_record_dropped_total{reason=\"write_failed\"}",
+                      self.directory, reason[:300])
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything queued so far is written (or dropped); False on timeout."""
+        done = threading.Event()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        return done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, then stop."""
