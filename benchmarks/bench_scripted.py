@@ -6,7 +6,7 @@ Success: the scripted policy (IK-driven, in the joint-space scene used for evalu
 Speed, measured in the same run on the same machine (env steps/s, a fixed "hold" action):
   - gym-aloha as shipped: ``gym.make("gym_aloha/AlohaTransferCube-v0", obs_type="pixels_agent_pos")`` renders
     three 640x480 cameras per step (``top``, ``angle``, ``front_close``) and returns one;
-  - ``pi0cli.sim.aloha.AlohaSim`` rendering only ``top`` (640x480), with shadows (identical images);
+  - ``pi0_embodiment_aloha.sim.env.AlohaSim`` rendering only ``top`` (640x480), with shadows (identical images);
   - the same without shadow mapping (``shadows=False``: different images, much cheaper on llvmpipe);
   - physics only (``cameras=()``), what the scripted success check costs.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -28,17 +27,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # Mesa EGL (llvmpipe): headless, no G
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def bench_success(task: str, episodes: int, start_seed: int) -> dict:
-    from pi0cli.sim.scripted import run_script
+    from pi0_embodiment_aloha.sim.scripted import run_script
+    from pi0cli.evaluation.closed_loop import wilson_interval
 
     failures, times = [], []
     for seed in range(start_seed, start_seed + episodes):
@@ -50,7 +41,7 @@ def bench_success(task: str, episodes: int, start_seed: int) -> dict:
         print(f"  {task} seed {seed}: {'ok' if success else f'FAILED (max reward {max_reward:g})'}"
               f" {times[-1]:.1f}s", flush=True)
     ok = episodes - len(failures)
-    low, high = wilson(ok, episodes)
+    low, high = wilson_interval(ok, episodes)
     return {"task": task, "episodes": episodes, "successes": ok, "success_rate": ok / max(episodes, 1),
             "ci95": [low, high], "failures": failures, "seconds_per_episode": sum(times) / max(len(times), 1)}
 
@@ -65,11 +56,11 @@ def steps_per_second(step, reset, steps: int) -> float:
 
 
 def bench_speed(steps: int) -> dict:
-    import gymnasium as gym
     import gym_aloha  # noqa: F401  (registers the envs)
+    import gymnasium as gym
     import numpy as np
 
-    from pi0cli.sim.aloha import AlohaSim
+    from pi0_embodiment_aloha.sim.env import AlohaSim
 
     results = {}
     env = gym.make("gym_aloha/AlohaTransferCube-v0", obs_type="pixels_agent_pos")
@@ -110,7 +101,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    from pi0cli.sim.scripted import PLANNERS
+    from pi0_embodiment_aloha.sim.scripted import PLANNERS
 
     tasks = args.task or list(PLANNERS)
     report: dict = {"episodes": args.episodes, "cpu_count": os.cpu_count(), "mujoco_gl": os.environ["MUJOCO_GL"]}

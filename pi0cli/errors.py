@@ -37,6 +37,10 @@ class PluginError(Pi0Error):
     """A plugin failed to load or registered something invalid."""
 
 
+class ConversionError(Pi0Error):
+    """A source (raw recording or checkpoint) that cannot be converted; the message names the file and key."""
+
+
 class ContractError(Pi0Error, ValueError):
     """An Embodiment declaration that contradicts itself (dims, masks, cameras)."""
 

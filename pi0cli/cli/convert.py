@@ -2,28 +2,63 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+import typer.main
+from typer.core import TyperGroup
 
 from pi0cli.cli import console
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    # typer's own (vendored) click types, which TyperGroup's methods take and return; typing only.
+    from typer._click import Command, Context
+
+    from pi0cli.convert.datasets import DatasetConverter, OptionValue
+
 app = typer.Typer(help="Convert raw recordings into LeRobot datasets, and checkpoints between pi0, openpi and LeRobot.",
                   no_args_is_help=True)
-dataset_app = typer.Typer(help="Convert raw robot recordings into a LeRobot dataset (validated first, written atomically).",
-                          no_args_is_help=True)
-app.add_typer(dataset_app, name="dataset")
-
 Out = Annotated[Path, typer.Option("--out", "-o", help="Destination dataset root (must not exist unless --overwrite).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")]
+
+
+class _ConverterGroup(TyperGroup):
+    """``pi0 convert dataset``: one sub-command per dataset converter the installed plugins register, found
+    through the registry when asked for (help, completion, a run), exactly as a third party's would be."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*super().list_commands(ctx), *_converters()]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        command = super().get_command(ctx, cmd_name)
+        converters = _converters()
+        if command is None and cmd_name in converters:
+            command = _converter_command(converters[cmd_name])
+        return command
+
+
+dataset_app = typer.Typer(cls=_ConverterGroup, no_args_is_help=True,
+                          help="Convert raw robot recordings into a LeRobot dataset (validated first, written "
+                               "atomically); each installed robot plugin may add converters.")
+app.add_typer(dataset_app, name="dataset")
+
+
+def _converters() -> Mapping[str, DatasetConverter]:
+    return console.registry().dataset_converters
 
 
 class _Progress:
     """A frames progress bar that appears with the first frame, so validation errors print alone."""
 
     def __init__(self, title: str):
-        self.title, self.bar, self.task = title, None, None
+        self.title = title
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
@@ -33,6 +68,7 @@ class _Progress:
                                 TextColumn("frames"), TimeRemainingColumn(), console=console.err)
             self.bar.start()
             self.task = self.bar.add_task(self.title, total=total)
+        assert self.task is not None
         self.bar.update(self.task, completed=done)
 
     def __enter__(self) -> _Progress:
@@ -43,52 +79,54 @@ class _Progress:
             self.bar.stop()
 
 
-@dataset_app.command("aloha-hdf5")
-def aloha_hdf5(
-    src: Annotated[Path, typer.Argument(help="Folder of episode_*.hdf5 files (ALOHA recorder layout).")],
-    out: Out,
-    fps: Annotated[float, typer.Option("--fps", min=1.0, help="Recording rate.")] = 50.0,
-    task: Annotated[str | None, typer.Option("--task", help="Task prompt of every episode (default: the folder name).")] = None,
-    overwrite: Overwrite = False,
-) -> None:
-    """Raw ALOHA episodes into a LeRobot dataset for the [bold]aloha[/bold] robot."""
-    from pi0cli.convert import aloha_hdf5 as converter
+def _converter_command(converter: DatasetConverter) -> Command:
+    """The ``pi0 convert dataset NAME`` command of ``converter``: SRC, --out, --overwrite and its own options,
+    built as a typer command from a synthesised signature (so help and errors look like every other command)."""
+    params = [
+        inspect.Parameter("src", inspect.Parameter.KEYWORD_ONLY,
+                          annotation=Annotated[Path, typer.Argument(help=converter.source_help, show_default=False)]),
+        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Out),
+    ]
+    for option in converter.options:
+        declaration = f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag
+        info = typer.Option(declaration, help=option.help, min=option.minimum)
+        kind = option.type if option.default is not None else option.type | None
+        params.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
+                                        annotation=Annotated[kind, info]))
+    params.append(inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Overwrite))
 
-    task = task or Path(src).absolute().name.replace("_", " ")
-    with _Progress("aloha-hdf5") as progress:
-        root = converter.convert(src, out, fps=fps, task=task, overwrite=overwrite, progress=progress)
-    console.out.print(f"wrote {root}")
+    def command(src: Path, out: Path, overwrite: bool = False, **options: OptionValue) -> None:
+        with _Progress(converter.name) as progress:
+            root = converter.convert(src, out, overwrite=overwrite, progress=progress, **options)
+        console.out.print(f"wrote {root}")
 
-
-@dataset_app.command("libero-hdf5")
-def libero_hdf5(
-    src: Annotated[Path, typer.Argument(help="A LIBERO demonstration .hdf5 file or a folder of them.")],
-    out: Out,
-    fps: Annotated[float, typer.Option("--fps", min=1.0, help="Recording rate.")] = 10.0,
-    overwrite: Overwrite = False,
-) -> None:
-    """LIBERO demonstrations into a LeRobot dataset for the [bold]libero[/bold] robot."""
-    from pi0cli.convert import libero_hdf5 as converter
-
-    with _Progress("libero-hdf5") as progress:
-        root = converter.convert(src, out, fps=fps, overwrite=overwrite, progress=progress)
-    console.out.print(f"wrote {root}")
+    # typer reads both the signature and the (evaluated) annotations.
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = converter.summary
+    single = typer.Typer(add_completion=False)
+    single.command(converter.name)(command)
+    return typer.main.get_command(single)
 
 
 @app.command("checkpoint")
 def checkpoint(
     src: Annotated[Path, typer.Argument(help="A pi0 / openpi checkpoint step, a LeRobot pi0 or pi05 policy directory "
                                              "(model.safetensors), or a big_vision PaliGemma .npz.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Destination directory (must not exist unless --overwrite).")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Destination directory (must not exist unless --overwrite).")],
     to: Annotated[str, typer.Option("--to", help="Target format: pi0, openpi or lerobot.")] = "pi0",
     model: Annotated[str | None, typer.Option(
         "--model", help="Model preset of the source (pi0, pi05...); needed for checkpoints written by openpi, "
                         "LeRobot policies without config.json, and .npz files.")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="Cast the weights: float32 or bfloat16 (default: keep).")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        "--dtype", help="Cast the weights: float32 or bfloat16 (default: keep).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fresh weights around a PaliGemma backbone.")] = 0,
-    verify: Annotated[bool, typer.Option("--verify", help="Run one example through both sides (JAX and, for LeRobot, "
-                                                           "LeRobot's PyTorch pi0) and fail above --tolerance.")] = False,
-    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Max abs action difference --verify accepts.")] = 1e-4,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Run one example through both sides (JAX and, for LeRobot, LeRobot's PyTorch pi0) and "
+                         "fail above --tolerance.")] = False,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", min=0.0, help="Max abs action difference --verify accepts.")] = 1e-4,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint at --out.")] = False,
 ) -> None:
     """Convert a checkpoint between pi0, openpi and LeRobot (or a PaliGemma .npz into a fresh pi0 checkpoint)."""
@@ -100,7 +138,8 @@ def checkpoint(
     from pi0cli.errors import Pi0Error
 
     if to not in ck.TARGETS:
-        raise typer.BadParameter(f"{to!r} is not a target format; choose one of {', '.join(ck.TARGETS)}", param_hint="--to")
+        raise typer.BadParameter(f"{to!r} is not a target format; choose one of {', '.join(ck.TARGETS)}",
+                                 param_hint="--to")
     if dtype not in (None, "float32", "bfloat16"):
         raise typer.BadParameter(f"{dtype!r} is not supported; use float32 or bfloat16", param_hint="--dtype")
     with console.err.status(f"reading {src}"):

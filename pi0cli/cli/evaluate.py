@@ -16,7 +16,8 @@ def evaluate(
     embodiment: Annotated[str | None, typer.Argument(
         help="A simulated embodiment (e.g. aloha_sim); with --dataset any robot (default: the checkpoint's).",
         autocompletion=complete_embodiment)] = None,
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Evaluate the policy in this checkpoint.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="Evaluate the policy in this checkpoint.")] = None,
     server: Annotated[str | None, typer.Option("--server", help="Evaluate a policy served at ws://HOST:PORT.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Model preset of a checkpoint without pi0_config.json (e.g. a reference openpi one): "
@@ -31,14 +32,16 @@ def evaluate(
         "--first-episode", min=0, help="With --dataset: the first episode to compare (default: the last --episodes "
                                        "of the dataset).")] = None,
     stride: Annotated[int, typer.Option("--stride", min=1, help="With --dataset: compare every Nth frame.")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the simulator's).")] = None,
     open_loop_steps: Annotated[int | None, typer.Option(
         "--open-loop-steps", min=1, help="Actions of each chunk executed before the policy is asked again "
                                          "(default: the embodiment's).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json and videos/ here.")] = None,
     videos: Annotated[bool, typer.Option("--videos/--no-videos", help="Save an mp4 per episode (with --out).")] = True,
-    shadows: Annotated[bool, typer.Option("--shadows/--no-shadows", help="Render shadows; match what the policy was trained on.")] = False,
+    shadows: Annotated[bool, typer.Option(
+        "--shadows/--no-shadows", help="Render shadows; match what the policy was trained on.")] = False,
     api_key: Annotated[str | None, typer.Option("--api-key", help="API key of the server.")] = None,
     connect_timeout: Annotated[float, typer.Option(
         "--connect-timeout", min=0, metavar="SECONDS",
@@ -84,10 +87,11 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
              model: str | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
     from pi0cli.errors import Pi0Error
-    from pi0cli.evaluation.offline import episode_indices, evaluate_offline, open_frames
-    from pi0cli.policy.loading import load_policy, read_checkpoint_config
+    from pi0cli.evaluation.offline import episode_indices, evaluate_offline, open_frames, require_matplotlib
+    from pi0cli.policy.load import load_policy
 
     if checkpoint is None or server is not None:
         raise Pi0Error("offline evaluation (--dataset) needs --checkpoint DIR (a served policy answers one "
@@ -95,12 +99,19 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
     saved = read_checkpoint_config(Path(checkpoint)) or {}
     name = embodiment or saved.get("embodiment")
     if name is None:
-        raise Pi0Error(f"{checkpoint} does not say which robot it drives; name the embodiment: pi0 eval ROBOT --dataset ...")
+        raise Pi0Error(f"{checkpoint} does not say which robot it drives; name the embodiment: "
+                       "pi0 eval ROBOT --dataset ...")
     emb = console.registry().embodiment(name)
     _, root = resolve_dataset(dataset)
     if not root.is_dir():
         raise Pi0Error(f"dataset {dataset!r} is not a local LeRobot dataset ({root} does not exist)")
     chosen = episode_indices(root, episodes, first_episode)
+    if _trained_on(saved, root):
+        console.warn(f"episodes {chosen[0]}-{chosen[-1]} of {root} are training episodes of this checkpoint (it "
+                     "trained on the whole dataset): the error shows how well it fits them, not how it generalises; "
+                     "record held-out episodes (e.g. `pi0 record ... --seed 1000`) and pass those as --dataset")
+    if out is not None:
+        require_matplotlib()
     with console.err.status(f"loading {checkpoint}"):
         policy = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8))
     horizon = len(policy.infer(emb.example_observation(0))["actions"])
@@ -123,3 +134,12 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
     console.out.print(f"action MAE {report['mae']:.4f}, RMSE {report['rmse']:.4f} over {report['frames_compared']} "
                       f"frames of episodes {chosen[0]}-{chosen[-1]}"
                       + (f"; report and plots in {out}" if out else ""))
+
+
+def _trained_on(saved: dict, root: Path) -> bool:
+    """Whether the checkpoint's recorded training dataset is the dataset at ``root``."""
+    for key in ("dataset_root", "dataset"):
+        value = saved.get(key)
+        if value and Path(value).expanduser().is_dir() and Path(value).expanduser().resolve() == root.resolve():
+            return True
+    return False

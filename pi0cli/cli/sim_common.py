@@ -3,33 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pi0cli.errors import Pi0Error
 
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.simulator import SimTask, Simulator
 
-def simulated(embodiment_name: str) -> tuple[Any, str]:
-    """The embodiment and its simulator task; embodiments without a simulator are refused clearly."""
+
+def simulated(embodiment_name: str) -> tuple[Embodiment, Simulator]:
+    """The embodiment and the simulator a plugin registered for it; embodiments without one are refused with
+    the list of robots that have one."""
     from pi0cli.cli import console
 
-    embodiment = console.registry().embodiment(embodiment_name)
-    if not embodiment.simulator:
-        raise Pi0Error(f"embodiment {embodiment.name!r} has no simulator; simulated robots: "
-                       + ", ".join(n for n, e in console.registry().embodiments.items() if e.simulator))
-    return embodiment, embodiment.simulator
+    registry = console.registry()
+    embodiment = registry.embodiment(embodiment_name)
+    simulator = registry.simulator_for(embodiment.name)
+    if simulator is None:
+        have = sorted(s.embodiment for s in registry.simulators.values() if s.embodiment in registry.embodiments)
+        named = embodiment.simulator
+        note = f" (it names {named!r}, which no installed plugin registers)" if named else ""
+        raise Pi0Error(f"embodiment {embodiment.name!r} has no simulator{note}; simulated robots: "
+                       + (", ".join(have) or "none (install a plugin that registers a simulator)"))
+    return embodiment, simulator
 
 
-def task_of(simulator: str, task: str | None) -> str:
-    from pi0cli.sim import TASKS, task_name
-
-    try:
-        return task_name(task or simulator)
-    except Exception:
-        raise Pi0Error(f"unknown task {task!r}; tasks: {', '.join(TASKS)}") from None
+def task_of(simulator: Simulator, task: str | None) -> SimTask:
+    """The simulator's task called ``task`` (default: its default task); an unknown one lists its own tasks."""
+    return simulator.task(task)
 
 
-def open_policy(embodiment: Any, checkpoint: Path | None, server: str | None, *, api_key: str | None = None,
-                default_prompt: str | None = None, connect_timeout: float = 30.0) -> tuple[Any, dict[str, Any]]:
+def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | None, *, api_key: str | None = None,
+                default_prompt: str | None = None, connect_timeout: float = 30.0,
+                model: str | None = None) -> tuple[Any, dict[str, Any]]:
     """A policy answering ``infer(observation)``: loaded from ``checkpoint`` or reached at ``server``
     (``ws://host:port``, waiting up to ``connect_timeout`` seconds and saying so); returns it with its
     provenance."""
@@ -38,9 +45,10 @@ def open_policy(embodiment: Any, checkpoint: Path | None, server: str | None, *,
     if checkpoint is not None:
         import json
 
-        from pi0cli.policy.loading import load_policy, read_checkpoint_config
+        from pi0cli.checkpoint import read_checkpoint_config
+        from pi0cli.policy.load import load_policy
 
-        policy = load_policy(checkpoint, embodiment=embodiment, default_prompt=default_prompt)
+        policy = load_policy(checkpoint, embodiment=embodiment, model=model, default_prompt=default_prompt)
         config = read_checkpoint_config(Path(checkpoint)) or {}
         provenance = {"checkpoint": str(Path(checkpoint).absolute()), "step": Path(checkpoint).name,
                       "config": json.loads(json.dumps(config)), "dataset": config.get("dataset")}

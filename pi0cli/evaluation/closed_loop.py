@@ -1,5 +1,6 @@
-"""Closed-loop evaluation in simulation: episodes through the action-chunk broker, success with a confidence
-interval, per-episode return, mp4 videos and a JSON report with provenance."""
+"""Closed-loop evaluation in simulation: episodes of any registered :class:`~pi0cli.simulator.Simulator` through
+the action-chunk broker, success with a confidence interval, per-episode return, mp4 videos and a JSON report
+with provenance."""
 
 from __future__ import annotations
 
@@ -12,9 +13,16 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pi0cli.transforms import lookup, to_uint8_hwc
+
+if TYPE_CHECKING:
+    from pi0cli.client.policy import BasePolicy
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.simulator import Simulator
 
 REPORT_FILENAME = "report.json"
 
@@ -44,13 +52,14 @@ class EpisodeResult:
     actions_sha256: str
 
 
-def run_episode(task: str, seed: int, policy: Any, *, open_loop_steps: int, video: Path | None = None,
-                fps: float = 50.0, **render: Any) -> EpisodeResult:
-    """One closed-loop episode: the policy is asked for a chunk every ``open_loop_steps`` steps."""
+def run_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, policy: BasePolicy, *,
+                open_loop_steps: int, video: Path | None = None, shadows: bool = False) -> EpisodeResult:
+    """One closed-loop episode: the policy is asked for a chunk every ``open_loop_steps`` steps. The video (if
+    asked for) shows the observation image at ``simulator.video_key`` (default: the embodiment's first camera)."""
     from pi0cli.client.broker import ActionChunkBroker
-    from pi0cli.sim.episodes import rollout
 
     broker = ActionChunkBroker(policy, action_horizon=open_loop_steps)
+    video_key = simulator.video_key or (embodiment.cameras[0].key if embodiment.cameras else None)
     frames: list[np.ndarray] = []
     total, best, steps, success = 0.0, 0.0, 0, False
     digest = hashlib.sha256()
@@ -61,15 +70,15 @@ def run_episode(task: str, seed: int, policy: Any, *, open_loop_steps: int, vide
         return action
 
     start = time.perf_counter()
-    for frame in rollout(task, seed, act, **render):
+    for frame in simulator.rollout(task, seed, act, shadows=shadows):
         total += frame["reward"]
         best = max(best, frame["reward"])
         steps += 1
         success = success or frame["success"]
-        if video is not None:
-            frames.append(np.transpose(frame["observation"]["images"]["cam_high"], (1, 2, 0)))
+        if video is not None and video_key is not None:
+            frames.append(to_uint8_hwc(lookup(frame["observation"], video_key)))
     if video is not None and frames:
-        write_video(video, frames, fps)
+        write_video(video, frames, embodiment.control_hz)
     return EpisodeResult(seed, success, total, best, steps, time.perf_counter() - start,
                          str(video) if video is not None and frames else None, digest.hexdigest())
 
@@ -84,16 +93,18 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
         for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]), format="rgb24")
+            cropped = np.ascontiguousarray(image[: stream.height, : stream.width])
+            frame = av.VideoFrame.from_ndarray(cropped, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    """Installed versions of pi0, its numerical stack and ``extra`` (e.g. a simulator's packages)."""
     versions = {}
-    for name in ("pi0", "jax", "flax", "numpy", "mujoco", "gym-aloha", "lerobot"):
+    for name in ("pi0", "jax", "flax", "numpy", "lerobot", *extra):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -101,15 +112,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def evaluate(task: str, seeds: Sequence[int], policy: Any, *, open_loop_steps: int, out: Path | None,
-             provenance: dict[str, Any], videos: bool = True, on_episode: Callable[[EpisodeResult], None] | None = None,
-             **render: Any) -> dict[str, Any]:
-    """Run every seed and return (and write to ``out/report.json``) the report."""
+def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Sequence[int], policy: BasePolicy, *,
+             open_loop_steps: int, out: Path | None, provenance: dict[str, Any], videos: bool = True,
+             on_episode: Callable[[EpisodeResult], None] | None = None, shadows: bool = False) -> dict[str, Any]:
+    """Run every seed of ``task`` in ``simulator`` and return (and write to ``out/report.json``) the report."""
     out = None if out is None else Path(out).absolute()
     results = []
     for seed in seeds:
         video = out / "videos" / f"episode_{seed:05d}.mp4" if (out is not None and videos) else None
-        result = run_episode(task, seed, policy, open_loop_steps=open_loop_steps, video=video, **render)
+        result = run_episode(simulator, embodiment, task, seed, policy, open_loop_steps=open_loop_steps,
+                             video=video, shadows=shadows)
         results.append(result)
         if on_episode is not None:
             on_episode(result)
@@ -123,9 +135,10 @@ def evaluate(task: str, seeds: Sequence[int], policy: Any, *, open_loop_steps: i
         "success_rate_ci95": [low, high],
         "mean_return": float(np.mean([r.episode_return for r in results])) if results else 0.0,
         "open_loop_steps": open_loop_steps,
-        "render": {k: v for k, v in render.items() if isinstance(v, (bool, int, float, str, tuple, list))},
+        "render": {"shadows": shadows},
         "per_episode": [dataclasses.asdict(r) for r in results],
-        "provenance": {**provenance, "seeds": list(seeds), "packages": package_versions(),
+        "provenance": {**provenance, "simulator": simulator.name, "seeds": list(seeds),
+                       "packages": package_versions(simulator.packages),
                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
     if out is not None:

@@ -7,26 +7,44 @@ Frames past the end of an episode are padding and do not count.
 
 Reported: mean absolute error per action dimension, per horizon step and overall (plus RMSE), per episode, and
 a PNG per episode with the recorded trajectory of every action dimension against the policy's prediction (the
-first action of each predicted chunk, and the whole chunk every few frames).
+first action of each predicted chunk, and the whole chunk every few frames). The plots need matplotlib, the
+``plots`` extra of pi0 (``pip install 'pi0[plots]'``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pi0cli.errors import Pi0Error
+
+if TYPE_CHECKING:
+    from pi0cli.data.lerobot import LeRobotFrames
+    from pi0cli.embodiment import Embodiment
 
 REPORT_FILENAME = "offline_report.json"
 
 
 class OfflineEvalError(Pi0Error):
     """A dataset and a policy that cannot be compared (episodes, dims)."""
+
+
+class BatchPolicy(Protocol):
+    """What offline evaluation needs of a policy: one result (with ``actions`` [H, A]) per observation."""
+
+    def infer_batch(self, observations: Sequence[dict[str, Any]]) -> list[Any]: ...
+
+
+def require_matplotlib() -> None:
+    """Fail with the install command when matplotlib (the ``plots`` extra) is missing."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise Pi0Error("offline evaluation plots need matplotlib: pip install 'pi0[plots]' (or leave out --out)")
 
 
 def episode_indices(dataset_root: Path, count: int | None, first: int | None) -> list[int]:
@@ -43,9 +61,9 @@ def episode_indices(dataset_root: Path, count: int | None, first: int | None) ->
 
 
 def evaluate_offline(
-    frames: Any,
-    policy: Any,
-    embodiment: Any,
+    frames: LeRobotFrames,
+    policy: BatchPolicy,
+    embodiment: Embodiment,
     *,
     stride: int = 5,
     batch_size: int = 8,
@@ -55,6 +73,8 @@ def evaluate_offline(
 ) -> dict[str, Any]:
     """Compare ``policy`` with the recorded actions of ``frames`` (a ``LeRobotFrames`` opened with the
     embodiment's action key and the policy's horizon, restricted to the held-out episodes)."""
+    if out is not None:
+        require_matplotlib()  # before the policy runs, not after
     action_key = embodiment.action_key
     pad_key = f"{action_key}_is_pad"
     indices = list(range(0, len(frames), max(1, stride)))
@@ -129,9 +149,11 @@ def _summarise(per_episode: dict[int, dict[str, list]]) -> dict[str, Any]:
     }
 
 
-def plot_episode(path: Path, episode: int, data: dict[str, list], embodiment: Any, chunk_every: int = 4) -> Path:
+def plot_episode(path: Path, episode: int, data: dict[str, list], embodiment: Embodiment,
+                 chunk_every: int = 4) -> Path:
     """PNG: per action dimension, the recorded trajectory, the first predicted action at each evaluated frame,
     and every ``chunk_every``-th predicted chunk drawn over the frames it covers."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +185,8 @@ def plot_episode(path: Path, episode: int, data: dict[str, list], embodiment: An
     return path
 
 
-def open_frames(dataset: str | os.PathLike[str], embodiment: Any, horizon: int, episodes: Sequence[int]) -> Any:
+def open_frames(dataset: str | os.PathLike[str], embodiment: Embodiment, horizon: int,
+                episodes: Sequence[int]) -> LeRobotFrames:
     from pi0cli.data.lerobot import LeRobotFrames
 
     return LeRobotFrames(dataset, action_key=embodiment.action_key, action_horizon=horizon, episodes=episodes)

@@ -8,6 +8,10 @@ these hooks, marked with :data:`hookimpl`::
     @hookimpl
     def pi0_register_embodiments(register):
         register(MY_ROBOT)
+
+Every hook takes one argument, ``register``, and is called with a function that accepts one object of the
+hook's type. The built-in robots use exactly these hooks. Names are unique across plugins: registering a
+name another plugin already registered is an error naming both distributions.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from pi0cli.convert.datasets import DatasetConverter
     from pi0cli.embodiment import Embodiment
+    from pi0cli.simulator import Simulator
     from pi0cli.training.config import TrainConfig
 
 PROJECT = "pi0"
@@ -44,4 +50,25 @@ def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
 
     Called lazily, the first time presets are needed (not on every CLI start). A preset must name an
     embodiment some plugin registers. Duplicate preset names are an error naming both distributions.
+    """
+
+
+@hookspec
+def pi0_register_simulators(register: Callable[[Simulator], None]) -> None:
+    """Register simulated robots (``pi0 record``, ``pi0 eval``) by calling ``register(simulator)`` once per
+    :class:`~pi0cli.simulator.Simulator`.
+
+    Called lazily, the first time simulators are needed. A simulator names the embodiment it drives, which
+    some plugin must register; one simulator per embodiment. Import the simulation engine inside the
+    simulator's functions, not here.
+    """
+
+
+@hookspec
+def pi0_register_dataset_converters(register: Callable[[DatasetConverter], None]) -> None:
+    """Register raw-recording converters (``pi0 convert dataset NAME``) by calling ``register(converter)`` once
+    per :class:`~pi0cli.convert.datasets.DatasetConverter`.
+
+    Called lazily, the first time converters are needed. Import readers (h5py, ...) inside the converter's
+    function, not here.
     """

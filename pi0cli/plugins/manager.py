@@ -8,7 +8,8 @@ Plugins are found through the entry-point group ``pi0``. Two environment switche
 
 A plugin that fails to import or whose hook raises is recorded as a failure (shown by the CLI as a one-line
 warning with its distribution and how to disable it) and the rest keep working. Two plugins registering the
-same embodiment name is a hard error naming both distributions: which robot to trust is for the user to say.
+same name (embodiment, preset, simulator, dataset converter) is a hard error naming both distributions:
+which robot to trust is for the user to say.
 
 The process-wide registry built here is the only global state in pi0.
 """
@@ -18,13 +19,19 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from pi0cli.errors import PluginError, UnknownNameError
 from pi0cli.plugins import hookspecs
+
+if TYPE_CHECKING:
+    from pi0cli.convert.datasets import DatasetConverter
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.simulator import Simulator
+    from pi0cli.training.config import TrainConfig
 
 LOAD_ENV = "PI0_LOAD_PLUGINS"
 DISABLE_ENV = "PI0_DISABLE_PLUGINS"
@@ -51,17 +58,60 @@ class PluginInfo:
         )
 
 
+class _Table[T]:
+    """Registered objects of one kind by name, each with the plugin that registered it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.items: dict[str, T] = {}
+        self.owners: dict[str, PluginInfo] = {}
+
+    def add(self, name: str, item: T, owner: PluginInfo) -> None:
+        previous = self.owners.get(name)
+        if previous is not None:
+            raise PluginError(_clash(f"{self.kind} {name!r}", previous, owner))
+        self.items[name] = item
+        self.owners[name] = owner
+
+    def get(self, name: str) -> T:
+        try:
+            return self.items[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.items) from None
+
+    def sorted(self) -> dict[str, T]:
+        return dict(sorted(self.items.items()))
+
+
+def _clash(what: str, previous: PluginInfo, owner: PluginInfo) -> str:
+    return (f"{what} is registered by both {previous.label} (plugin {previous.name!r}) and {owner.label} "
+            f"(plugin {owner.name!r}); uninstall one, or disable one with {DISABLE_ENV}={owner.name}")
+
+
 class Registry:
-    """Embodiments by name, with the plugin that registered each."""
+    """Embodiments, training presets, simulators and dataset converters by name, with the plugin that
+    registered each.
+
+    Embodiments are registered when a plugin is added (every command needs them); the other kinds the first
+    time they are asked for, so that a command needing none of them never runs those hooks.
+    """
+
+    #: Lazily loaded kinds: hook name -> attribute holding the table.
+    _LAZY_HOOKS = {
+        "pi0_register_presets": "_presets",
+        "pi0_register_simulators": "_simulators",
+        "pi0_register_dataset_converters": "_converters",
+    }
 
     def __init__(self) -> None:
         self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.plugin_manager.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
-        self._embodiments: dict[str, Any] = {}
-        self._owners: dict[str, PluginInfo] = {}
-        self._presets: dict[str, Any] | None = None  # loaded on first use: most commands never need them
-        self._preset_owners: dict[str, PluginInfo] = {}
+        self._embodiments: _Table[Embodiment] = _Table("embodiment")
+        # None until first asked for (see the class docstring).
+        self._presets: _Table[TrainConfig] | None = None
+        self._simulators: _Table[Simulator] | None = None
+        self._converters: _Table[DatasetConverter] | None = None
 
     # ------------------------------------------------------------------------------------ registering
 
@@ -73,9 +123,13 @@ class Registry:
         except Exception as exc:  # pluggy rejects malformed hook implementations here
             info.error = _one_line(exc)
             return
-        self._call(plugin, info, "pi0_register_embodiments", lambda embodiment: self.register_embodiment(embodiment, info))
+        self._call(plugin, info, "pi0_register_embodiments", lambda item: self.register_embodiment(item, info))
+        # A plugin added after a lazy kind was loaded (tests do this) contributes to it at once.
+        for hook, attribute in self._LAZY_HOOKS.items():
+            if getattr(self, attribute) is not None:
+                self._call_lazy(hook, plugin, info)
 
-    def _call(self, plugin: object, info: PluginInfo, hook: str, register: Any) -> None:
+    def _call(self, plugin: object, info: PluginInfo, hook: str, register: Callable[[Any], None]) -> None:
         """Run one plugin's implementation of ``hook``; its failure is recorded, not raised (duplicates are)."""
         if info.error is not None:
             return
@@ -89,74 +143,127 @@ class Registry:
             except Exception as exc:
                 info.error = _one_line(exc)
 
-    def register_embodiment(self, embodiment: Any, owner: PluginInfo) -> None:
+    def _call_lazy(self, hook: str, plugin: object, info: PluginInfo) -> None:
+        register: Callable[[Any], None] = {
+            "pi0_register_presets": lambda item: self.register_preset(item, info),
+            "pi0_register_simulators": lambda item: self.register_simulator(item, info),
+            "pi0_register_dataset_converters": lambda item: self.register_dataset_converter(item, info),
+        }[hook]
+        self._call(plugin, info, hook, register)
+
+    def _load(self, hook: str) -> None:
+        """Run ``hook`` of every loaded plugin (the first time a lazily loaded kind is needed)."""
+        for plugin in self.plugin_manager.get_plugins():
+            info = next((p for p in self.plugins if p.name == self.plugin_manager.get_name(plugin)), None)
+            if info is not None:
+                self._call_lazy(hook, plugin, info)
+
+    def register_embodiment(self, embodiment: object, owner: PluginInfo) -> None:
         from pi0cli.embodiment import Embodiment
 
         if not isinstance(embodiment, Embodiment):
             raise TypeError(f"register() takes a pi0cli.Embodiment, got {type(embodiment).__name__}")
-        previous = self._owners.get(embodiment.name)
-        if previous is not None:
-            raise PluginError(
-                f"embodiment {embodiment.name!r} is registered by both {previous.label} (plugin {previous.name!r}) "
-                f"and {owner.label} (plugin {owner.name!r}); uninstall one, or disable one with "
-                f"{DISABLE_ENV}={owner.name}"
-            )
-        self._embodiments[embodiment.name] = embodiment
-        self._owners[embodiment.name] = owner
+        self._embodiments.add(embodiment.name, embodiment, owner)
         owner.embodiments.append(embodiment.name)
 
-    def register_preset(self, config: Any, owner: PluginInfo) -> None:
+    def register_preset(self, config: object, owner: PluginInfo) -> None:
         from pi0cli.training.config import TrainConfig
 
         if not isinstance(config, TrainConfig):
             raise TypeError(f"register() takes a pi0cli.training.config.TrainConfig, got {type(config).__name__}")
-        assert self._presets is not None
-        previous = self._preset_owners.get(config.name)
-        if previous is not None:
-            raise PluginError(
-                f"train preset {config.name!r} is registered by both {previous.label} and {owner.label}; "
-                f"uninstall one, or disable one with {DISABLE_ENV}={owner.name}"
-            )
-        self._presets[config.name] = config
-        self._preset_owners[config.name] = owner
+        self._preset_table().add(config.name, config, owner)
+
+    def register_simulator(self, simulator: object, owner: PluginInfo) -> None:
+        from pi0cli.simulator import Simulator
+
+        if not isinstance(simulator, Simulator):
+            raise TypeError(f"register() takes a pi0cli.simulator.Simulator, got {type(simulator).__name__}")
+        table = self._simulator_table()
+        for name, other in table.items.items():
+            if other.embodiment == simulator.embodiment:
+                raise PluginError(_clash(f"a simulator for embodiment {simulator.embodiment!r} ({name!r} and "
+                                         f"{simulator.name!r})", table.owners[name], owner))
+        table.add(simulator.name, simulator, owner)
+
+    def register_dataset_converter(self, converter: object, owner: PluginInfo) -> None:
+        from pi0cli.convert.datasets import DatasetConverter
+
+        if not isinstance(converter, DatasetConverter):
+            raise TypeError(f"register() takes a pi0cli.convert.datasets.DatasetConverter, "
+                            f"got {type(converter).__name__}")
+        self._converter_table().add(converter.name, converter, owner)
+
+    def _preset_table(self) -> _Table[TrainConfig]:
+        if self._presets is None:
+            self._presets = _Table("train preset")
+            self._load("pi0_register_presets")
+        return self._presets
+
+    def _simulator_table(self) -> _Table[Simulator]:
+        if self._simulators is None:
+            self._simulators = _Table("simulator")
+            self._load("pi0_register_simulators")
+        return self._simulators
+
+    def _converter_table(self) -> _Table[DatasetConverter]:
+        if self._converters is None:
+            self._converters = _Table("dataset converter")
+            self._load("pi0_register_dataset_converters")
+        return self._converters
 
     # ----------------------------------------------------------------------------------------- lookup
 
     @property
-    def presets(self) -> Mapping[str, Any]:
-        """Training presets of every loaded plugin, by name (loaded on first access)."""
-        if self._presets is None:
-            self._presets = {}
-            for plugin in self.plugin_manager.get_plugins():
-                info = next((p for p in self.plugins if p.name == self.plugin_manager.get_name(plugin)), None)
-                if info is not None:
-                    self._call(plugin, info, "pi0_register_presets", lambda cfg, info=info: self.register_preset(cfg, info))
-        return dict(sorted(self._presets.items()))
+    def embodiments(self) -> Mapping[str, Embodiment]:
+        return self._embodiments.sorted()
 
-    def preset(self, name: str) -> Any:
-        presets = self.presets
-        if name not in presets:
-            raise UnknownNameError("train preset", name, presets)
-        return presets[name]
-
-    def preset_owner(self, name: str) -> PluginInfo:
-        self.preset(name)
-        return self._preset_owners[name]
-
-    @property
-    def embodiments(self) -> Mapping[str, Any]:
-        return dict(sorted(self._embodiments.items()))
-
-    def embodiment(self, name: str) -> Any:
+    def embodiment(self, name: str) -> Embodiment:
         """The embodiment called ``name``; an unknown name fails with the closest known one."""
-        try:
-            return self._embodiments[name]
-        except KeyError:
-            raise UnknownNameError("embodiment", name, self._embodiments) from None
+        return self._embodiments.get(name)
 
     def owner(self, name: str) -> PluginInfo:
+        """The plugin that registered the embodiment ``name``."""
         self.embodiment(name)
-        return self._owners[name]
+        return self._embodiments.owners[name]
+
+    @property
+    def presets(self) -> Mapping[str, TrainConfig]:
+        """Training presets of every loaded plugin, by name (loaded on first access)."""
+        return self._preset_table().sorted()
+
+    def preset(self, name: str) -> TrainConfig:
+        return self._preset_table().get(name)
+
+    @property
+    def simulators(self) -> Mapping[str, Simulator]:
+        """Simulators of every loaded plugin, by name (loaded on first access)."""
+        return self._simulator_table().sorted()
+
+    def simulator(self, name: str) -> Simulator:
+        return self._simulator_table().get(name)
+
+    def simulator_for(self, embodiment: str) -> Simulator | None:
+        """The simulator driving the embodiment ``embodiment``, if a plugin registered one."""
+        return next((s for s in self.simulators.values() if s.embodiment == embodiment), None)
+
+    @property
+    def dataset_converters(self) -> Mapping[str, DatasetConverter]:
+        """Dataset converters of every loaded plugin, by name (loaded on first access)."""
+        return self._converter_table().sorted()
+
+    def dataset_converter(self, name: str) -> DatasetConverter:
+        return self._converter_table().get(name)
+
+    def provider(self, kind: str, name: str) -> PluginInfo:
+        """The plugin that registered ``name`` of ``kind`` (``embodiment``, ``preset``, ``simulator`` or
+        ``dataset_converter``)."""
+        tables: dict[str, Callable[[], _Table[Any]]] = {
+            "embodiment": lambda: self._embodiments, "preset": self._preset_table,
+            "simulator": self._simulator_table, "dataset_converter": self._converter_table,
+        }
+        table = tables[kind]()
+        table.get(name)
+        return table.owners[name]
 
     @property
     def failures(self) -> list[PluginInfo]:

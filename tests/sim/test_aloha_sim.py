@@ -5,21 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pi0cli.sim import PROMPTS, task_name
-from pi0cli.sim.aloha import MAX_STEPS, AlohaSim, make_env, sample_object_poses
+from pi0_embodiment_aloha.sim import PROMPTS, SIMULATOR, task_name
+from pi0_embodiment_aloha.sim.env import MAX_STEPS, AlohaSim, make_env, sample_object_poses
 
 
 def test_importing_the_package_is_light():
     import subprocess
     import sys
 
-    code = "import sys, pi0cli.sim; print(any(m in sys.modules for m in ('mujoco', 'dm_control', 'gym_aloha')))"
+    code = ("import sys, pi0_embodiment_aloha.sim, pi0cli.cli, pi0cli.simulator, pi0cli.evaluation.closed_loop; "
+            "print(any(m in sys.modules for m in ('mujoco', 'dm_control', 'gym_aloha')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_headless_gl_default(monkeypatch):
-    from pi0cli.sim import ensure_headless_gl
+    from pi0_embodiment_aloha.sim import ensure_headless_gl
 
     monkeypatch.delenv("MUJOCO_GL", raising=False)
     monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
@@ -35,6 +36,13 @@ def test_task_names():
     assert PROMPTS["transfer_cube"] == "Transfer cube"
     with pytest.raises(ValueError, match="unknown"):
         task_name("stack_blocks")
+    # The simulator pi0 sees accepts the same spellings and lists its own tasks otherwise.
+    for alias in ("transfer-cube", "AlohaTransferCube-v0", "gym_aloha/AlohaTransferCube-v0"):
+        assert SIMULATOR.task(alias).name == "transfer_cube"
+    assert SIMULATOR.task(None).prompt == "Transfer cube"
+    assert SIMULATOR.task("gym_aloha/AlohaInsertion-v0").prompt == PROMPTS["insertion"]
+    with pytest.raises(Exception, match="known: insertion, transfer_cube"):
+        SIMULATOR.task("stack_blocks")
 
 
 def test_seeded_reset_is_reproducible_and_matches_gym_aloha_sampler():
@@ -95,8 +103,8 @@ def test_renders_only_the_top_camera_headless_and_sim_observation_applies():
 
 @pytest.mark.slow
 def test_same_physics_as_gym_aloha():
-    import gymnasium as gym
     import gym_aloha  # noqa: F401  (registers the envs)
+    import gymnasium as gym
 
     theirs = gym.make("gym_aloha/AlohaTransferCube-v0", obs_type="pixels_agent_pos")
     ours = AlohaSim("transfer_cube", cameras=("top",))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pi0cli.sim.episodes import rollout, scripted_episode, scripted_episodes
-from pi0cli.sim.scripted import ArmIK, pointing, run_script
+from pi0_embodiment_aloha.sim.episodes import rollout, scripted_episode, scripted_episodes
+from pi0_embodiment_aloha.sim.scripted import ArmIK, pointing, run_script
 
 
 def test_ik_reaches_a_reachable_pose():
-    from pi0cli.sim.aloha import AlohaSim
+    from pi0_embodiment_aloha.sim.env import AlohaSim
 
     with AlohaSim("transfer_cube", cameras=()) as env:
         env.reset(seed=0)

@@ -9,12 +9,19 @@ signs and turn gripper positions into angles, and the outputs undo both (referen
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pi0cli import hookimpl
 from pi0cli.embodiment import Camera, Embodiment, RobotInputs, StateField
-from pi0cli.transforms import Data, SliceActions, bool_mask, compose, resize_with_pad, to_uint8_hwc
+from pi0cli.transforms import Data, SliceActions, Transform, bool_mask, compose, resize_with_pad, to_uint8_hwc
+
+if TYPE_CHECKING:
+    from pi0cli.convert.datasets import DatasetConverter
+    from pi0cli.simulator import Simulator
+    from pi0cli.training.config import TrainConfig
 
 DIM = 14
 GRIPPER_DIMS = (6, 13)
@@ -41,7 +48,8 @@ def gripper_to_angular(value: np.ndarray) -> np.ndarray:
 
 def gripper_from_angular(value: np.ndarray) -> np.ndarray:
     """Model gripper action (angular) -> the robot's normalised gripper command."""
-    return (value + PI_GRIPPER_ANGLE_MIN - ALOHA_GRIPPER_ANGLE_MIN) / (ALOHA_GRIPPER_ANGLE_MAX - ALOHA_GRIPPER_ANGLE_MIN)
+    span = ALOHA_GRIPPER_ANGLE_MAX - ALOHA_GRIPPER_ANGLE_MIN
+    return (value + PI_GRIPPER_ANGLE_MIN - ALOHA_GRIPPER_ANGLE_MIN) / span
 
 
 def gripper_from_angular_inv(value: np.ndarray) -> np.ndarray:
@@ -89,7 +97,7 @@ class AdaptFromPi:
         return {**data, "actions": encode_actions(data["actions"])}
 
 
-def aloha_io(cameras: tuple[Camera, ...], adapt_to_pi: bool = True):
+def aloha_io(cameras: tuple[Camera, ...], adapt_to_pi: bool = True) -> tuple[Transform, Transform]:
     """Input and output transforms of an ALOHA with these cameras."""
     inputs = compose(RobotInputs(cameras, STATE), AdaptToPi() if adapt_to_pi else None)
     outputs = compose(SliceActions(DIM), AdaptFromPi() if adapt_to_pi else None)
@@ -139,7 +147,9 @@ SIM_IMAGE_SIZE = 224
 #: (top, left, height, width) of the top camera (as fractions) around the transfer-cube spawn area and the
 #: hand-over point: about 80 of the 224 pixels each way.
 SIM_CUBE_WINDOW = (0.375, 0.375, 0.36, 0.36)
-SIM_CAMERAS = (Camera("images/cam_high", "base_0_rgb", height=SIM_IMAGE_SIZE, width=SIM_IMAGE_SIZE, channels_first=True),)
+SIM_CAMERAS = (
+    Camera("images/cam_high", "base_0_rgb", height=SIM_IMAGE_SIZE, width=SIM_IMAGE_SIZE, channels_first=True),
+)
 
 
 def sim_observation(env_obs: Data) -> Data:
@@ -171,18 +181,32 @@ ALOHA_SIM = Embodiment(
     default_model="pi0",
     open_loop_steps=10,
     observation_adapter=sim_observation,
-    simulator="gym_aloha/AlohaTransferCube-v0",
+    simulator="gym_aloha",  # the simulator this plugin registers (pi0_register_simulators)
 )
 
 
 @hookimpl
-def pi0_register_embodiments(register) -> None:
+def pi0_register_embodiments(register: Callable[[Embodiment], None]) -> None:
     register(ALOHA)
     register(ALOHA_SIM)
 
 
 @hookimpl
-def pi0_register_presets(register) -> None:
+def pi0_register_simulators(register: Callable[[Simulator], None]) -> None:
+    from pi0_embodiment_aloha.sim import SIMULATOR  # light: MuJoCo loads when an episode starts
+
+    register(SIMULATOR)
+
+
+@hookimpl
+def pi0_register_dataset_converters(register: Callable[[DatasetConverter], None]) -> None:
+    from pi0_embodiment_aloha.hdf5 import CONVERTER  # light: h5py loads when a conversion starts
+
+    register(CONVERTER)
+
+
+@hookimpl
+def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
     from pi0cli.training.presets import standard_presets
 
     for config in standard_presets("aloha", "aloha"):
@@ -191,7 +215,8 @@ def pi0_register_presets(register) -> None:
     # random crop/rotation: at 64 px the whole spawn area is otherwise one 8-pixel patch.
     sim_view = {"image_crop": SIM_CUBE_WINDOW, "augment_geometric": False}
     small_view = {**sim_view, "action_horizon": 50, "state_dropout": 0.5}
-    for config in standard_presets("aloha_sim", "aloha_sim", models=("pi0",), dataset="lerobot/aloha_sim_transfer_cube_human",
-                                   num_train_steps=20_000, default_prompt="Transfer cube",
+    for config in standard_presets("aloha_sim", "aloha_sim", models=("pi0",),
+                                   dataset="lerobot/aloha_sim_transfer_cube_human", num_train_steps=20_000,
+                                   default_prompt="Transfer cube",
                                    tiny={"image_resolution": (64, 64), **sim_view}, small=small_view):
         register(config)

@@ -8,11 +8,18 @@ to 224x224, as the reference client does, so it matches the LeRobot LIBERO datas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from pi0cli import hookimpl
 from pi0cli.embodiment import Camera, Embodiment, RobotInputs, StateField
 from pi0cli.transforms import Data, SliceActions, resize_with_pad, to_uint8_hwc
+
+if TYPE_CHECKING:
+    from pi0cli.convert.datasets import DatasetConverter
+    from pi0cli.training.config import TrainConfig
 
 IMAGE_SIZE = 224
 ACTION_DIM = 7
@@ -83,12 +90,19 @@ LIBERO = Embodiment(
 
 
 @hookimpl
-def pi0_register_embodiments(register) -> None:
+def pi0_register_embodiments(register: Callable[[Embodiment], None]) -> None:
     register(LIBERO)
 
 
 @hookimpl
-def pi0_register_presets(register) -> None:
+def pi0_register_dataset_converters(register: Callable[[DatasetConverter], None]) -> None:
+    from pi0_embodiment_libero.hdf5 import CONVERTER  # light: h5py loads when a conversion starts
+
+    register(CONVERTER)
+
+
+@hookimpl
+def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
     from pi0cli.training.presets import standard_presets
 
     for config in standard_presets("libero", "libero", dataset="physical-intelligence/libero"):

@@ -1,6 +1,6 @@
 """Episode iterators over the simulated ALOHA: scripted demonstrations and policy rollouts, frame by frame.
 
-A frame is a dict:
+A frame (:class:`pi0cli.simulator.Frame`) is a dict:
 
 - ``observation``: the ``aloha_sim`` embodiment's observation (``sim_observation`` of the env observation:
   ``{"images": {"cam_high": (3, 224, 224) uint8}, "state": (14,) float32}``), seen *before* the action;
@@ -15,34 +15,14 @@ commands), so ``scripted_episodes`` spends camera time on kept episodes only.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from pi0cli.sim import PROMPTS, task_name
-
-
-class ScriptFailed(RuntimeError):
-    """The scripted policy did not reach success for this seed."""
-
-
-@dataclasses.dataclass
-class Episode:
-    """One episode: its seed, task, prompt, and its frames (an iterator, consumed once)."""
-
-    seed: int
-    task: str
-    prompt: str
-    frames: Iterator[dict[str, Any]]
-    length: int
-
-
-def _observation_adapter() -> Callable[[dict[str, Any]], dict[str, Any]]:
-    from pi0_embodiment_aloha import sim_observation
-
-    return sim_observation
+from pi0_embodiment_aloha import sim_observation
+from pi0_embodiment_aloha.sim import PROMPTS, task_name
+from pi0cli.simulator import Act, Episode, Frame, ScriptFailed
 
 
 def replay(
@@ -54,18 +34,17 @@ def replay(
     height: int = 480,
     width: int = 640,
     shadows: bool = True,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[Frame]:
     """Replay joint commands from the seeded initial scene, rendering ``cameras``, yielding frames."""
-    from pi0cli.sim.aloha import AlohaSim
+    from pi0_embodiment_aloha.sim.env import AlohaSim
 
-    adapt = _observation_adapter()
     with AlohaSim(task, cameras=cameras, height=height, width=width, shadows=shadows, max_steps=len(actions),
                   terminate_on_success=False) as env:
         obs = env.reset(seed)
         for index, action in enumerate(np.asarray(actions)):
             next_obs, reward, _, info = env.step(action)
             yield {
-                "observation": adapt(obs),
+                "observation": sim_observation(obs),
                 "env_observation": obs,
                 "action": np.asarray(action, dtype=np.float32),
                 "reward": float(reward),
@@ -76,12 +55,12 @@ def replay(
 
 
 def scripted_episode(task: str = "transfer_cube", seed: int = 0, *, max_steps: int | None = None,
-                     **render: Any) -> Iterator[dict[str, Any]]:
+                     **render: Any) -> Iterator[Frame]:
     """Frames of the scripted demonstration for ``seed``; raises :class:`ScriptFailed` (before yielding
     anything) when the script does not succeed on it. ``render``: ``cameras``, ``height``, ``width``,
-    ``shadows`` (see :class:`pi0cli.sim.aloha.AlohaSim`)."""
-    from pi0cli.sim.aloha import MAX_STEPS
-    from pi0cli.sim.scripted import run_script
+    ``shadows`` (see :class:`pi0_embodiment_aloha.sim.env.AlohaSim`)."""
+    from pi0_embodiment_aloha.sim.env import MAX_STEPS
+    from pi0_embodiment_aloha.sim.scripted import run_script
 
     actions, success, max_reward = run_script(task, seed, max_steps=max_steps or MAX_STEPS)
     if not success:
@@ -100,8 +79,8 @@ def scripted_episodes(
 ) -> Iterator[Episode]:
     """``num_episodes`` successful scripted demonstrations with seeds ``start_seed, start_seed + 1, ...``
     (failed seeds are skipped; at most ``max_attempts`` seeds are tried, default ``2 * num_episodes + 10``)."""
-    from pi0cli.sim.aloha import MAX_STEPS
-    from pi0cli.sim.scripted import run_script
+    from pi0_embodiment_aloha.sim.env import MAX_STEPS
+    from pi0_embodiment_aloha.sim.scripted import run_script
 
     task = task_name(task)
     steps = max_steps or MAX_STEPS
@@ -122,23 +101,22 @@ def scripted_episodes(
 def rollout(
     task: str,
     seed: int,
-    act: Callable[[dict[str, Any]], np.ndarray],
+    act: Act,
     *,
     max_steps: int | None = None,
     terminate_on_success: bool = True,
     **render: Any,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[Frame]:
     """Closed-loop episode: ``act(observation) -> (14,) joint targets`` is called with the ``aloha_sim``
     observation each step (an action-chunk broker fits behind it). Frames as above; stops at success (unless
     ``terminate_on_success=False``) or after ``max_steps`` (300) steps."""
-    from pi0cli.sim.aloha import MAX_STEPS, AlohaSim
+    from pi0_embodiment_aloha.sim.env import MAX_STEPS, AlohaSim
 
-    adapt = _observation_adapter()
     with AlohaSim(task, max_steps=max_steps or MAX_STEPS, terminate_on_success=terminate_on_success, **render) as env:
         obs = env.reset(seed)
         index, done = 0, False
         while not done:
-            observation = adapt(obs)
+            observation = sim_observation(obs)
             action = np.asarray(act(observation), dtype=np.float64).reshape(-1)
             next_obs, reward, done, info = env.step(action)
             yield {

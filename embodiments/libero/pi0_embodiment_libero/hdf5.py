@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pi0cli.convert.aloha_hdf5 import ConversionError
+from pi0cli.convert.datasets import ConverterOption, DatasetConverter, Progress
+from pi0cli.errors import ConversionError
 from pi0cli.transforms import resize_with_pad
 
 IMAGE_SIZE = 256
@@ -77,7 +79,8 @@ def inspect_file(path: Path) -> list[Demo]:
                 if full not in group:
                     raise ConversionError(f"{where}: missing '{full}'")
                 if group[full].shape != (length, dim):
-                    raise ConversionError(f"{where}: '{full}' has shape {group[full].shape}; expected ({length}, {dim})")
+                    raise ConversionError(
+                        f"{where}: '{full}' has shape {group[full].shape}; expected ({length}, {dim})")
             for key in ("agentview_rgb", "eye_in_hand_rgb"):
                 full = f"obs/{key}"
                 if full not in group:
@@ -110,7 +113,7 @@ def iter_frames(demo: Demo) -> Iterator[dict[str, np.ndarray]]:
 
 
 def convert(src: Path, out: Path, *, fps: float = 10.0, overwrite: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> Path:
+            progress: Progress | None = None) -> Path:
     """Convert one file or every ``*.hdf5`` in a directory; nothing is written unless all validate."""
     from pi0cli.data.writer import DatasetWriter
 
@@ -119,9 +122,10 @@ def convert(src: Path, out: Path, *, fps: float = 10.0, overwrite: bool = False,
     if not files:
         raise ConversionError(f"no .hdf5 files at {src}")
     demos = [demo for path in files for demo in inspect_file(path)]
-    features = {
-        "image": {"dtype": "video", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]},
-        "wrist_image": {"dtype": "video", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]},
+    video = {"dtype": "video", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]}
+    features: dict[str, dict[str, Any]] = {
+        "image": video,
+        "wrist_image": video,
         "state": {"dtype": "float32", "shape": (8,), "names": None},
         "actions": {"dtype": "float32", "shape": (ACTION_DIM,), "names": None},
     }
@@ -136,3 +140,13 @@ def convert(src: Path, out: Path, *, fps: float = 10.0, overwrite: bool = False,
                     progress(done, total)
             writer.save_episode()
     return Path(out)
+
+
+CONVERTER = DatasetConverter(
+    name="libero-hdf5",
+    embodiment="libero",
+    summary="LIBERO demonstrations into a LeRobot dataset for the [bold]libero[/bold] robot.",
+    source_help="A LIBERO demonstration .hdf5 file or a folder of them.",
+    convert=convert,
+    options=(ConverterOption("fps", float, 10.0, "Recording rate.", minimum=1.0),),
+)

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pi0cli.sim import PROMPTS, ensure_headless_gl, task_name
+from pi0_embodiment_aloha import GRIPPER_POSITION_CLOSED, GRIPPER_POSITION_OPEN
+from pi0_embodiment_aloha.sim import PROMPTS, ensure_headless_gl, task_name
 
 ensure_headless_gl()
 
@@ -41,8 +42,8 @@ ACTION_DIM = 14
 IMAGE_HEIGHT, IMAGE_WIDTH = 480, 640
 #: Cameras of the scenes (gym-aloha returns ``top`` only).
 SCENE_CAMERAS = ("top", "angle", "front_close", "left_pillar", "right_pillar", "left_wrist", "right_wrist")
-#: Gripper finger positions (metres) at normalised 0 (closed) and 1 (open).
-GRIPPER_CLOSED, GRIPPER_OPEN = 0.01844, 0.05800
+#: Gripper finger positions (metres) at normalised 0 (closed) and 1 (open): the real robot's linkage.
+GRIPPER_CLOSED, GRIPPER_OPEN = GRIPPER_POSITION_CLOSED, GRIPPER_POSITION_OPEN
 
 _SCENES = {"transfer_cube": "bimanual_viperx_transfer_cube.xml", "insertion": "bimanual_viperx_insertion.xml"}
 _BASE_TASKS = {"transfer_cube": _aloha_tasks.TransferCubeTask, "insertion": _aloha_tasks.InsertionTask}
@@ -68,7 +69,7 @@ def sample_object_poses(task: str, seed: int | None) -> np.ndarray:
 
 
 def _make_task_class(base_cls: type) -> type:
-    class _Task(base_cls):  # type: ignore[misc, valid-type]
+    class _Task(base_cls):
         """gym-aloha's task with a per-instance object pose and rendering of only the chosen cameras."""
 
         def __init__(self, cameras: Sequence[str], height: int, width: int, shadows: bool) -> None:

@@ -9,20 +9,18 @@ Every file is validated before anything is written; frames are streamed one at a
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pi0cli.errors import Pi0Error
+from pi0cli.convert.datasets import ConverterOption, DatasetConverter, Progress
+from pi0cli.errors import ConversionError
 
 DIM = 14
 CAMERAS = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
-
-
-class ConversionError(Pi0Error):
-    """A source file that cannot be converted; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,8 @@ def _decode(buffer: np.ndarray, path: Path, cam: str) -> np.ndarray:
         with Image.open(io.BytesIO(np.asarray(buffer, dtype=np.uint8).tobytes())) as image:
             return np.asarray(image.convert("RGB"))
     except Exception as exc:
-        raise ConversionError(f"{path.name}: '/observations/images/{cam}' holds a frame that is not a JPEG ({exc})") from None
+        raise ConversionError(
+            f"{path.name}: '/observations/images/{cam}' holds a frame that is not a JPEG ({exc})") from None
 
 
 def iter_frames(info: EpisodeInfo) -> Iterator[dict[str, np.ndarray]]:
@@ -122,27 +121,33 @@ def iter_frames(info: EpisodeInfo) -> Iterator[dict[str, np.ndarray]]:
                 frame["observation.effort"] = np.asarray(f["/observations/effort"][t], np.float32)
             for cam in info.cameras:
                 raw = images[cam][t]
-                frame[f"observation.images.{cam}"] = _decode(raw, info.path, cam) if info.compressed else np.asarray(raw)
+                image = _decode(raw, info.path, cam) if info.compressed else np.asarray(raw)
+                frame[f"observation.images.{cam}"] = image
             yield frame
 
 
-def convert(src: Path, out: Path, *, fps: float = 50.0, task: str = "", overwrite: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> Path:
-    """Convert every episode in ``src``; nothing is written unless every file validates."""
+def convert(src: Path, out: Path, *, fps: float = 50.0, task: str | None = None, overwrite: bool = False,
+            progress: Progress | None = None) -> Path:
+    """Convert every episode in ``src``; nothing is written unless every file validates. ``task`` (the prompt
+    of every episode) defaults to the folder's name with spaces for underscores (``fold_towel``: "fold towel")."""
     from pi0cli.data.writer import DatasetWriter
 
+    if task is None:
+        task = Path(src).absolute().name.replace("_", " ")
     infos = [inspect_episode(path) for path in find_episodes(Path(src))]
     cameras = sorted({c for info in infos for c in info.cameras}, key=CAMERAS.index)
     missing = [(info.path.name, c) for info in infos for c in cameras if c not in info.cameras]
     if missing:
         name, cam = missing[0]
-        raise ConversionError(f"{name}: missing camera {cam!r} that other episodes have; every episode needs the same cameras")
+        raise ConversionError(
+            f"{name}: missing camera {cam!r} that other episodes have; every episode needs the same cameras")
     height, width = infos[0].image_shape
     if any(info.image_shape != (height, width) for info in infos):
         bad = next(info for info in infos if info.image_shape != (height, width))
         raise ConversionError(f"{bad.path.name}: images are {bad.image_shape}, other episodes {height, width}")
-    features = {f"observation.images.{c}": {"dtype": "video", "shape": (height, width, 3),
-                                            "names": ["height", "width", "channels"]} for c in cameras}
+    features: dict[str, dict[str, Any]] = {
+        f"observation.images.{c}": {"dtype": "video", "shape": (height, width, 3),
+                                    "names": ["height", "width", "channels"]} for c in cameras}
     for key in ("observation.state", "observation.velocity", "action"):
         features[key] = {"dtype": "float32", "shape": (DIM,), "names": None}
     if any(info.has_effort for info in infos):
@@ -163,3 +168,16 @@ def convert(src: Path, out: Path, *, fps: float = 50.0, task: str = "", overwrit
                     progress(done, total)
             writer.save_episode()
     return Path(out)
+
+
+CONVERTER = DatasetConverter(
+    name="aloha-hdf5",
+    embodiment="aloha",
+    summary="Raw ALOHA episodes into a LeRobot dataset for the [bold]aloha[/bold] robot.",
+    source_help="Folder of episode_*.hdf5 files (ALOHA recorder layout).",
+    convert=convert,
+    options=(
+        ConverterOption("fps", float, 50.0, "Recording rate.", minimum=1.0),
+        ConverterOption("task", str, None, "Task prompt of every episode (default: the folder name)."),
+    ),
+)

@@ -19,7 +19,7 @@ reached by interpolating joints between IK solutions (chosen among several start
 large first moves never follow a Cartesian path through the wrist singularity.
 
 :func:`run_script` simulates without rendering (physics only, hundreds of steps/s);
-:mod:`pi0cli.sim.episodes` replays successful runs with cameras (MuJoCo is deterministic: same seed and
+:mod:`pi0_embodiment_aloha.sim.episodes` replays successful runs with cameras (MuJoCo is deterministic: same seed and
 commands, same states).
 """
 
@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from pi0cli.sim import ensure_headless_gl
+from pi0_embodiment_aloha.sim import ensure_headless_gl
 
 ensure_headless_gl()
 
 import mujoco  # noqa: E402
 
-from pi0cli.sim.aloha import MAX_STEPS, AlohaSim  # noqa: E402
+from pi0_embodiment_aloha.sim.env import MAX_STEPS, AlohaSim  # noqa: E402
 
 #: Arm joint indices in qpos/qvel (the same for the 14-dim action without grippers).
 ARM_QPOS = {"left": np.arange(0, 6), "right": np.arange(8, 14)}
@@ -195,7 +195,7 @@ def interpolate(waypoints: Sequence[Waypoint], t: float) -> tuple[np.ndarray, np
     if t <= waypoints[0].t:
         w = waypoints[0]
         return w.pos, quat_to_mat(w.quat), w.gripper
-    for a, b in zip(waypoints, waypoints[1:]):
+    for a, b in zip(waypoints, waypoints[1:], strict=False):
         if a.t <= t <= b.t:
             s = (t - a.t) / max(b.t - a.t, 1e-9)
             s = 0.5 - 0.5 * np.cos(np.pi * s)  # ease in and out: no velocity jumps at waypoints
@@ -205,7 +205,7 @@ def interpolate(waypoints: Sequence[Waypoint], t: float) -> tuple[np.ndarray, np
     return w.pos, quat_to_mat(w.quat), w.gripper
 
 
-def _wp(t: int, pos: Sequence[float], rot: np.ndarray, gripper: float, joint: bool = False) -> Waypoint:
+def _wp(t: int, pos: np.ndarray | Sequence[float], rot: np.ndarray, gripper: float, joint: bool = False) -> Waypoint:
     return Waypoint(t, np.asarray(pos, float), mat_to_quat(rot), float(gripper), joint)
 
 

@@ -1,0 +1,129 @@
+"""The ``Simulator`` contract a robot plugin fills in so that ``pi0 record`` and ``pi0 eval`` can drive its robot.
+
+A simulator produces observations in one embodiment's format (what that robot's client would send) and takes
+that embodiment's actions. The core never imports a simulator's engine: it calls the functions a plugin
+registers through ``pi0_register_simulators``, which import MuJoCo or whatever they need when first called.
+
+A rollout or a scripted demonstration is an iterator of :class:`Frame` dicts, one per control step:
+
+- ``observation``: the embodiment's observation seen *before* the action (what a policy gets);
+- ``action``: the action sent at this step, float32, in the robot's units;
+- ``reward``: the task reward after the step; ``success``: the task was solved at this or an earlier step;
+- ``index``: the step number (0-based);
+- ``env_observation`` (optional): the simulator's raw observation it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NotRequired, Protocol, TypedDict
+
+import numpy as np
+
+from pi0cli.errors import Pi0Error, UnknownNameError
+
+
+class Frame(TypedDict):
+    """One control step of an episode (see the module docstring)."""
+
+    observation: dict[str, Any]
+    action: np.ndarray
+    reward: float
+    success: bool
+    index: int
+    env_observation: NotRequired[dict[str, Any]]
+
+
+@dataclasses.dataclass
+class Episode:
+    """One scripted demonstration: its seed, task, prompt and frames (an iterator, consumed once)."""
+
+    seed: int
+    task: str
+    prompt: str
+    frames: Iterator[Frame]
+    length: int
+
+
+class ScriptFailed(Pi0Error):
+    """Scripted demonstrations did not succeed often enough (the message says how many did)."""
+
+
+#: A policy as a rollout sees it: an observation in, one action (the robot's units) out.
+Act = Callable[[dict[str, Any]], np.ndarray]
+
+
+class Rollout(Protocol):
+    """Run one closed-loop episode of ``task`` from the scene of ``seed``, calling ``act`` every step."""
+
+    def __call__(self, task: str, seed: int, act: Act, *, max_steps: int | None = None,
+                 shadows: bool = False) -> Iterator[Frame]: ...
+
+
+class ScriptedEpisodes(Protocol):
+    """``num_episodes`` successful scripted demonstrations of ``task`` with seeds from ``start_seed`` (failed
+    seeds are skipped); raises :class:`ScriptFailed` when too few seeds succeed."""
+
+    def __call__(self, task: str, num_episodes: int, *, start_seed: int = 0,
+                 shadows: bool = False) -> Iterator[Episode]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SimTask:
+    """A task of a simulator: its name, the prompt a policy gets, and other spellings accepted for it."""
+
+    name: str
+    prompt: str
+    aliases: tuple[str, ...] = ()
+
+    def matches(self, spelling: str) -> bool:
+        return spelling.lower() in {self.name.lower(), *(alias.lower() for alias in self.aliases)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Simulator:
+    """A simulated robot: the tasks it offers and how to run them.
+
+    ``embodiment`` names the registered embodiment whose observations and actions the simulator speaks (one
+    simulator per embodiment). ``rollout`` runs a policy closed-loop; ``scripted`` (optional) yields scripted
+    demonstrations for ``pi0 record --scripted``. ``shadows`` is the one rendering switch the CLI passes
+    through (``--shadows/--no-shadows``; a simulator without shadows ignores it). ``rendering`` says in one
+    line what rendering needs on the host (shown when it fails and by diagnostics), ``packages`` which
+    distributions' versions go into evaluation reports, and ``video_key`` which observation image the
+    evaluation videos show (default: the embodiment's first camera).
+    """
+
+    name: str
+    embodiment: str
+    description: str
+    tasks: tuple[SimTask, ...]
+    rollout: Rollout
+    scripted: ScriptedEpisodes | None = None
+    default_task: str | None = None
+    rendering: str = ""
+    packages: tuple[str, ...] = ()
+    video_key: str | None = None
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError(f"simulator {self.name!r} declares no tasks")
+        if self.default_task is not None and not any(t.name == self.default_task for t in self.tasks):
+            raise ValueError(f"simulator {self.name!r}: default task {self.default_task!r} is not one of its tasks")
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(task.name for task in self.tasks)
+
+    def task(self, spelling: str | None = None) -> SimTask:
+        """The task called ``spelling`` (or one of its aliases); ``None`` gives the default (first) task."""
+        if spelling is None:
+            spelling = self.default_task or self.tasks[0].name
+        for task in self.tasks:
+            if task.matches(spelling):
+                return task
+        raise UnknownNameError(f"{self.name} task", spelling, self.task_names)
+
+
+__all__ = ["Act", "Episode", "Frame", "Rollout", "ScriptFailed", "ScriptedEpisodes", "SimTask", "Simulator"]
