@@ -15,6 +15,13 @@ from flax import nnx
 from pi0cli.models.config import Pi0Config
 from pi0cli.models.gemma import Gemma, KVCache
 from pi0cli.models.observation import Actions, ModelInputError, Observation, preprocess_observation
+from pi0cli.models.rtc import (
+    DEFAULT_MAX_GUIDANCE_WEIGHT,
+    RTCInputs,
+    active_rows,
+    guided_velocity,
+    prefix_weights,
+)
 from pi0cli.models.siglip import SigLIP
 
 
@@ -221,12 +228,18 @@ class Pi0(nnx.Module):
         num_steps: int = 10,
         noise: jax.Array | None = None,
         use_kv_cache: bool = True,
+        rtc: RTCInputs | None = None,
+        max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT,
     ) -> Actions:
         """Denoise from ``noise`` (``[B, H, A]`` or ``[H, A]``; default N(0, I)) to actions ``[B, H, A]``.
 
         Euler steps ``x += dt * v(x, t)``, ``dt = -1 / num_steps``, from t = 1 while ``t >= -dt / 2``. With
         ``use_kv_cache`` the prefix is encoded once and each step runs only the action expert; without it every
         step runs the full prefix+suffix forward (same result; the baseline for tests and benchmarks).
+
+        ``rtc``: real-time chunking per row (:mod:`pi0cli.models.rtc`): each step's velocity is guided toward
+        the row's previous chunk, its weight clipped at ``max_guidance_weight``. A batch in which no row has a
+        previous chunk runs the plain loop (bit for bit the result without ``rtc``).
         """
         cfg = self.config
         obs = self._preprocess(None, obs, train=False)
@@ -255,6 +268,25 @@ class Pi0(nnx.Module):
         def cond(carry):
             return carry[1] >= -dt / 2
 
-        # The loop body only reads the weights, so a plain lax.while_loop closing over the module is enough.
-        x_0, _ = jax.lax.while_loop(cond, step, (noise, jnp.asarray(1.0, jnp.float32)))
-        return x_0
+        start = (noise, jnp.asarray(1.0, jnp.float32))
+
+        def plain(start):
+            # The loop body only reads the weights, so a plain lax.while_loop closing over the module is enough.
+            return jax.lax.while_loop(cond, step, start)[0]
+
+        if rtc is None:
+            return plain(start)
+        weights = prefix_weights(cfg.action_horizon, rtc.inference_delay, rtc.execution_horizon)
+        prev = jnp.broadcast_to(rtc.prev_actions, shape).astype(jnp.float32)
+        rtc = RTCInputs(prev, rtc.inference_delay, rtc.execution_horizon)
+
+        def guided_step(carry):
+            x_t, time = carry
+            v = guided_velocity(lambda x: velocity(x, time), x_t, time, rtc, weights, max_guidance_weight)
+            return x_t + dt * v, time + dt
+
+        def guided(start):
+            return jax.lax.while_loop(cond, guided_step, start)[0]
+
+        # Whole-batch switch: without any previous chunk the plain loop runs as is (no VJP, identical floats).
+        return jax.lax.cond(jnp.any(active_rows(rtc)), guided, plain, start)
