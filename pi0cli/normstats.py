@@ -92,11 +92,21 @@ def load_norm_stats(path: str | os.PathLike[str]) -> dict[str, NormStats]:
     return {key: NormStats.from_json(value, where=f"{file} [{key}]") for key, value in raw["norm_stats"].items()}
 
 
-def save_norm_stats(stats: Mapping[str, NormStats], path: str | os.PathLike[str]) -> Path:
-    """Write ``stats`` in the reference format, atomically (a reader never sees a half-written file)."""
+#: Top-level key of norm_stats.json saying what the stats were computed for (embodiment, horizon, dataset).
+#: The reference reads only ``norm_stats`` (a pydantic model, extra keys ignored), so the file stays its format.
+COMPUTED_FOR_KEY = "computed_for"
+
+
+def save_norm_stats(stats: Mapping[str, NormStats], path: str | os.PathLike[str], *,
+                    computed_for: Mapping[str, object] | None = None) -> Path:
+    """Write ``stats`` in the reference format, atomically (a reader never sees a half-written file);
+    ``computed_for`` (JSON values) is stored beside them under :data:`COMPUTED_FOR_KEY`."""
     file = norm_stats_path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"norm_stats": {key: value.to_json() for key, value in stats.items()}}, indent=2)
+    content: dict[str, object] = {"norm_stats": {key: value.to_json() for key, value in stats.items()}}
+    if computed_for:
+        content[COMPUTED_FOR_KEY] = dict(computed_for)
+    text = json.dumps(content, indent=2)
     fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
@@ -108,6 +118,16 @@ def save_norm_stats(stats: Mapping[str, NormStats], path: str | os.PathLike[str]
         Path(tmp).unlink(missing_ok=True)
         raise
     return file
+
+
+def read_computed_for(path: str | os.PathLike[str]) -> dict[str, object] | None:
+    """What a norm_stats.json says it was computed for (``None`` for reference files and unreadable ones)."""
+    try:
+        raw = json.loads(norm_stats_path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    value = raw.get(COMPUTED_FOR_KEY) if isinstance(raw, Mapping) else None
+    return dict(value) if isinstance(value, Mapping) else None
 
 
 # ------------------------------------------------------------------------------------ exact statistics

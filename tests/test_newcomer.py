@@ -115,3 +115,89 @@ def test_a_missing_repo_id_names_the_cache_it_looked_in(tmp_path):
                      env={"HF_HUB_OFFLINE": "1", "HF_LEROBOT_HOME": str(tmp_path / "cache")})
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"local cache {tmp_path / 'cache' / 'someone' / 'missing'}" in result.stderr
+
+
+# ----------------------------------------------------------------- norm stats remember what they are for
+
+
+@pytest.fixture(scope="module")
+def sim_dataset(tmp_path_factory):
+    from pi0cli.data.synthetic import write_synthetic_dataset
+    from pi0cli.plugins.manager import load_registry
+
+    root = tmp_path_factory.mktemp("newcomer")
+    write_synthetic_dataset(root / "sim", load_registry({}).embodiment("aloha_sim"), episodes=2, frames=16,
+                            image_size=(32, 32), tasks=("Transfer cube",))
+    return root / "sim"
+
+
+def test_norm_stats_follow_the_preset_and_record_what_they_were_computed_for(tmp_path, sim_dataset):
+    import json
+
+    from pi0cli.normstats import load_norm_stats
+
+    result = _pi0_in(tmp_path, "norm-stats", "aloha_sim", "--dataset", str(sim_dataset), "--preset",
+                     "pi0_aloha_sim_tiny")
+    assert result.returncode == 0, result.stderr
+    assert "action chunks of 10" in result.stdout  # the tiny preset's horizon, not the default model's 50
+    file = tmp_path / "assets" / "lerobot" / "aloha_sim_transfer_cube_human" / "norm_stats.json"
+    raw = json.loads(file.read_text())
+    assert set(raw) == {"norm_stats", "computed_for"}  # the reference reads "norm_stats" and ignores the rest
+    assert set(raw["norm_stats"]) == {"state", "actions"}
+    assert raw["computed_for"]["embodiment"] == "aloha_sim" and raw["computed_for"]["horizon"] == 10
+    assert raw["computed_for"]["dataset_root"] == str(sim_dataset) and raw["computed_for"]["episodes"] == 2
+    assert set(load_norm_stats(file)) == {"state", "actions"}
+
+    wrong = _pi0_in(tmp_path, "norm-stats", "droid", "--dataset", str(sim_dataset), "--preset", "pi0_aloha_sim_tiny")
+    assert wrong.returncode == 1 and "trains embodiment 'aloha_sim'" in wrong.stderr
+
+
+def test_train_warns_when_the_stats_horizon_differs(tmp_path, sim_dataset):
+    made = _pi0_in(tmp_path, "norm-stats", "aloha_sim", "--dataset", str(sim_dataset), "--horizon", "50")
+    assert made.returncode == 0, made.stderr
+    # --from a missing checkpoint stops the run right after the checks, before any training.
+    result = _pi0_in(tmp_path, "train", "pi0_aloha_sim_tiny", "--dataset", str(sim_dataset), "--steps", "1",
+                     "--from", str(tmp_path / "missing"))
+    assert result.returncode == 1, result.stderr
+    assert "computed over 50-step action chunks, but 'pi0_aloha_sim_tiny' predicts 10" in result.stderr
+    assert "--preset pi0_aloha_sim_tiny" in result.stderr
+
+
+def test_train_refuses_stats_of_another_embodiment(tmp_path):
+    from pi0cli.errors import Pi0Error
+    from pi0cli.normstats import save_norm_stats
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.testing import example_norm_stats
+    from pi0cli.training.launch import check_norm_stats_fit
+
+    registry = load_registry({})
+    config = registry.preset("pi0_aloha_sim_tiny")
+    stats = example_norm_stats(registry.embodiment("aloha_sim"))
+    for_droid = save_norm_stats(stats, tmp_path / "a", computed_for={"embodiment": "droid", "horizon": 10})
+    with pytest.raises(Pi0Error, match="computed for embodiment 'droid'"):
+        check_norm_stats_fit(config, for_droid)
+    fits = save_norm_stats(stats, tmp_path / "b", computed_for={"embodiment": "aloha_sim", "horizon": 10})
+    reference = save_norm_stats(stats, tmp_path / "c")  # a reference file says nothing: no complaint
+    assert check_norm_stats_fit(config, fits) == [] and check_norm_stats_fit(config, reference) == []
+
+
+@pytest.mark.slow
+def test_offline_eval_warns_about_training_episodes(tmp_path, sim_dataset):
+    import json
+
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt", load_registry({}).embodiment("aloha_sim"))
+    config_file = next(ckpt.rglob("pi0_config.json"))
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "dataset_root": str(sim_dataset)}))
+    args = ("eval", "--dataset", str(sim_dataset), "--checkpoint", str(ckpt), "--episodes", "1", "--stride", "8")
+    result = _pi0_in(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert "are training episodes of this checkpoint" in result.stderr
+
+    config_file.write_text(json.dumps(config))  # trained elsewhere: no warning
+    result = _pi0_in(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert "training episodes" not in result.stderr

@@ -31,7 +31,11 @@ def norm_stats(
                                               autocompletion=complete_embodiment)],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="LeRobot dataset: a local root or a repo id in the local cache.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Assets directory; writes <out>/<asset_id>/norm_stats.json.")] = Path("assets"),
-    horizon: Annotated[int | None, typer.Option("--horizon", help="Action chunk length (default: the embodiment's default model's action_horizon).")] = None,
+    horizon: Annotated[int | None, typer.Option(
+        "--horizon", help="Action chunk length (default: --preset's, else the embodiment's default model's "
+                          "action_horizon).")] = None,
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="Training preset the stats are for: its action horizon is the default --horizon.")] = None,
     check: Annotated[Path | None, typer.Option("--check", help="Report how an existing norm_stats.json fits the dataset instead of writing one.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -42,6 +46,14 @@ def norm_stats(
     from pi0cli.normstats import load_norm_stats, save_norm_stats
 
     emb = console.registry().embodiment(embodiment)
+    if preset is not None:
+        train_preset = console.registry().preset(preset)
+        if train_preset.embodiment != emb.name:
+            from pi0cli.errors import Pi0Error
+
+            raise Pi0Error(f"preset {preset!r} trains embodiment {train_preset.embodiment!r}, not {emb.name!r}; "
+                           f"run `pi0 norm-stats {train_preset.embodiment} --preset {preset} ...`")
+        horizon = horizon or train_preset.model.action_horizon
     horizon = horizon or _default_horizon(emb)
     with console.err.status(f"reading {dataset} ..."):
         data = load_columns(emb, dataset)
@@ -61,7 +73,12 @@ def norm_stats(
     if check is not None:
         _print_check(reports, summarize(reports), as_json)
         return
-    path = save_norm_stats(stats, out / emb.asset_id)
+    from pi0cli.data.lerobot import resolve_dataset
+
+    computed_for = {"embodiment": emb.name, "asset_id": emb.asset_id, "horizon": horizon, "dataset": str(dataset),
+                    "dataset_root": str(resolve_dataset(dataset)[1]), "frames": data.num_frames,
+                    "episodes": data.num_episodes, **({"preset": preset} if preset else {})}
+    path = save_norm_stats(stats, out / emb.asset_id, computed_for=computed_for)
     if as_json:
         console.out.print_json(json.dumps({"path": str(path), "frames": data.num_frames, "episodes": data.num_episodes,
                                            "horizon": horizon, **{k: v.to_json() for k, v in stats.items()}}))
