@@ -157,21 +157,49 @@ print(mujoco.__version__)
 """
 
 
-def check_rendering(timeout: float = 60.0) -> list[Row]:
+def check_simulators(registry: Registry) -> list[Row]:
+    """Each registered simulator: its packages installed, and what its rendering needs (its own words)."""
+    try:
+        simulators = registry.simulators
+    except Exception as exc:  # noqa: BLE001 - a broken simulator plugin is a finding
+        return [Row("simulators", "warn", f"simulators failed to load: {_one_line(exc)}",
+                    "fix or disable the plugin named above (PI0_DISABLE_PLUGINS=NAME)")]
+    rows = []
+    for name, simulator in simulators.items():
+        versions = {dist: _version(dist) for dist in simulator.packages}
+        missing = [dist for dist, version in versions.items() if version is None]
+        found = ", ".join(f"{dist} {version}" for dist, version in versions.items() if version) or "no packages named"
+        if missing:
+            rows.append(Row(f"simulator {name}", "warn", f"{simulator.embodiment}: {', '.join(missing)} not installed",
+                            f"pip install {' '.join(missing)}"))
+        else:
+            rows.append(Row(f"simulator {name}", "ok", f"{simulator.embodiment}: {found}"
+                            + (f"; needs {simulator.rendering}" if simulator.rendering else "")))
+    return rows
+
+
+def check_rendering(timeout: float = 60.0, registry: Registry | None = None) -> list[Row]:
     """Headless MuJoCo rendering (simulated robots), probed in a subprocess: a missing EGL library can
-    crash the process that tries it."""
+    crash the process that tries it. Only probed when MuJoCo is installed; the fix quotes what the
+    registered simulators say their rendering needs."""
     if importlib.util.find_spec("mujoco") is None:
         return [Row("rendering", "info", "MuJoCo is not installed (only simulated robots need it)")]
+    needs = []
+    if registry is not None:
+        try:
+            needs = [f"{name} needs {sim.rendering}" for name, sim in registry.simulators.items() if sim.rendering]
+        except Exception:  # noqa: BLE001 - reported by check_simulators
+            needs = []
     backend = os.environ.get("MUJOCO_GL", "egl")
     try:
         probe = subprocess.run([sys.executable, "-c", _GL_PROBE], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return [Row("rendering", "warn", f"MuJoCo OpenGL ({backend}) did not start within {timeout:g} s",
-                    _gl_fix(backend))]
+                    "; ".join([_gl_fix(backend), *needs]))]
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
         return [Row("rendering", "warn", f"MuJoCo cannot render headless through {backend}: {last}",
-                    _gl_fix(backend))]
+                    "; ".join([_gl_fix(backend), *needs]))]
     return [Row("rendering", "ok", f"MuJoCo {probe.stdout.strip()} renders headless through MUJOCO_GL={backend}")]
 
 
@@ -258,8 +286,8 @@ def cache_directories(env: Mapping[str, str] | None = None) -> dict[str, Path]:
     dirs = {
         "HF_HOME": hf_home,
         "HF_LEROBOT_HOME": Path(env.get("HF_LEROBOT_HOME", str(hf_home / "lerobot"))),
-        "pi0 cache": home / ".cache" / "pi0",
-        "openpi cache": Path(env.get("OPENPI_DATA_HOME", str(home / ".cache" / "openpi"))),
+        "PI0_CACHE_DIR": Path(env.get("PI0_CACHE_DIR") or str(home / ".cache" / "pi0")),
+        "OPENPI_DATA_HOME": Path(env.get("OPENPI_DATA_HOME") or str(home / ".cache" / "openpi")),
     }
     if env.get("JAX_COMPILATION_CACHE_DIR"):
         dirs["JAX_COMPILATION_CACHE_DIR"] = Path(env["JAX_COMPILATION_CACHE_DIR"])
@@ -273,13 +301,13 @@ def check_caches(env: Mapping[str, str] | None = None) -> list[Row]:
             writable = os.access(path, os.W_OK)
             rows.append(Row(f"cache {name}", "ok" if writable else "warn",
                             f"{path}" + ("" if writable else " (not writable)"),
-                            "" if writable else f"make {path} writable or point {name.split()[0]} elsewhere"))
+                            "" if writable else f"make {path} writable or point {name} elsewhere"))
         else:
             parent = next((p for p in path.parents if p.exists()), Path("/"))
             creatable = os.access(parent, os.W_OK)
             rows.append(Row(f"cache {name}", "info" if creatable else "warn",
                             f"{path} (not created yet" + ("" if creatable else f"; {parent} is not writable") + ")",
-                            "" if creatable else f"point {name.split()[0]} at a writable directory"))
+                            "" if creatable else f"point {name} at a writable directory"))
     return rows
 
 
@@ -319,7 +347,8 @@ def run_checks(registry: Registry, *, network: bool = True,
     """Every check, in the order of the table; ``on_check(name)`` is called before each (for a spinner)."""
     checks: list[tuple[str, Callable[[], list[Row]]]] = [
         ("python", check_python), ("pi0", check_pi0), ("jax", check_jax), ("torch and lerobot", check_torch_lerobot),
-        ("video", check_video), ("rendering", check_rendering), ("plugins", lambda: check_plugins(registry)),
+        ("video", check_video), ("plugins", lambda: check_plugins(registry)),
+        ("simulators", lambda: check_simulators(registry)), ("rendering", lambda: check_rendering(registry=registry)),
         ("caches", check_caches),
     ]
     if network:

@@ -23,6 +23,7 @@ def test_doctor_on_this_machine_is_ready_and_covers_every_area():
     assert rows["python"]["status"] == "ok"
     assert rows["video decode"]["status"] == "ok"
     assert any(name.startswith("  device") for name in rows)
+    assert any(name.startswith("simulator ") for name in rows)  # through the plugins' simulator hook
     assert all(row["fix"] for row in rows.values() if row["status"] in ("warn", "fail"))
     # The probe encodes AV1: the encoder's banner is not the doctor's output.
     assert "Svt[" not in result.stderr

@@ -21,7 +21,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
               "pi0 train --embodiment ur5 --dataset ROOT --lora --dry-run"),
     "serve": ("pi0 serve --checkpoint checkpoints/pi0_aloha_sim_tiny/default/3000 --embodiment aloha_sim",
               "pi0 serve --embodiment aloha_sim    # the embodiment's default checkpoint, downloaded once"),
-    "norm-stats": ("pi0 norm-stats aloha_sim --dataset demos --horizon 10",
+    "norm-stats": ("pi0 norm-stats aloha_sim --dataset demos --preset pi0_aloha_sim_tiny",
                    "pi0 norm-stats aloha_sim --dataset demos --check assets/lerobot/aloha_sim_transfer_cube_human"),
     "record": ("pi0 record aloha_sim --scripted --episodes 50 --out demos",
                "pi0 record aloha_sim --policy ws://127.0.0.1:8000 --episodes 5 --out rollouts"),
