@@ -86,7 +86,8 @@ class WebsocketClientPolicy(BasePolicy):
                 status = exc.response.status_code
                 body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
                 if status in (401, 403):
-                    raise PolicyServerError(f"{self.uri} refused the connection ({status}): {body or 'bad API key'}") from None
+                    reason = body or "bad API key"
+                    raise PolicyServerError(f"{self.uri} refused the connection ({status}): {reason}") from None
                 last = exc
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 last = exc

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
+from pi0cli.client.clock import Clock, MonotonicClock
 from pi0cli.client.policy import BasePolicy
 
 
@@ -64,7 +64,8 @@ class Subscriber:
 
 class Runtime:
     """Runs ``num_episodes`` episodes of at most ``max_episode_steps`` steps (0: until the environment says the
-    episode is complete), paced to ``max_hz`` (0: as fast as possible)."""
+    episode is complete), paced to ``max_hz`` (0: as fast as possible) on ``clock`` (default: wall-clock time;
+    a :class:`~pi0cli.client.clock.SimulatedClock` makes the loop deterministic)."""
 
     def __init__(
         self,
@@ -75,6 +76,7 @@ class Runtime:
         max_hz: float = 0.0,
         num_episodes: int = 1,
         max_episode_steps: int = 0,
+        clock: Clock | None = None,
     ):
         self.environment = environment
         self.agent = agent
@@ -82,6 +84,7 @@ class Runtime:
         self.max_hz = max_hz
         self.num_episodes = num_episodes
         self.max_episode_steps = max_episode_steps
+        self.clock = clock or MonotonicClock()
         self._stop_episode = False
         self.steps_run = 0
 
@@ -102,7 +105,7 @@ class Runtime:
             sub.on_episode_start()
         period = 1.0 / self.max_hz if self.max_hz > 0 else 0.0
         steps = 0
-        next_time = time.monotonic()
+        next_time = self.clock.now()
         while not self._stop_episode:
             if self.max_episode_steps and steps >= self.max_episode_steps:
                 break
@@ -117,11 +120,11 @@ class Runtime:
             self.steps_run += 1
             if period:
                 next_time += period
-                delay = next_time - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                else:  # running late: do not try to catch up with a burst
-                    next_time = time.monotonic()
+                if next_time <= self.clock.now():
+                    # Running late (a slow step, a policy that made us wait): hold this action a full period
+                    # rather than catching up with a burst of commands.
+                    next_time = self.clock.now() + period
+                self.clock.sleep_until(next_time)
         for sub in self.subscribers:
             sub.on_episode_end()
         return steps
