@@ -11,14 +11,27 @@ from typing import Literal
 
 from pi0cli.errors import Pi0Error, UnknownNameError
 
-ModelType = Literal["pi0", "pi05"]
+ModelType = Literal["pi0", "pi05", "pi0_fast"]
+#: pi0-FAST decoding conventions: ``"training"`` decodes exactly as the model was trained (positions and
+#: attention as in ``compute_loss``); ``"reference"`` replicates the reference's decoder (see ``pi0_fast``).
+FastDecoding = Literal["training", "reference"]
 DType = Literal["float32", "bfloat16"]
+#: What a layer keeps for the backward pass: everything ("none": no recomputation), only the outputs of its
+#: weight matmuls ("dots"; attention and elementwise work is recomputed), or nothing ("nothing": the whole
+#: layer is recomputed, one extra forward pass).
+RematPolicy = Literal["none", "dots", "nothing"]
+REMAT_POLICIES: tuple[str, ...] = ("none", "dots", "nothing")
+#: "chunked": exact attention over query chunks, never the whole score matrix at once (any backend);
+#: "xla": ``jax.nn.dot_product_attention``'s XLA path (whole scores); "cudnn": its cuDNN flash kernel (GPU).
+AttentionImpl = Literal["chunked", "xla", "cudnn"]
 
 #: PaliGemma's vocabulary size (the reference embedder table has this many rows).
 PALIGEMMA_VOCAB_SIZE = 257_152
 
 #: Camera slots, in the order their tokens enter the prefix.
 IMAGE_KEYS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+#: pi0-FAST's camera slots (the reference names them differently from pi0's).
+FAST_IMAGE_KEYS: tuple[str, ...] = ("base_0_rgb", "base_1_rgb", "wrist_0_rgb")
 
 
 class ModelConfigError(Pi0Error, ValueError):
@@ -133,6 +146,12 @@ class Pi0Config:
     in the image must be read to a pixel. ``state_dropout`` is the training-time probability of hiding an
     example's continuous state (zeros: the dataset mean after normalisation) so that the policy has to read
     the scene from its cameras instead of continuing the trajectory its joint positions imply (reference: 0).
+
+    ``model_type="pi0_fast"`` is the autoregressive pi0-FAST: one Gemma (``paligemma_variant``; the action
+    expert variant is unused) with a tied LM head predicting FAST action tokens. Its defaults differ: the
+    cameras default to ``FAST_IMAGE_KEYS`` (when ``image_keys`` is left at pi0's), ``max_token_len`` to 250,
+    and ``fast_decoding`` picks the decoding convention (``"training"``, or ``"reference"`` for exact parity
+    with the reference's decoder, including its position offset ``fast_reference_position_offset``).
     """
 
     model_type: ModelType = "pi0"
@@ -152,14 +171,38 @@ class Pi0Config:
     state_dropout: float = 0.0
     scan: bool = True
     remat: bool = True
+    #: per-module remat policies; None follows ``remat`` (True: "nothing", False: "none").
+    remat_llm: RematPolicy | None = None
+    remat_vision: RematPolicy | None = None
+    attention_impl: AttentionImpl = "chunked"
+    #: query tokens per attention chunk ("chunked") and tokens per MLP chunk (None: the MLP runs whole).
+    attention_chunk: int = 128
+    mlp_chunk: int | None = None
+    fast_decoding: FastDecoding = "training"
+    fast_reference_position_offset: int = 1
 
     def __post_init__(self) -> None:
-        if self.model_type not in ("pi0", "pi05"):
-            raise ModelConfigError(f"model_type {self.model_type!r} is not supported; use 'pi0' or 'pi05'")
+        for field in ("remat_llm", "remat_vision"):
+            if getattr(self, field) not in (None, *REMAT_POLICIES):
+                raise ModelConfigError(f"{field} {getattr(self, field)!r} is not one of {', '.join(REMAT_POLICIES)}")
+        if self.attention_impl not in ("chunked", "xla", "cudnn"):
+            raise ModelConfigError(f"attention_impl {self.attention_impl!r} is not one of chunked, xla, cudnn")
+        if self.attention_chunk <= 0 or (self.mlp_chunk is not None and self.mlp_chunk <= 0):
+            raise ModelConfigError("attention_chunk and mlp_chunk must be positive")
+        if self.model_type not in ("pi0", "pi05", "pi0_fast"):
+            raise ModelConfigError(
+                f"model_type {self.model_type!r} is not supported; use 'pi0', 'pi05' or 'pi0_fast'"
+            )
+        if self.model_type == "pi0_fast" and self.image_keys == IMAGE_KEYS:
+            object.__setattr__(self, "image_keys", FAST_IMAGE_KEYS)  # frozen: the one defaulted field
+        if self.fast_decoding not in ("training", "reference"):
+            raise ModelConfigError(f"fast_decoding {self.fast_decoding!r} is not supported; use training or reference")
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in ("float32", "bfloat16"):
                 raise ModelConfigError(f"{field} {getattr(self, field)!r} is not supported; use float32 or bfloat16")
         vlm, expert, img = self.vlm, self.expert, self.siglip
+        if self.fast:
+            expert = vlm  # pi0-FAST has no action expert: nothing to match
         if (vlm.num_heads, vlm.num_kv_heads, vlm.head_dim) != (expert.num_heads, expert.num_kv_heads, expert.head_dim):
             raise ModelConfigError(
                 f"experts {self.paligemma_variant!r} and {self.action_expert_variant!r} must share num_heads, "
@@ -197,6 +240,21 @@ class Pi0Config:
         return self.model_type == "pi05"
 
     @property
+    def fast(self) -> bool:
+        """pi0-FAST (autoregressive, FAST action tokens) rather than flow matching."""
+        return self.model_type == "pi0_fast"
+
+    @property
+    def llm_remat(self) -> RematPolicy:
+        """The language model's (both experts') remat policy, ``remat_llm`` or the ``remat`` default."""
+        return self.remat_llm or ("nothing" if self.remat else "none")
+
+    @property
+    def vision_remat(self) -> RematPolicy:
+        """The vision tower's remat policy, ``remat_vision`` or the ``remat`` default."""
+        return self.remat_vision or ("nothing" if self.remat else "none")
+
+    @property
     def vlm(self) -> GemmaConfig:
         return gemma_variant(self.paligemma_variant)
 
@@ -212,7 +270,7 @@ class Pi0Config:
     def token_len(self) -> int:
         if self.max_token_len is not None:
             return self.max_token_len
-        return 200 if self.pi05 else 48
+        return 250 if self.fast else 200 if self.pi05 else 48
 
     @property
     def uses_discrete_state(self) -> bool:
@@ -229,10 +287,13 @@ class Pi0Config:
 
     @property
     def suffix_len(self) -> int:
+        if self.fast:
+            return 0  # the action tokens are part of the token sequence (max_token_len)
         return self.action_horizon + (0 if self.pi05 else 1)
 
 
-_TINY = dict(
+_TINY = Pi0Config(
+    model_type="pi0",
     paligemma_variant="tiny",
     action_expert_variant="tiny_expert",
     siglip_variant="tiny",
@@ -243,6 +304,7 @@ _TINY = dict(
     image_resolution=(32, 32),
     remat=False,
 )
+_FAST_TINY = dataclasses.replace(_TINY, model_type="pi0_fast", image_keys=FAST_IMAGE_KEYS, max_token_len=32)
 
 #: Named model presets.
 PRESETS: dict[str, Pi0Config] = {
@@ -252,14 +314,17 @@ PRESETS: dict[str, Pi0Config] = {
     "pi05_lora": Pi0Config(
         model_type="pi05", paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora"
     ),
-    "pi0_tiny": Pi0Config(model_type="pi0", **_TINY),
-    "pi05_tiny": Pi0Config(model_type="pi05", **_TINY),
-    "pi0_small": Pi0Config(model_type="pi0", **{**_TINY, "paligemma_variant": "small",
-                                                "action_expert_variant": "small_expert", "siglip_variant": "small",
-                                                "image_resolution": (64, 64)}),
-    "pi0_tiny_lora": Pi0Config(
-        model_type="pi0", **{**_TINY, "paligemma_variant": "tiny_lora", "action_expert_variant": "tiny_expert_lora"}
-    ),
+    "pi0_tiny": _TINY,
+    "pi05_tiny": dataclasses.replace(_TINY, model_type="pi05"),
+    "pi0_small": dataclasses.replace(_TINY, paligemma_variant="small", action_expert_variant="small_expert",
+                                     siglip_variant="small", image_resolution=(64, 64)),
+    "pi0_tiny_lora": dataclasses.replace(_TINY, paligemma_variant="tiny_lora",
+                                         action_expert_variant="tiny_expert_lora"),
+    # pi0-FAST (reference defaults: action_dim 32, horizon 32, max_token_len 250).
+    "pi0_fast": Pi0Config(model_type="pi0_fast", action_horizon=32),
+    "pi0_fast_lora": Pi0Config(model_type="pi0_fast", paligemma_variant="gemma_2b_lora", action_horizon=32),
+    "pi0_fast_tiny": _FAST_TINY,
+    "pi0_fast_tiny_lora": dataclasses.replace(_FAST_TINY, paligemma_variant="tiny_lora"),
 }
 
 

@@ -44,7 +44,7 @@ def freeze_filter(mode: str = "full", *, freeze_vision: bool = False):
     """Filter selecting the frozen parameters (``nnx.Nothing`` when nothing is frozen)."""
     if mode not in FREEZE_MODES:
         raise UnknownNameError("freeze mode", mode, FREEZE_MODES)
-    parts = []
+    parts: list[nnx.filterlib.Filter] = []
     if mode == "lora_vlm":
         parts.append(nnx.All(_LLM, nnx.Not(_EXPERT)))
     elif mode == "lora_expert":
@@ -65,8 +65,11 @@ def trainable_filter(mode: str = "full", *, freeze_vision: bool = False):
 
 
 def freeze_mode_for(config: Pi0Config) -> str:
-    """The reference's choice: freeze the LLM weights of whichever experts carry LoRA adapters."""
+    """The reference's choice: freeze the LLM weights of whichever experts carry LoRA adapters (pi0-FAST has
+    only the VLM: its action expert variant is ignored)."""
     vlm, expert = config.vlm.attn_lora or config.vlm.ffn_lora, config.expert.attn_lora or config.expert.ffn_lora
+    if config.fast:
+        expert = None
     return {(False, False): "full", (True, False): "lora_vlm", (False, True): "lora_expert", (True, True): "lora_both"}[
         (vlm is not None, expert is not None)
     ]

@@ -178,18 +178,20 @@ def preprocess_observation(
         raise ModelInputError("training-time preprocessing needs an rng for the augmentations")
     batch = obs.state.shape[:-1]
     images, masks = {}, {}
-    keys = jax.random.split(rng, len(image_keys)) if train else [None] * len(image_keys)
-    for key, k in zip(image_keys, keys):
+    keys: list[jax.Array | None] = (
+        list(jax.random.split(rng, len(image_keys))) if train and rng is not None else [None] * len(image_keys)
+    )
+    for key, k in zip(image_keys, keys, strict=True):
         img = obs.images[key]
         if img.ndim != 4 or img.shape[-1] != 3:
             raise ModelInputError(f"image {key!r} has shape {img.shape}; expected [B, H, W, 3]")
         img = resize_with_pad(img, *image_resolution)
-        if train:
+        if k is not None:
             img = augment_image(k, img, geometric=augment_geometric and not is_wrist_slot(key))
         images[key] = img
         masks[key] = obs.image_masks.get(key, jnp.ones(batch, dtype=bool)) if obs.image_masks else jnp.ones(batch, bool)
     state = obs.state
-    if train and state_dropout > 0:
+    if train and rng is not None and state_dropout > 0:
         # A key of its own (folded in), so the image augmentations stay those of a model without dropout.
         keep = jax.random.uniform(jax.random.fold_in(rng, 0x57A7E), batch) >= state_dropout
         state = jnp.where(keep[..., None], state, jnp.zeros_like(state))

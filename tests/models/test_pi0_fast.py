@@ -1,0 +1,300 @@
+"""pi0-FAST: parameter tree, prefix-LM loss, KV-cached decoding (both conventions), LoRA, import, overfitting."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from pi0cli.models import config as C  # noqa: E402
+from pi0cli.models.freeze import freeze_mode_for, trainable_filter  # noqa: E402
+from pi0cli.models.observation import Observation  # noqa: E402
+from pi0cli.models.params import count_params, export_flat, import_params  # noqa: E402
+from pi0cli.models.pi0_fast import Pi0FAST, left_to_right_align, reference_decode_window  # noqa: E402
+
+
+@functools.cache
+def tiny(name: str = "pi0_fast_tiny", seed: int = 0, **overrides) -> Pi0FAST:
+    return Pi0FAST(C.preset(name, **overrides), nnx.Rngs(seed))
+
+
+def make_obs(cfg: C.Pi0Config, prefix: list[int], postfix: list[int] | None = None, *, seed: int = 0,
+             masked: tuple[str, ...] = (), tokens: np.ndarray | None = None) -> Observation:
+    """Random images; text row b = ``prefix[b]`` prompt tokens then ``postfix[b]`` action tokens, right-padded."""
+    rng = np.random.default_rng(seed)
+    b, length = len(prefix), cfg.token_len
+    postfix = postfix or [0] * b
+    h, w = cfg.image_resolution
+    images = {k: jnp.asarray(rng.uniform(-1, 1, (b, h, w, 3)), jnp.float32) for k in cfg.image_keys}
+    masks = {k: jnp.full((b,), k not in masked) for k in cfg.image_keys}
+    if tokens is None:
+        tokens = rng.integers(4, cfg.vlm.vocab_size, (b, length)).astype(np.int32)
+    valid, ar = np.zeros((b, length), bool), np.zeros((b, length), np.int32)
+    for i, (n, m) in enumerate(zip(prefix, postfix, strict=True)):
+        valid[i, : n + m] = True
+        ar[i, n : n + m] = 1
+    return Observation(
+        images=images, image_masks=masks, state=jnp.zeros((b, cfg.action_dim)),
+        tokenized_prompt=jnp.asarray(np.where(valid, tokens, 0), jnp.int32), tokenized_prompt_mask=jnp.asarray(valid),
+        token_ar_mask=jnp.asarray(ar), token_loss_mask=jnp.asarray(ar.astype(bool)),
+    )
+
+
+@nnx.jit(static_argnames=("steps", "decoding"))
+def _generate(model, obs, steps, decoding):
+    return model.generate(jax.random.key(0), obs, max_decoding_steps=steps, decoding=decoding, return_logits=True)
+
+
+@nnx.jit
+def _token_logits(model, obs):
+    return model.token_logits(None, obs)
+
+
+def teacher_forced(model: Pi0FAST, obs: Observation, prefix: list[int], generated: np.ndarray):
+    """Uncached forward of prompt + generated tokens: argmax and logits at the positions predicting them."""
+    cfg, k = model.config, generated.shape[1]
+    prompt = np.asarray(obs.tokenized_prompt)
+    tokens = prompt.copy()
+    for b, n in enumerate(prefix):
+        tokens[b, n : n + k] = generated[b]
+    full = make_obs(cfg, prefix, [k] * len(prefix), tokens=tokens)
+    full = dataclasses.replace(full, images=obs.images, image_masks=obs.image_masks)
+    logits = np.asarray(_token_logits(model, full))
+    picked = np.stack([logits[b, n - 1 : n - 1 + k] for b, n in enumerate(prefix)])
+    return picked.argmax(-1), picked
+
+
+# ------------------------------------------------------------------------------------------- parameter tree
+def test_parameter_names_are_the_reference_tree():
+    keys = set(export_flat(tiny()))
+    llm = {f"PaliGemma/llm/{k}" for k in (
+        "embedder/input_embedding", "final_norm/scale", "layers/attn/q_einsum/w", "layers/attn/kv_einsum/w",
+        "layers/attn/attn_vec_einsum/w", "layers/mlp/gating_einsum", "layers/mlp/linear",
+        "layers/pre_attention_norm/scale", "layers/pre_ffw_norm/scale")}
+    assert {k for k in keys if "/llm/" in k} == llm
+    assert all(k.startswith("PaliGemma/img/") for k in keys - llm)
+    assert "PaliGemma/img/head/kernel" in keys and "PaliGemma/img/pos_embedding" in keys
+    assert not any("_1" in k.split("/img/")[-1] for k in llm)
+
+
+def test_full_size_parameter_counts_by_eval_shape():
+    model = nnx.eval_shape(lambda: Pi0FAST(C.preset("pi0_fast"), nnx.Rngs(0)))
+    flat = export_flat(model)
+    assert flat["PaliGemma/llm/embedder/input_embedding"].shape == (257_152, 2048)
+    assert flat["PaliGemma/llm/layers/attn/q_einsum/w"].shape == (18, 8, 2048, 256)
+    assert flat["PaliGemma/llm/layers/attn/kv_einsum/w"].shape == (18, 2, 1, 2048, 256)
+    assert flat["PaliGemma/llm/layers/mlp/gating_einsum"].shape == (18, 2, 2048, 16_384)
+    assert flat["PaliGemma/img/Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel"].shape == (
+        27, 1152, 16, 72)
+    gemma = sum(count_params(v) for k, v in flat.items() if "/llm/" in k)
+    siglip = sum(count_params(v) for k, v in flat.items() if "/img/" in k)
+    # Hand counts: Gemma 2B = 257152*2048 + 18*(q 4,194,304 + kv 1,048,576 + out 4,194,304 + gating 67,108,864
+    # + linear 33,554,432 + norms 4,096) + 2,048; So400m/14 with its 1152->2048 head = 414,803,696.
+    assert gemma == 2_508_531_712
+    assert siglip == 414_803_696
+    lora = nnx.eval_shape(lambda: Pi0FAST(C.preset("pi0_fast_lora"), nnx.Rngs(0)))
+    lora_flat = export_flat(lora)
+    adapters = sum(count_params(v) for k, v in lora_flat.items() if "lora" in k)
+    # Per layer (rank 16): q 294,912 + kv 73,728 + out 294,912 + gating 589,824 + linear 294,912; 18 layers.
+    assert adapters == 18 * 1_548_288
+    trainable = nnx.state(lora, trainable_filter(freeze_mode_for(lora.config)))
+    assert count_params(trainable) == adapters + siglip  # the reference freezes the LLM but not SigLIP
+
+
+def test_config_defaults_for_fast():
+    cfg = C.Pi0Config(model_type="pi0_fast")
+    assert cfg.image_keys == ("base_0_rgb", "base_1_rgb", "wrist_0_rgb") and cfg.token_len == 250
+    assert cfg.suffix_len == 0 and cfg.fast and not cfg.pi05
+    assert freeze_mode_for(C.preset("pi0_fast_tiny_lora")) == "lora_vlm"
+    assert freeze_mode_for(C.preset("pi0_fast_tiny")) == "full"
+    with pytest.raises(C.ModelConfigError, match="fast_decoding"):
+        C.Pi0Config(model_type="pi0_fast", fast_decoding="nope")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------- the loss
+def test_loss_is_postfix_cross_entropy_normalised_per_example():
+    model = tiny()
+    obs = make_obs(model.config, [9, 12], [6, 3], seed=1)
+    loss = np.asarray(nnx.jit(lambda m, o: m.compute_loss(jax.random.key(0), o))(model, obs))
+    logits = np.asarray(_token_logits(model, obs), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    tokens = np.asarray(obs.tokenized_prompt)
+    for b, (n, m) in enumerate([(9, 6), (12, 3)]):
+        # Hand computation: tokens n..n+m-1 are predicted by logits n-1..n+m-2; mean over the m of them.
+        want = -np.mean([logp[b, j - 1, tokens[b, j]] for j in range(n, n + m)])
+        np.testing.assert_allclose(loss[b], want, rtol=2e-5)
+
+
+def test_prefix_lm_attention_and_padding():
+    model = tiny()
+    obs = make_obs(model.config, [9], [6], seed=2)
+    base = np.asarray(_token_logits(model, obs))
+    tokens = np.asarray(obs.tokenized_prompt).copy()
+    tokens[0, 14] = (tokens[0, 14] + 1) % 1000 + 4  # the last postfix token
+    changed = np.asarray(_token_logits(model, dataclasses.replace(obs, tokenized_prompt=jnp.asarray(tokens))))
+    np.testing.assert_allclose(changed[0, :14], base[0, :14], atol=1e-5)  # nobody before it sees it
+    tokens[0, 10] = (tokens[0, 10] + 1) % 1000 + 4  # an earlier postfix token: later ones see it
+    changed = np.asarray(_token_logits(model, dataclasses.replace(obs, tokenized_prompt=jnp.asarray(tokens))))
+    np.testing.assert_allclose(changed[0, :10], base[0, :10], atol=1e-5)  # the prefix cannot see the postfix
+    assert np.abs(changed[0, 10:14] - base[0, 10:14]).max() > 1e-3
+    tokens[0, 20] = 77  # padding (mask False) changes nothing
+    padded = np.asarray(_token_logits(model, dataclasses.replace(obs, tokenized_prompt=jnp.asarray(tokens))))
+    np.testing.assert_allclose(padded[0, :15], changed[0, :15], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+@pytest.mark.parametrize("masked", [(), ("base_1_rgb",)])
+def test_cached_decoding_equals_uncached_teacher_forced_argmax(masked):
+    model = tiny()
+    prefix = [10, 13]
+    obs = make_obs(model.config, prefix, seed=3, masked=masked)
+    gen = _generate(model, obs, 8, "training")
+    tokens, steps = np.asarray(gen.tokens), int(gen.steps)
+    assert tokens.shape == (2, 8) and tokens.dtype == np.int32 and steps == 8
+    argmax, logits = teacher_forced(model, obs, prefix, tokens)
+    np.testing.assert_array_equal(argmax, tokens)  # token for token
+    np.testing.assert_allclose(np.asarray(gen.logits), logits, atol=2e-4)
+
+
+def test_reference_decoding_equals_training_decoding_without_masked_cameras():
+    model = tiny()
+    prefix = [10, 13]
+    obs = make_obs(model.config, prefix, seed=4)
+    ours = _generate(model, obs, 6, "training")
+    offset0 = tiny(fast_reference_position_offset=0)
+    nnx.update(offset0, nnx.state(model))
+    ref = _generate(offset0, obs, 6, "reference")
+    np.testing.assert_array_equal(np.asarray(ref.tokens), np.asarray(ours.tokens))
+    np.testing.assert_allclose(np.asarray(ref.logits), np.asarray(ours.logits), atol=2e-4)
+    # The reference's own offset (+1) feeds every decoded token one position later than training did.
+    ref1 = _generate(model, obs, 6, "reference")
+    np.testing.assert_allclose(np.asarray(ref1.logits)[:, 0], np.asarray(ours.logits)[:, 0], atol=2e-4)  # prefill
+    assert np.abs(np.asarray(ref1.logits)[:, 1:] - np.asarray(ours.logits)[:, 1:]).max() > 1e-3
+
+
+def test_reference_decoding_is_wrong_with_a_masked_camera():
+    model = tiny()
+    offset0 = tiny(fast_reference_position_offset=0)
+    nnx.update(offset0, nnx.state(model))
+    prefix = [10, 13]
+    obs = make_obs(model.config, prefix, seed=5, masked=("base_1_rgb",))
+    ref = _generate(offset0, obs, 6, "reference")
+    _, forced = teacher_forced(model, obs, prefix, np.asarray(ref.tokens))
+    assert np.abs(np.asarray(ref.logits) - forced).max() > 1e-3  # not what training computed
+    ours = _generate(model, obs, 6, "training")
+    _, forced = teacher_forced(model, obs, prefix, np.asarray(ours.tokens))
+    np.testing.assert_allclose(np.asarray(ours.logits), forced, atol=2e-4)
+
+
+def test_reference_window_attends_a_masked_camera():
+    # Two 2-token cameras, the second masked, then 3 prompt tokens and one padding slot.
+    mask = jnp.array([[1, 1, 0, 0, 1, 1, 1, 0]], bool)
+    x = jnp.arange(8.0)[None, :, None]
+    attn = mask[:, :, None] & mask[:, None, :]
+    x_al, mask_al, _ = left_to_right_align(x, mask, attn)
+    assert np.asarray(x_al)[0, :, 0].tolist() == [7, 0, 1, 2, 3, 4, 5, 6]
+    window = np.asarray(reference_decode_window(mask_al))[0]
+    valid = np.asarray(mask_al)[0]
+    # The window is the last 5 slots: it takes in the masked camera (slots 3, 4) and misses the first (1, 2).
+    assert window.tolist() == [False, False, False, True, True, True, True, True]
+    assert valid.tolist() == [False, True, True, False, False, True, True, True]
+
+
+def test_early_stop_and_sampling():
+    import pi0cli.models.pi0_fast as fast_module
+
+    model = tiny()
+    obs = make_obs(model.config, [10, 10], seed=6)
+    obs = dataclasses.replace(obs, images={k: jnp.broadcast_to(v[:1], v.shape) for k, v in obs.images.items()},
+                              tokenized_prompt=jnp.broadcast_to(obs.tokenized_prompt[:1], obs.tokenized_prompt.shape))
+    greedy = np.asarray(model.sample_actions(jax.random.key(0), obs, max_decoding_steps=6))
+    assert (greedy[0] == greedy[1]).all()
+    eos = int(greedy[0, 2])
+    first = int(np.argmax(greedy[0] == eos))
+    original = fast_module.EOS_TOKEN
+    fast_module.EOS_TOKEN = eos  # read at trace time
+    try:
+        gen = model.generate(jax.random.key(0), obs, max_decoding_steps=6)
+    finally:
+        fast_module.EOS_TOKEN = original
+    assert int(gen.steps) == first + 1  # every row emitted "EOS": stop
+    assert (np.asarray(gen.tokens)[:, first + 1 :] == 0).all()
+    hot = [np.asarray(model.sample_actions(jax.random.key(s), obs, max_decoding_steps=6, temperature=5.0))
+           for s in range(2)]
+    assert not np.array_equal(hot[0], hot[1])  # sampling draws
+
+
+# -------------------------------------------------------------------------------------- import, LoRA, train
+def test_flat_reference_dict_imports_through_the_params_path():
+    model = tiny()
+    flat = {k: np.asarray(v) for k, v in export_flat(model).items()}  # openpi names, "/"-joined
+    other = Pi0FAST(C.preset("pi0_fast_tiny"), nnx.Rngs(1))
+    import_params(other, flat)
+    obs = make_obs(model.config, [9], [4], seed=7)
+    np.testing.assert_array_equal(np.asarray(_token_logits(other, obs)), np.asarray(_token_logits(model, obs)))
+
+
+def test_lora_variant_trains_only_adapters_and_vision():
+    model = tiny("pi0_fast_tiny_lora")
+    flat = export_flat(model)
+    assert "PaliGemma/llm/layers/attn/q_einsum/lora_a" in flat and "PaliGemma/llm/layers/mlp/linear_lora_b" in flat
+    trainable = export_flat_state(nnx.state(model, trainable_filter(freeze_mode_for(model.config))))
+    assert trainable and all("lora" in k or "/img/" in k for k in trainable)
+    assert any("lora" in k for k in trainable)
+
+
+def export_flat_state(state) -> dict:
+    from pi0cli.models.params import flatten
+
+    return flatten(nnx.to_pure_dict(state))
+
+
+@pytest.mark.slow
+def test_tiny_fast_model_overfits_one_batch():
+    import optax
+    from test_fast_tokenizer import smooth_chunks, train_sentencepiece
+
+    from pi0cli.models.fast_tokenizer import FastActionTokenizer
+    from pi0cli.models.tokenizer import FASTTokenizer, PaligemmaTokenizer
+
+    cfg = C.preset("pi0_fast_tiny", max_token_len=48)
+    chunks = smooth_chunks(2, seed=9, horizon=cfg.action_horizon, dim=3)
+    fast = FastActionTokenizer.fit(list(smooth_chunks(200, horizon=cfg.action_horizon, dim=3)), vocab_size=300)
+    tok = FASTTokenizer(PaligemmaTokenizer(48, train_sentencepiece()), fast, max_len=48,
+                        vocab_size=cfg.vlm.vocab_size)
+    prompts = ["fold the towel", "transfer cube"]
+    rows = [tok.tokenize(p, np.array([0.1, -0.2, 0.3]), c) for p, c in zip(prompts, chunks, strict=True)]
+    tokens, mask, ar, loss = (np.stack(x) for x in zip(*rows, strict=True))
+    obs = make_obs(cfg, [1, 1], seed=10)
+    obs = dataclasses.replace(obs, tokenized_prompt=jnp.asarray(tokens), tokenized_prompt_mask=jnp.asarray(mask),
+                              token_ar_mask=jnp.asarray(ar), token_loss_mask=jnp.asarray(loss))
+    model = Pi0FAST(cfg, nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, obs):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m.compute_loss(jax.random.key(0), obs)))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(train_step(model, optimizer, obs)) for _ in range(150)]
+    assert losses[-1] < 0.05 * losses[0] and losses[-1] < 0.1, losses[::25]
+    # Greedy decoding from the prompt alone reproduces the postfix and so the chunks.
+    n_prefix = (ar == 0).sum(1) - (~mask).sum(1)
+    prompt = np.where(ar == 0, tokens, 0)
+    pobs = dataclasses.replace(obs, tokenized_prompt=jnp.asarray(prompt), tokenized_prompt_mask=jnp.asarray(
+        mask & (ar == 0)), token_ar_mask=jnp.zeros_like(obs.token_ar_mask))
+    out = np.asarray(model.sample_actions(jax.random.key(0), pobs, max_decoding_steps=40))
+    for b in range(2):
+        postfix = tokens[b, n_prefix[b] : mask[b].sum()]
+        assert out[b, : len(postfix)].tolist() == postfix.tolist()
+        actions, ok = tok.extract_actions(out[b], cfg.action_horizon, 3)
+        assert ok
+        np.testing.assert_allclose(actions, fast.decode(fast.encode(chunks[b]))[0], atol=1e-9)
