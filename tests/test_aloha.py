@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from pi0_embodiment_aloha import (
     ALOHA,
     ALOHA_SIM,

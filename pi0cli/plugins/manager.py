@@ -152,10 +152,11 @@ class Registry:
         self._call(plugin, info, hook, register)
 
     def _load(self, hook: str) -> None:
-        """Run ``hook`` of every loaded plugin (the first time a lazily loaded kind is needed)."""
-        for plugin in self.plugin_manager.get_plugins():
-            info = next((p for p in self.plugins if p.name == self.plugin_manager.get_name(plugin)), None)
-            if info is not None:
+        """Run ``hook`` of every loaded plugin in load order (the first time a lazily loaded kind is needed), so
+        that a clash names the plugins in the same order as an embodiment clash would."""
+        for info in list(self.plugins):
+            plugin = self.plugin_manager.get_plugin(info.name)
+            if plugin is not None:
                 self._call_lazy(hook, plugin, info)
 
     def register_embodiment(self, embodiment: object, owner: PluginInfo) -> None:

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plugin_helpers import run_pi0
 
-pytest.importorskip("jax")
-
-from plugin_helpers import run_pi0  # noqa: E402
-from pi0cli.data.synthetic import write_synthetic_dataset  # noqa: E402
-from pi0cli.evaluation.offline import episode_indices, evaluate_offline, open_frames  # noqa: E402
-from pi0cli.plugins.manager import load_registry  # noqa: E402
+from pi0cli.data.synthetic import write_synthetic_dataset
+from pi0cli.evaluation.offline import episode_indices, evaluate_offline, open_frames
+from pi0cli.plugins.manager import load_registry
 
 LENGTHS = (12, 9)
 
@@ -33,7 +31,8 @@ class ZeroPolicy:
     """Predicts zeros: the error is then exactly the recorded actions' magnitude."""
 
     def __init__(self, horizon: int, dim: int):
-        self.horizon, self.dim, self.seen = horizon, dim, []
+        self.horizon, self.dim = horizon, dim
+        self.seen: list[dict] = []
 
     def infer_batch(self, observations):
         self.seen += observations
@@ -50,13 +49,14 @@ def test_errors_cover_valid_frames_only(dataset, aloha):
     report = evaluate_offline(open_frames(dataset, aloha, horizon, [0, 1]), policy, aloha, stride=stride,
                               batch_size=5)
     # By hand: frames 0, 3, 6, ... of the concatenated episodes; a chunk stops at its episode's end.
-    errors, per_step = [], [[] for _ in range(horizon)]
+    rows: list[np.ndarray] = []
+    per_step: list[list[float]] = [[] for _ in range(horizon)]
     for t in range(0, len(actions), stride):
         for h in range(horizon):
             if t + h < len(actions) and episode[t + h] == episode[t]:
-                errors.append(np.abs(actions[t + h]))
-                per_step[h].append(np.abs(actions[t + h]).mean())
-    errors = np.stack(errors)
+                rows.append(np.abs(actions[t + h]))
+                per_step[h].append(float(np.abs(actions[t + h]).mean()))
+    errors = np.stack(rows)
     assert report["frames_compared"] == len(range(0, sum(LENGTHS), stride)) == len(policy.seen)
     assert report["horizon"] == horizon and report["episodes"] == [0, 1]
     np.testing.assert_allclose(report["mae"], errors.mean(), rtol=1e-6)
@@ -78,7 +78,7 @@ def test_episode_selection(dataset):
 
 @pytest.mark.slow
 def test_cli_reports_and_plots(tmp_path, dataset, aloha):
-    from pi0cli.policy.loading import make_tiny_checkpoint
+    from pi0cli.testing import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", aloha)
     result = run_pi0("eval", "--dataset", str(dataset), "--checkpoint", str(ckpt), "--episodes", "1", "--stride", "2",

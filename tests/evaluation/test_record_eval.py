@@ -39,11 +39,10 @@ def test_record_two_scripted_episodes(tmp_path):
     assert np.abs(np.diff(state, axis=0)).max() > 0.01  # the arms move
 
 
-
 @pytest.mark.slow
 def test_eval_through_a_server_matches_eval_of_the_checkpoint(tmp_path):
     from pi0cli.plugins.manager import load_registry
-    from pi0cli.policy.loading import make_tiny_checkpoint
+    from pi0cli.testing import make_tiny_checkpoint
 
     make_tiny_checkpoint(tmp_path / "ckpt", load_registry({}).embodiment("aloha_sim"))
     # Three steps per chunk: ~100 model calls per episode, so any drift in the noise stream shows.
@@ -52,8 +51,8 @@ def test_eval_through_a_server_matches_eval_of_the_checkpoint(tmp_path):
     assert direct.returncode == 0, direct.stderr
     port = free_port()
     # One request per model call: the same noise as the checkpoint evaluated directly.
-    server = subprocess.Popen([*PI0, "serve", "--checkpoint", "ckpt", "--embodiment", "aloha_sim", "--host", "127.0.0.1",
-                               "--port", str(port), "--max-batch", "1"], cwd=tmp_path, env=ENV,
+    server = subprocess.Popen([*PI0, "serve", "--checkpoint", "ckpt", "--embodiment", "aloha_sim",
+                               "--host", "127.0.0.1", "--port", str(port), "--max-batch", "1"], cwd=tmp_path, env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         from pi0cli.client.policy import wait_until_ready
@@ -79,6 +78,16 @@ def test_eval_through_a_server_matches_eval_of_the_checkpoint(tmp_path):
 def test_eval_refuses_a_robot_without_a_simulator(tmp_path):
     result = _pi0("eval", "ur5", "--checkpoint", "x", cwd=tmp_path)
     assert result.returncode == 1 and "has no simulator" in result.stderr
+    # libero names a simulator no installed plugin registers: refused with the robots that have one, before
+    # the checkpoint is looked at (it used to say "unknown task None; tasks: transfer_cube, insertion").
+    result = _pi0("eval", "libero", "--checkpoint", "x", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "embodiment 'libero' has no simulator" in lines[0] and lines[0].endswith("simulated robots: aloha_sim")
+    # Tasks are the chosen simulator's own.
+    result = _pi0("eval", "aloha_sim", "--checkpoint", "x", "--task", "stack_blocks", cwd=tmp_path)
+    assert result.returncode == 1 and "unknown gym_aloha task 'stack_blocks'; known: insertion, transfer_cube" in (
+        result.stderr)
     result = _pi0("record", "aloha_sim", "--out", "d", cwd=tmp_path)
     assert result.returncode == 1 and "pass one source of actions" in result.stderr
 
