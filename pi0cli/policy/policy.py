@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pi0cli.errors import ObservationError, Pi0Error
+from pi0cli.policy import rtc as rtc_fields
 from pi0cli.transforms import Data, compose, stack_trees
 
 #: Keys of the model's input batch (everything else the input transforms produce stays per request).
@@ -96,6 +97,7 @@ class Policy:
         example: Callable[[], Data] | None = None,
         rng_fn: Callable[[int, int], Any] | None = None,
         description: str = "",
+        rtc_shape: tuple[int, int] | None = None,
     ):
         self._sample = sample
         self.input_transform = input_transform
@@ -107,6 +109,8 @@ class Policy:
         self.metadata = dict(metadata or {})
         self.example = example
         self.description = description
+        # (horizon, action_dim) of the model when ``sample`` takes real-time chunking inputs (pi0cli.policy.rtc).
+        self.rtc_shape = rtc_shape
         self._rng_fn = rng_fn or (lambda seed, counter: np.random.default_rng([seed, counter]))
         self._counter = 0
         self._lock = threading.Lock()
@@ -120,13 +124,16 @@ class Policy:
         from flax import nnx
 
         from pi0cli.models.observation import Observation
+        from pi0cli.models.rtc import RTCInputs
 
         graphdef, state = nnx.split(model)
 
         @jax.jit
         def sample(state, rng, batch):
             module = nnx.merge(graphdef, state)
-            return module.sample_actions(rng, Observation.from_dict(batch), num_steps=num_steps)
+            # Every batch carries RTC inputs (plain rows have no overlap): one program serves both kinds.
+            rtc = RTCInputs(*(batch[k] for k in rtc_fields.MODEL_KEYS))
+            return module.sample_actions(rng, Observation.from_dict(batch), num_steps=num_steps, rtc=rtc)
 
         def run(rng, batch):
             return sample(state, rng, batch)
@@ -134,6 +141,7 @@ class Policy:
         def rng_fn(seed: int, counter: int):
             return jax.random.fold_in(jax.random.key(seed), counter)
 
+        kwargs.setdefault("rtc_shape", (model.config.action_horizon, model.config.action_dim))
         return cls(run, rng_fn=rng_fn, **kwargs)
 
     @property
@@ -181,10 +189,14 @@ class Policy:
 
     def prepare(self, obs: Data) -> Data:
         """The input transforms of one request (thread-safe; the server runs them off the model thread)."""
-        data = self.input_transform(obs)
+        horizon = self.rtc_shape[0] if self.rtc_shape else None
+        obs, rtc = rtc_fields.split_request(obs, horizon)
+        data = rtc_fields.transform(self.input_transform, obs, rtc, horizon)
         missing = [k for k in ("image", "state") if k not in data]
         if missing:
             raise PolicyError(f"the input transforms produced no {missing}")
+        if self.rtc_shape is not None:
+            data = {**data, **rtc_fields.model_fields(data, rtc, *self.rtc_shape)}
         return data
 
     def infer_batch(self, observations: Sequence[Data], *, return_exceptions: bool = False) -> list[Any]:
@@ -226,7 +238,7 @@ class Policy:
     def _run_chunk(self, chunk: list[tuple[int, Data]], results: list[Any]) -> None:
         n = len(chunk)
         size = self._bucket(n)
-        model_inputs = [{k: d[k] for k in MODEL_KEYS if k in d} for _, d in chunk]
+        model_inputs = [{k: d[k] for k in MODEL_KEYS + rtc_fields.MODEL_KEYS if k in d} for _, d in chunk]
         model_inputs += [model_inputs[0]] * (size - n)
         try:
             batch = stack_trees(model_inputs)

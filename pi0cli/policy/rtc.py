@@ -18,12 +18,13 @@ pad to the model's action dim): no robot math here. No JAX in this module.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from pi0cli.errors import ObservationError
+from pi0cli.transforms import Data
 
 PREV_ACTIONS = "prev_actions"
 INFERENCE_DELAY = "inference_delay"
@@ -91,6 +92,19 @@ def with_prev_actions(obs: Mapping[str, Any], rtc: RTCRequest, horizon: int) -> 
     prev = rtc.prev_actions
     padded = np.concatenate([prev, np.repeat(prev[-1:], horizon - prev.shape[0], axis=0)], axis=0)
     return {**obs, "actions": padded}
+
+
+def transform(input_transform: Callable[[Data], Data], obs: Mapping[str, Any], rtc: RTCRequest | None,
+              horizon: int | None) -> Data:
+    """``input_transform`` of the observation, with the tail as its actions when ``rtc`` is given (one pass);
+    a failure then is most likely the tail's (wrong action dims: the server validated the observation)."""
+    if rtc is None or horizon is None:
+        return input_transform(dict(obs))
+    try:
+        return input_transform(with_prev_actions(obs, rtc, horizon))
+    except (ValueError, IndexError) as exc:
+        raise RTCRequestError(f"{PREV_ACTIONS!r} of shape {rtc.prev_actions.shape} does not fit the robot's actions "
+                              f"({exc}); send the unexecuted part of a previous reply's 'actions'") from None
 
 
 def model_fields(data: Mapping[str, Any], rtc: RTCRequest | None, horizon: int, action_dim: int) -> dict[str, Any]:
