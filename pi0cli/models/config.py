@@ -32,6 +32,14 @@ PALIGEMMA_VOCAB_SIZE = 257_152
 IMAGE_KEYS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 #: pi0-FAST's camera slots (the reference names them differently from pi0's).
 FAST_IMAGE_KEYS: tuple[str, ...] = ("base_0_rgb", "base_1_rgb", "wrist_0_rgb")
+#: Which of an embodiment's (pi0) camera slots fills each pi0-FAST slot. As the reference's DROID and LIBERO
+#: FAST inputs: base_0 is the base camera, wrist_0 the (left) wrist camera, base_1 a zero image that is *not*
+#: masked; here base_1 shows the right wrist camera when the robot has one (ALOHA), still with mask True.
+FAST_SLOT_SOURCES: dict[str, str] = {
+    "base_0_rgb": "base_0_rgb",
+    "base_1_rgb": "right_wrist_0_rgb",
+    "wrist_0_rgb": "left_wrist_0_rgb",
+}
 
 
 class ModelConfigError(Pi0Error, ValueError):

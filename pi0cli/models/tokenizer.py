@@ -193,6 +193,31 @@ class PaligemmaTokenizer:
         return tokens, mask
 
 
+def fast_image_slots(
+    images: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """An embodiment's pi0 camera slots -> pi0-FAST's (``config.FAST_SLOT_SOURCES``).
+
+    ``base_1_rgb`` is always shown (mask True), as the reference shows its zero padding image; a missing source
+    becomes a zero image like the base camera's.
+    """
+    from pi0cli.models.config import FAST_SLOT_SOURCES
+
+    if "base_0_rgb" not in images:
+        raise TokenizerError(f"pi0-FAST needs a base_0_rgb camera; the embodiment gives {sorted(images)}")
+    base = np.asarray(images["base_0_rgb"])
+    out_images, out_masks = {}, {}
+    for slot, source in FAST_SLOT_SOURCES.items():
+        if source in images:
+            out_images[slot] = np.asarray(images[source])
+            out_masks[slot] = np.asarray(masks.get(source, True), dtype=bool)
+        else:
+            out_images[slot] = np.zeros_like(base)
+            out_masks[slot] = np.asarray(slot == "base_1_rgb", dtype=bool)
+    out_masks["base_1_rgb"] = np.ones_like(out_masks["base_1_rgb"], dtype=bool)
+    return out_images, out_masks
+
+
 def fast_clean_text(text: str) -> str:
     """pi0-FAST prompt cleaning (reference): lower-cased, stripped, ``_`` becomes a space (newlines kept)."""
     return text.lower().strip().replace("_", " ")

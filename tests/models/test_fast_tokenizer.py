@@ -28,6 +28,7 @@ from pi0cli.models.tokenizer import (
     PromptTruncatedWarning,
     TokenizerError,
     fast_clean_text,
+    fast_image_slots,
 )
 
 H, D = 10, 7
@@ -243,3 +244,19 @@ def test_extraction_failures(paligemma, fast):
 def test_action_range_overlapping_text_ids_is_refused(paligemma, fast):
     with pytest.raises(TokenizerError, match="overlapping"):
         FASTTokenizer(paligemma, fast, vocab_size=700)  # 700 - 129 - 511 = 60 < 320 text ids
+
+
+def test_camera_slots_for_fast():
+    img = {k: np.full((4, 4, 3), i, np.uint8) for i, k in enumerate(["base_0_rgb", "left_wrist_0_rgb",
+                                                                       "right_wrist_0_rgb"])}
+    # DROID / LIBERO: no right wrist camera (zero image, mask False) -> base_1 zeros but shown, as the reference.
+    images, masks = fast_image_slots({**img, "right_wrist_0_rgb": np.zeros((4, 4, 3), np.uint8)},
+                                     {"base_0_rgb": True, "left_wrist_0_rgb": True, "right_wrist_0_rgb": False})
+    assert list(images) == ["base_0_rgb", "base_1_rgb", "wrist_0_rgb"]
+    assert (images["wrist_0_rgb"] == 1).all() and (images["base_1_rgb"] == 0).all()
+    assert {k: bool(v) for k, v in masks.items()} == {"base_0_rgb": True, "base_1_rgb": True, "wrist_0_rgb": True}
+    # ALOHA: the right wrist fills base_1; a robot without wrist cameras gets a masked zero wrist image.
+    images, masks = fast_image_slots(img, {k: True for k in img})
+    assert (images["base_1_rgb"] == 2).all()
+    images, masks = fast_image_slots({"base_0_rgb": img["base_0_rgb"]}, {"base_0_rgb": True})
+    assert not masks["wrist_0_rgb"] and masks["base_1_rgb"] and (images["wrist_0_rgb"] == 0).all()

@@ -107,6 +107,14 @@ def test_full_size_parameter_counts_by_eval_shape():
     assert count_params(trainable) == adapters + siglip  # the reference freezes the LLM but not SigLIP
 
 
+def test_create_model_dispatches_on_model_type():
+    from pi0cli.models import create_model
+    from pi0cli.models.pi0 import Pi0
+
+    assert isinstance(nnx.eval_shape(lambda: create_model(C.preset("pi0_fast_tiny"), nnx.Rngs(0))), Pi0FAST)
+    assert isinstance(nnx.eval_shape(lambda: create_model(C.preset("pi0_tiny"), nnx.Rngs(0))), Pi0)
+
+
 def test_config_defaults_for_fast():
     cfg = C.Pi0Config(model_type="pi0_fast")
     assert cfg.image_keys == ("base_0_rgb", "base_1_rgb", "wrist_0_rgb") and cfg.token_len == 250
