@@ -306,3 +306,24 @@ def test_tiny_fast_model_overfits_one_batch():
         actions, ok = tok.extract_actions(out[b], cfg.action_horizon, 3)
         assert ok
         np.testing.assert_allclose(actions, fast.decode(fast.encode(chunks[b]))[0], atol=1e-9)
+
+
+@pytest.mark.slow
+def test_parity_entry_points_on_the_reduced_reference_config():
+    """The parity check's shape of call: dummy Gemma (full vocabulary), float32, max_token_len 48, the
+    reference's flat parameter dict, compute_loss per example, greedy sample_actions -> token ids [B, K]."""
+    cfg = C.preset("pi0_fast", paligemma_variant="dummy", dtype="float32", max_token_len=48,
+                   fast_decoding="reference", siglip_variant="tiny", image_resolution=(32, 32))
+    source = Pi0FAST(cfg, nnx.Rngs(0))
+    flat = {k: np.asarray(v) for k, v in export_flat(source).items()}
+    assert flat["PaliGemma/llm/embedder/input_embedding"].shape == (257_152, 64)
+    model = Pi0FAST(cfg, nnx.Rngs(1))
+    import_params(model, flat)
+    obs = make_obs(cfg, [20, 25], [10, 5], seed=11)
+    loss = model.compute_loss(jax.random.key(0), obs)
+    assert loss.shape == (2,) and np.isfinite(np.asarray(loss)).all()
+    prompt_only = make_obs(cfg, [20, 25], seed=11)
+    tokens = model.sample_actions(jax.random.key(0), prompt_only, max_decoding_steps=5, temperature=0.0)
+    assert tokens.shape == (2, 5) and tokens.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(
+        source.sample_actions(jax.random.key(0), prompt_only, max_decoding_steps=5, temperature=0.0)))
