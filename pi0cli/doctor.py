@@ -222,7 +222,8 @@ def check_video(codec: str = "libsvtav1") -> list[Row]:
         return [Row("video", "fail", f"cannot import PyAV: {_one_line(exc)}", "pip install -r requirements.txt")]
     # SVT-AV1 prints its banner and a thread-priority warning to stderr itself; it reads SVT_LOG (1: errors
     # only) when an encoder starts.
-    os.environ.setdefault("SVT_LOG", "1")
+    if os.environ.get("PI0_VERBOSE", "").strip() in ("", "0"):
+        os.environ.setdefault("SVT_LOG", "1")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "probe.mp4"

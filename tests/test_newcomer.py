@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -91,7 +92,6 @@ def test_help_has_examples_no_bool_metavar_and_plain_usage(path):
 
 
 def _pi0_in(cwd, *args: str, env: dict[str, str] | None = None):
-    import os
     import subprocess
     import sys
 
@@ -201,3 +201,30 @@ def test_offline_eval_warns_about_training_episodes(tmp_path, sim_dataset):
     result = _pi0_in(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert "training episodes" not in result.stderr
+
+
+# ------------------------------------------------------------------------------- third-party noise
+
+
+NOISE = ("Svt[", "[mp4 @", "Map:", "examples/s")
+
+
+@pytest.mark.slow
+def test_record_prints_our_lines_and_no_encoder_chatter(tmp_path):
+    result = _pi0_in(tmp_path, "record", "aloha_sim", "--scripted", "--episodes", "1", "--out", "demos")
+    assert result.returncode == 0, result.stderr
+    for line in (result.stdout + result.stderr).splitlines():
+        assert not any(marker in line for marker in NOISE), line
+    assert "1 of 1 attempts succeeded" in result.stdout
+
+
+def test_verbose_leaves_third_party_output_alone(monkeypatch):
+    from pi0cli.cli import noise
+
+    for name in ("SVT_LOG", "HF_DATASETS_DISABLE_PROGRESS_BARS", noise.VERBOSE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    noise.quiet_third_party("embodiments", verbose_output=True)
+    assert "SVT_LOG" not in os.environ and noise.verbose()
+    monkeypatch.delenv(noise.VERBOSE_ENV)
+    noise.quiet_third_party("embodiments")
+    assert os.environ["SVT_LOG"] == "1" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
