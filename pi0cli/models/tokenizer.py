@@ -24,11 +24,12 @@ No JAX here: the data pipeline and the CLI use this module.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -345,3 +346,43 @@ class FASTTokenizer:
         if chunk is None:
             return np.zeros((action_horizon, action_dim)), False
         return chunk, True
+
+
+class FastDecodeError(Pi0Error):
+    """Generated pi0-FAST tokens held no well-formed action chunk (raised only with ``on_failure="raise"``)."""
+
+    kind = "decode_failure"
+
+
+#: Key of the per-request count of chunks that failed to decode (0 or 1 per request; summed in reports).
+DECODE_FAILURES_KEY = "decode_failures"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FastActionOutputs:
+    """Output transform: generated token ids ``[K]`` under ``"actions"`` -> the normalised chunk
+    ``[action_horizon, action_dim]`` zero-padded to ``pad_to`` dims, plus ``decode_failures`` (0 or 1).
+
+    ``on_failure="zeros"`` (default) answers a failed decode with zeros in normalised units, as the reference
+    does (after un-normalisation: the middle of each dim's range); ``"raise"`` raises :class:`FastDecodeError`
+    so the caller can refuse the chunk instead.
+    """
+
+    tokenizer: FASTTokenizer
+    action_horizon: int
+    action_dim: int
+    pad_to: int | None = None
+    on_failure: Literal["zeros", "raise"] = "zeros"
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        actions, ok = self.tokenizer.extract_actions(np.asarray(data["actions"]), self.action_horizon,
+                                                     self.action_dim)
+        if not ok and self.on_failure == "raise":
+            raise FastDecodeError(
+                "the model's output holds no well-formed FAST action chunk (no 'Action: ' segment or a wrong "
+                "number of values); the checkpoint may be undertrained or max_decoding_steps too small"
+            )
+        width = max(self.pad_to or self.action_dim, self.action_dim)
+        padded = np.zeros((self.action_horizon, width), np.float32)
+        padded[:, : self.action_dim] = actions
+        return {**data, "actions": padded, DECODE_FAILURES_KEY: int(not ok)}

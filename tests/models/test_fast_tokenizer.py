@@ -260,3 +260,19 @@ def test_camera_slots_for_fast():
     assert (images["base_1_rgb"] == 2).all()
     images, masks = fast_image_slots({"base_0_rgb": img["base_0_rgb"]}, {"base_0_rgb": True})
     assert not masks["wrist_0_rgb"] and masks["base_1_rgb"] and (images["wrist_0_rgb"] == 0).all()
+
+
+def test_fast_action_outputs_count_failures(paligemma, fast):
+    from pi0cli.models.tokenizer import FastActionOutputs, FastDecodeError
+
+    ft = FASTTokenizer(paligemma, fast, max_len=120, vocab_size=1024)
+    chunk = smooth_chunks(1)[0]
+    tokens, _, ar, _ = ft.tokenize("fold", np.zeros(2), chunk)
+    generated = np.concatenate([tokens[ar == 1], np.zeros(5, np.int32)])
+    out = FastActionOutputs(ft, H, D, pad_to=32)({"actions": generated, "state": np.zeros(32)})
+    assert out["actions"].shape == (H, 32) and out["decode_failures"] == 0 and (out["actions"][:, D:] == 0).all()
+    np.testing.assert_allclose(out["actions"][:, :D], fast.decode(fast.encode(chunk))[0], atol=1e-6)
+    bad = FastActionOutputs(ft, H, D, pad_to=32)({"actions": np.zeros(20, np.int32)})
+    assert bad["decode_failures"] == 1 and (bad["actions"] == 0).all()
+    with pytest.raises(FastDecodeError, match="no well-formed FAST action chunk"):
+        FastActionOutputs(ft, H, D, on_failure="raise")({"actions": np.zeros(20, np.int32)})
