@@ -29,7 +29,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +334,34 @@ def evaluate(tokenizer: FastActionTokenizer, chunks: Sequence[np.ndarray]) -> Fi
         raw_coefficients=int(arr.shape[1] * arr.shape[2]),
         decode_failures=result.failures,
     )
+
+
+def select_evenly(n: int, limit: int | None) -> np.ndarray:
+    """``min(n, limit)`` indices spread evenly over ``range(n)`` (deterministic; all of them without a limit)."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+
+
+def fit_from_blocks(
+    action_blocks: Iterable[np.ndarray],
+    *,
+    normalize: Callable[[np.ndarray], np.ndarray],
+    scale: float = 10.0,
+    vocab_size: int = 1024,
+    max_chunks: int | None = 200_000,
+) -> tuple[FastActionTokenizer, FitReport]:
+    """Fit on a dataset's action chunks and report on them.
+
+    ``action_blocks`` yields model-space chunks ``[m, H, D]`` (after the robot's input transform and delta
+    actions, before normalisation), ``normalize`` maps such a block to the units the model sees (the quantile
+    normalisation of pi0-FAST). At most ``max_chunks`` chunks, spread evenly over the dataset, are used for
+    both fitting and the report (round-trip error in normalised units, tokens per chunk).
+    """
+    blocks = [np.asarray(normalize(np.asarray(b, np.float64)), np.float64) for b in action_blocks]
+    if not blocks or not sum(len(b) for b in blocks):
+        raise FastTokenizerError("the dataset has no action chunks to fit the FAST tokenizer on")
+    chunks = np.concatenate(blocks)
+    chunks = chunks[select_evenly(len(chunks), max_chunks)]
+    tokenizer = FastActionTokenizer.fit(list(chunks), scale=scale, vocab_size=vocab_size)
+    return tokenizer, evaluate(tokenizer, list(chunks))

@@ -276,3 +276,18 @@ def test_fast_action_outputs_count_failures(paligemma, fast):
     assert bad["decode_failures"] == 1 and (bad["actions"] == 0).all()
     with pytest.raises(FastDecodeError, match="no well-formed FAST action chunk"):
         FastActionOutputs(ft, H, D, on_failure="raise")({"actions": np.zeros(20, np.int32)})
+
+
+def test_fit_from_dataset_blocks_reports_error_and_compression():
+    from pi0cli.models.fast_tokenizer import fit_from_blocks, select_evenly
+
+    raw = smooth_chunks(300, seed=12) * 2.0 + 1.0  # "robot units": normalised back by the callable
+    blocks = [raw[:100], raw[100:250], raw[250:]]
+    tok, report = fit_from_blocks(blocks, normalize=lambda a: (a - 1.0) / 2.0, vocab_size=400, max_chunks=120)
+    assert report.chunks == 120 and report.decode_failures == 0
+    assert report.max_abs_error <= quantization_error_bound(H, 10.0) and report.compression > 1.5
+    again, _ = fit_from_blocks(blocks, normalize=lambda a: (a - 1.0) / 2.0, vocab_size=400, max_chunks=120)
+    assert again._json == tok._json
+    assert select_evenly(10, 4).tolist() == [0, 3, 6, 9] and select_evenly(3, None).tolist() == [0, 1, 2]
+    with pytest.raises(FastTokenizerError, match="no action chunks"):
+        fit_from_blocks([np.zeros((0, H, D))], normalize=lambda a: a)
