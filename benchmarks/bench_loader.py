@@ -51,7 +51,7 @@ def main() -> None:
     from pi0cli.data.synthetic import write_synthetic_dataset
     from pi0cli.models.config import preset
     from pi0cli.models.tokenizer import PaligemmaTokenizer
-    from pi0cli.policy.loading import train_tiny_tokenizer
+    from pi0cli.training.tiny_tokenizer import train_tiny_tokenizer
     from pi0cli.pipeline import Pipeline
     from pi0cli.transforms import stack_trees
     from pi0cli.plugins.manager import get_registry

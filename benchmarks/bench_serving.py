@@ -261,7 +261,7 @@ def load_test(port: int, clients: int, seconds: float, warmup_requests: int = 3)
 def make_checkpoint(directory: Path) -> Path:
     from pi0_embodiment_aloha import ALOHA_SIM
 
-    from pi0cli.policy.loading import make_tiny_checkpoint
+    from pi0cli.testing import make_tiny_checkpoint
 
     return make_tiny_checkpoint(directory / "tiny_aloha_sim", ALOHA_SIM)
 

@@ -4,28 +4,38 @@ point once pi0 is installed).
 In a plugin's own tests::
 
     from pi0cli.testing import check_embodiment
-    from pi0_embodiment_xyz import XYZ
+    from my_robot_plugin import MY_ROBOT
 
-    def test_xyz_conforms():
-        check_embodiment(XYZ)
+    def test_my_robot_conforms():
+        check_embodiment(MY_ROBOT)
 
 Fixtures: ``pi0_registry`` (a fresh, empty plugin registry installed as the process-wide one for the test,
 with ``PI0_LOAD_PLUGINS`` set empty so nothing installed leaks in).
+
+Test data: :func:`make_tiny_checkpoint` writes a random-weight policy checkpoint for any embodiment (a tiny
+model, no JAX compilation), which ``pi0 serve --checkpoint`` and :func:`pi0cli.policy.load_policy` load.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
-from typing import Any
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
 from pi0cli.embodiment import MODEL_IMAGE_SLOTS, Embodiment
 from pi0cli.errors import ObservationError
+from pi0cli.normstats import NormStats
 from pi0cli.transforms import has_path, lookup, pad_to_dim, to_absolute_actions, to_delta_actions
+
+if TYPE_CHECKING:
+    from pi0cli.models.config import Pi0Config
+    from pi0cli.plugins.manager import Registry
 
 #: Action dim of the pi0 models (robot vectors are zero-padded to it).
 MODEL_ACTION_DIM = 32
@@ -173,7 +183,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 @pytest.fixture
-def pi0_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def pi0_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
     """An empty plugin registry installed as the process-wide one; register fakes with ``add_plugin``."""
     from pi0cli.plugins import manager
 
@@ -185,3 +195,84 @@ def pi0_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield registry
     finally:
         manager.set_registry(previous)
+
+
+# ------------------------------------------------------------------------------------ tiny checkpoints
+
+
+def example_norm_stats(embodiment: Embodiment, count: int = 32, seed: int = 0) -> dict[str, NormStats]:
+    """Norm stats from ``count`` example observations of ``embodiment`` (state) and a random walk around them
+    (actions): good enough for a random-weight model."""
+    states = np.stack([np.asarray(embodiment.inputs(embodiment.example_observation(seed + i))["state"], np.float64)
+                       for i in range(count)])
+    rng = np.random.default_rng(seed)
+    actions = states[:, : embodiment.action_dim] if states.shape[1] >= embodiment.action_dim else np.concatenate(
+        [states, rng.normal(size=(count, embodiment.action_dim - states.shape[1]))], axis=1)
+    actions = actions + rng.normal(scale=0.05, size=actions.shape)
+
+    def stats(x: np.ndarray) -> NormStats:
+        return NormStats(mean=x.mean(0), std=x.std(0) + 1e-3, q01=np.quantile(x, 0.01, axis=0) - 1e-3,
+                         q99=np.quantile(x, 0.99, axis=0) + 1e-3)
+
+    return {"state": stats(states), "actions": stats(actions)}
+
+
+def tiny_model_config(embodiment: Embodiment, model: str = "pi0_tiny", **overrides: Any) -> Pi0Config:
+    """A tiny model preset widened to the robot (action_dim 32 unless the robot is bigger), horizon 10,
+    prompts of up to 16 tokens."""
+    from pi0cli.models.config import preset
+
+    dim = max(32, embodiment.action_dim, embodiment.state_dim)
+    return preset(model, **({"action_dim": dim, "action_horizon": 10, "max_token_len": 16} | overrides))
+
+
+def random_params(model_config: Pi0Config, seed: int = 0, std: float = 0.02) -> dict[str, Any]:
+    """Random weights in the reference naming, drawn with numpy from the model's abstract shapes (no JAX
+    compilation: initialising a model eagerly on a CPU takes most of a minute even when tiny).
+
+    Kernels and embeddings ~ N(0, std); biases 0; LayerNorm scales 1 (SigLIP), RMSNorm scales 0 (Gemma's
+    ``1 + scale``)."""
+    from flax import nnx
+
+    from pi0cli.models.pi0 import Pi0
+    from pi0cli.transforms import flatten, unflatten
+
+    abstract = nnx.eval_shape(lambda: Pi0(model_config, nnx.Rngs(0)))
+    shapes = flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, spec in sorted(shapes.items()):
+        dtype = np.float32
+        if key.endswith("/bias"):
+            value = np.zeros(spec.shape, dtype)
+        elif key.endswith("/scale"):
+            fill: Callable[..., np.ndarray] = np.ones if key.startswith("PaliGemma/img") else np.zeros
+            value = fill(spec.shape, dtype)
+        else:
+            value = rng.normal(0.0, std, spec.shape).astype(dtype)
+        out[key] = value
+    return unflatten(out)
+
+
+def make_tiny_checkpoint(
+    directory: str | os.PathLike[str],
+    embodiment: Embodiment,
+    *,
+    model_config: Pi0Config | None = None,
+    seed: int = 0,
+    norm_stats: Mapping[str, NormStats] | None = None,
+    default_prompt: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """A random-weight policy checkpoint for ``embodiment`` with a tiny model (and its own tokenizer)."""
+    from pi0cli.checkpoint import save_policy_checkpoint
+    from pi0cli.training.tiny_tokenizer import train_tiny_tokenizer
+
+    config = model_config if model_config is not None else tiny_model_config(embodiment)
+    stats = dict(norm_stats) if norm_stats is not None else example_norm_stats(embodiment)
+    prompts = [p for p in (default_prompt, embodiment.default_prompt) if p]
+    return save_policy_checkpoint(
+        directory, params=random_params(config, seed), model_config=config, embodiment=embodiment.name,
+        norm_stats=stats, asset_id=embodiment.asset_id, default_prompt=default_prompt,
+        metadata=dict(embodiment.metadata), tokenizer=train_tiny_tokenizer(prompts), overwrite=overwrite,
+    )

@@ -111,3 +111,23 @@ def test_a_command_run_does_not_import_jax():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stderr.strip().endswith("NOJAX"), result.stderr
+
+
+def test_progress_writes_plain_lines_when_stdout_is_not_a_terminal():
+    """`pi0 train > log`: a log file gets one line per logged step (a bar would only leave its last frame)."""
+    import io
+
+    from rich.console import Console
+
+    from pi0cli.cli.console import Progress
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with Progress("train", 100, unit="steps", every_s=3600, lines=Console(file=stdout),
+                  stderr=Console(file=stderr)) as progress:
+        for step in (25, 50, 75):
+            progress.update(step, line=True, loss=f"{1 / step:.4f}")
+        progress.advance(5)  # not forced, within every_s: no line now, one at the end
+    lines = stdout.getvalue().splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["train: 25/100 steps", "train: 50/100 steps",
+                                                       "train: 75/100 steps", "train: 80/100 steps"]
+    assert "loss 0.0400" in lines[0] and stderr.getvalue() == ""

@@ -14,8 +14,6 @@ from typer.core import TyperGroup
 from pi0cli.cli import console
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
     # typer's own (vendored) click types, which TyperGroup's methods take and return; typing only.
     from typer._click import Command, Context
 
@@ -52,31 +50,9 @@ def _converters() -> Mapping[str, DatasetConverter]:
     return console.registry().dataset_converters
 
 
-class _Progress:
-    """A frames progress bar that appears with the first frame, so validation errors print alone."""
-
-    def __init__(self, title: str):
-        self.title = title
-        self.bar: Progress | None = None
-        self.task: TaskID | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("frames"), TimeRemainingColumn(), console=console.err)
-            self.bar.start()
-            self.task = self.bar.add_task(self.title, total=total)
-        assert self.task is not None
-        self.bar.update(self.task, completed=done)
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+def _frames_progress(title: str) -> console.Progress:
+    """A frames progress that appears with the first frame, so validation errors print alone."""
+    return console.Progress(title, unit="frames")
 
 
 def _converter_command(converter: DatasetConverter) -> Command:
@@ -96,8 +72,9 @@ def _converter_command(converter: DatasetConverter) -> Command:
     params.append(inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Overwrite))
 
     def command(src: Path, out: Path, overwrite: bool = False, **options: OptionValue) -> None:
-        with _Progress(converter.name) as progress:
-            root = converter.convert(src, out, overwrite=overwrite, progress=progress, **options)
+        with _frames_progress(converter.name) as progress:
+            root = converter.convert(src, out, overwrite=overwrite,
+                                     progress=lambda done, total: progress.update(done, total=total), **options)
         console.out.print(f"wrote {root}")
 
     # typer reads both the signature and the (evaluated) annotations.

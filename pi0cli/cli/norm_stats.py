@@ -40,8 +40,6 @@ def norm_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Compute exact mean, std, q01 and q99 of state and actions (no video is decoded)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from pi0cli.data.stats import check_norm_stats, compute_norm_stats, load_columns, summarize
     from pi0cli.normstats import load_norm_stats, save_norm_stats
 
@@ -57,14 +55,8 @@ def norm_stats(
     horizon = horizon or _default_horizon(emb)
     with console.err.status(f"reading {dataset} ..."):
         data = load_columns(emb, dataset)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("frames"), TimeElapsedColumn(), console=console.err, transient=True)
-    with progress:
-        task = progress.add_task(f"{emb.name} norm stats", total=2 * data.num_frames)
-
-        def advance(frames: int) -> None:
-            progress.advance(task, frames)
-
+    with console.Progress(f"{emb.name} norm stats", 2 * data.num_frames, unit="frames", transient=True) as progress:
+        advance = progress.advance
         if check is not None:
             existing = load_norm_stats(check)
             reports, _ = check_norm_stats(emb, dataset, existing, horizon=horizon, progress=advance, data=data)

@@ -40,7 +40,8 @@ def serve(
     location = checkpoint or emb.default_checkpoint
     model_name = model if (model or checkpoint) else emb.default_model
 
-    from pi0cli.policy.loading import load_policy, resolve_checkpoint
+    from pi0cli.downloads import resolve_checkpoint
+    from pi0cli.policy.load import load_policy
     from pi0cli.policy.policy import batch_sizes_up_to
     from pi0cli.serving.server import PolicyServer
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pi0cli.cli import console
+
+if TYPE_CHECKING:
+    from pi0cli.training.config import TrainConfig
+    from pi0cli.training.trainer import RunResult
 
 
 def complete_preset(incomplete: str) -> list[str]:
@@ -55,10 +59,12 @@ def train(
         return
     from pi0cli.training import launch
 
+    registry = console.registry()
     config = launch.resolve_config(
-        preset, embodiment=embodiment, dataset=dataset, model=model, lora=lora, steps=steps, batch_size=batch_size,
-        lr=lr, seed=seed, init_from=init_from, save_interval=save_interval, log_interval=log_interval,
-        fsdp_devices=fsdp_devices,
+        registry.preset(preset) if preset is not None else None,
+        embodiment=registry.embodiment(embodiment) if embodiment is not None else None, dataset=dataset,
+        model=model, lora=lora, steps=steps, batch_size=batch_size, lr=lr, seed=seed, init_from=init_from,
+        save_interval=save_interval, log_interval=log_interval, fsdp_devices=fsdp_devices,
     )
     if print_config:
         console.out.print_json(json.dumps(launch.config_as_dict(config)))
@@ -69,10 +75,63 @@ def train(
         raise Pi0Error("--resume and --overwrite contradict each other: pick one")
     launch.init_distributed(coordinator, num_processes, process_id)
     if dry_run:
-        launch.print_dry_run(config)
+        _print_dry_run(config)
         return
-    launch.train(config, exp_dir=checkpoint_dir / config.name / exp, resume=resume, overwrite=overwrite,
-                 norm_stats=norm_stats, tokenizer=tokenizer, wandb=wandb)
+    with console.Progress(config.name, config.num_train_steps, unit="steps", lines=console.out) as progress:
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            progress.update(step, line=True, loss=f"{metrics['loss']:.4f}",
+                            grad=f"{metrics.get('grad_norm', float('nan')):.3f}",
+                            rate=f"{metrics['steps_per_s']:.2f} steps/s")
+
+        def on_start(start: int) -> None:
+            progress.completed = start
+            console.err.print(f"compiling the train step of {config.name}: the first step takes longest (tens of "
+                              "seconds on a CPU), later ones run at the rate shown")
+
+        result = launch.train(config, registry.embodiment(config.embodiment),
+                              exp_dir=checkpoint_dir / config.name / exp, resume=resume, overwrite=overwrite,
+                              norm_stats=norm_stats, tokenizer=tokenizer, wandb=wandb, warn=console.warn,
+                              on_start=on_start, on_step=on_step)
+    _print_summary(result)
+
+
+def _print_summary(result: RunResult | None) -> None:
+    """Evidence the run learned (loss at the start and the end) and where its checkpoint is."""
+    if result is None:
+        return
+    losses = result.losses
+    if losses:
+        k = max(1, min(10, len(losses) // 10))
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        console.out.print(f"loss {first:.4f} -> {last:.4f} (mean of the first and last {k} steps of this run, "
+                          f"{last / first:.0%} of the start)" if first > 0 else f"loss {first:.4f} -> {last:.4f}")
+    console.out.print(f"checkpoint saved to {result.exp_dir / str(result.last_step)}")
+
+
+def _print_dry_run(config: TrainConfig) -> None:
+    from rich.table import Table
+
+    from pi0cli.training.dryrun import dry_run
+
+    with console.err.status(f"compiling one train step of {config.name} abstractly ..."):
+        report = dry_run(config)
+    gib = 2**30
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for label, value in [
+        ("preset", config.name),
+        ("parameters", f"{report.total_params:,}"),
+        ("trainable", f"{report.trainable_params:,}"),
+        ("optimizer state", f"{report.optimizer_state_bytes / gib:.2f} GiB"),
+        ("devices x batch", f"{report.devices} x {report.batch_size // report.devices}"),
+        ("arguments / device", f"{report.argument_bytes / gib:.2f} GiB"),
+        ("temporaries / device", f"{report.temp_bytes / gib:.2f} GiB"),
+        ("peak memory / device", f"{report.peak_bytes / gib:.2f} GiB"),
+    ]:
+        table.add_row(label, value)
+    console.out.print(table)
 
 
 def _list_presets() -> None:

@@ -3,7 +3,7 @@
 Formats (``detect_format`` tells them apart):
 
 - ``pi0``: ``params/`` (orbax ``{"params": tree}``), ``assets/<asset_id>/norm_stats.json``, ``pi0_config.json``
-  (see :mod:`pi0cli.policy.loading`); a pi0 training step directory (config in ``assets/``) reads the same way.
+  (see :mod:`pi0cli.checkpoint`); a pi0 training step directory (config in ``assets/``) reads the same way.
 - ``openpi``: ``params/`` and ``assets/<asset_id>/norm_stats.json`` only. openpi never reads anything else, so on
   the way out the pi0 config rides along as ``assets/pi0_config.json`` and the way back needs no flags; a
   checkpoint written by openpi itself needs ``model=`` (``--model pi0`` / ``pi05``).
@@ -25,21 +25,25 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pi0cli.convert.aloha_hdf5 import ConversionError
-from pi0cli.policy.loading import (
+from pi0cli.checkpoint import (
     CONFIG_FILENAME,
     TOKENIZER_FILENAME,
     atomic_directory,
-    config_from_dict,
+    model_config_of,
     read_checkpoint_config,
     read_params,
+    read_tokenizer,
     write_checkpoint_config,
     write_params,
 )
+from pi0cli.errors import ConversionError
+
+if TYPE_CHECKING:
+    from pi0cli.models.config import Pi0Config
 
 Format = Literal["pi0", "openpi", "lerobot", "paligemma"]
 TARGETS: tuple[str, ...] = ("pi0", "openpi", "lerobot")
@@ -80,23 +84,11 @@ def detect_format(path: str | Path) -> Format:
                           "checkpoint step directory")
 
 
-def _model_config(saved: Mapping[str, Any] | None, model: Any, where: Path, fix: str) -> Any:
-    from pi0cli.models.config import Pi0Config, preset
-
-    if isinstance(model, Pi0Config):
-        return model
-    if isinstance(model, str):
-        return preset(model)
-    if saved:
-        return config_from_dict(saved["model"])
-    raise ConversionError(f"{where} does not record its model config; {fix}")
-
-
-def _tokenizer(directory: Path) -> bytes | None:
-    for candidate in (directory / TOKENIZER_FILENAME, directory / "assets" / TOKENIZER_FILENAME):
-        if candidate.is_file():
-            return candidate.read_bytes()
-    return None
+def _model_config(saved: Mapping[str, Any] | None, model: str | Pi0Config | None, where: Path, fix: str) -> Pi0Config:
+    config = model_config_of(saved, model)
+    if config is None:
+        raise ConversionError(f"{where} does not record its model config; {fix}")
+    return config
 
 
 def _saved_fields(saved: Mapping[str, Any] | None, directory: Path) -> dict[str, Any]:
@@ -106,7 +98,7 @@ def _saved_fields(saved: Mapping[str, Any] | None, directory: Path) -> dict[str,
         embodiment=saved.get("embodiment"), asset_id=saved.get("asset_id"),
         assets_dir=assets if any(assets.rglob("norm_stats.json")) else None,
         default_prompt=saved.get("default_prompt"), delta_action_mask=saved.get("delta_action_mask", "embodiment"),
-        metadata=dict(saved.get("metadata") or {}), tokenizer=_tokenizer(directory),
+        metadata=dict(saved.get("metadata") or {}), tokenizer=read_tokenizer(directory),
     )
 
 

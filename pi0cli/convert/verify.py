@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pi0cli.convert.aloha_hdf5 import ConversionError
 from pi0cli.convert.checkpoints import Checkpoint, is_full_size, lerobot_config
+from pi0cli.errors import ConversionError
 
 NUM_STEPS = 10
 LEROBOT_HEADS = 8
@@ -75,7 +75,7 @@ def jax_actions(ckpt: Checkpoint, obs: Any, noise: np.ndarray) -> np.ndarray:
     import jax.numpy as jnp
 
     from pi0cli.models.params import unflatten
-    from pi0cli.policy.loading import build_model
+    from pi0cli.models.params import build_model
 
     config = _float32(ckpt.model_config)
     params = {k: np.asarray(v, np.float32) for k, v in ckpt.params.items()}

@@ -11,7 +11,7 @@ Two ways in:
 
 ``source`` is a dataset directory (anything holding ``meta/info.json``), or a repo id looked up under
 ``$HF_LEROBOT_HOME/<repo_id>`` (default ``$HF_HOME/lerobot``, ``~/.cache/huggingface/lerobot``). With
-``HF_HUB_OFFLINE`` set and nothing in the cache, one :class:`DatasetError` names every place looked at;
+``PI0_OFFLINE`` or ``HF_HUB_OFFLINE`` set and nothing in the cache, one :class:`DatasetError` names every place looked at;
 online, lerobot downloads the dataset into its cache.
 
 lerobot, torch and pyarrow are imported inside functions only.
@@ -25,11 +25,15 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pi0cli.downloads import offline
 from pi0cli.errors import Pi0Error
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
 
 #: Columns lerobot adds to every dataset.
 INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -47,10 +51,6 @@ def lerobot_home() -> Path:
     return Path(hf_home).expanduser() / "lerobot"
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def resolve_dataset(source: str | os.PathLike[str]) -> tuple[str, Path]:
     """``(repo_id, root)`` of a dataset given by directory or repo id (see the module docstring).
 
@@ -62,14 +62,16 @@ def resolve_dataset(source: str | os.PathLike[str]) -> tuple[str, Path]:
         if not (path / "meta" / "info.json").is_file():
             raise DatasetError(f"{path} is not a LeRobot dataset (no meta/info.json); pass a dataset root or a repo id")
         return f"local/{path.absolute().name}", path.absolute()
+    is_repo_id = not text.startswith((".", "/", "~")) and text.count("/") == 1
     cached = lerobot_home() / text
-    if (cached / "meta" / "info.json").is_file():
+    if is_repo_id and (cached / "meta" / "info.json").is_file():
         return text, cached
-    looked = f"{path.absolute()} (no such directory) and the local cache {cached}"
-    if _offline() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+    # A path is never looked up in the cache (joining an absolute path to it would name the path twice).
+    looked = f"{path.absolute()} (no such directory)" + (f" and the local cache {cached}" if is_repo_id else "")
+    if offline() or not is_repo_id:
         raise DatasetError(
             f"dataset {text!r} not found: looked in {looked}"
-            + ("; offline (HF_HUB_OFFLINE is set)" if _offline() else "")
+            + ("; offline (PI0_OFFLINE or HF_HUB_OFFLINE is set)" if offline() else "")
             + ". Pass a local dataset root, or set HF_LEROBOT_HOME to the cache holding it"
         )
     return text, cached
@@ -89,8 +91,33 @@ def read_info(root: Path) -> dict[str, Any]:
     return info
 
 
-def video_keys(info: Mapping[str, Any]) -> list[str]:
-    return [k for k, f in info.get("features", {}).items() if f.get("dtype") in ("video", "image")]
+def check_dataset_fits(embodiment: Embodiment, info: Mapping[str, Any], where: str | os.PathLike[str], *,
+                       cameras: bool = True) -> None:
+    """Fail early, naming the columns, when a dataset was recorded for another robot (or another key map):
+    every column the embodiment reads (required cameras too, unless ``cameras`` is False) must exist, and
+    vector columns must have the embodiment's dims."""
+    features = info.get("features", {})
+    keys = embodiment.dataset_keys
+    needed: dict[str, int | None] = {}
+    if cameras:
+        needed.update({keys[c.key]: None for c in embodiment.cameras if c.required})
+    needed.update({keys[f.key]: f.dim for f in embodiment.state})
+    needed[embodiment.action_key] = embodiment.action_dim
+    missing = [column for column in needed if column not in features]
+    if missing:
+        have = ", ".join(k for k in features if k not in INDEX_COLUMNS) or "none"
+        raise DatasetError(
+            f"dataset {where} has no column {', '.join(repr(c) for c in missing)} that embodiment "
+            f"{embodiment.name!r} reads; it has {have}. Pick the embodiment the dataset was recorded with, or fix "
+            "the embodiment's dataset_keys"
+        )
+    for column, dim in needed.items():
+        shape = tuple(features[column].get("shape") or ())
+        if dim is not None and shape and shape[-1] != dim:
+            raise DatasetError(
+                f"column {column!r} of dataset {where} has {shape[-1]} dims but embodiment {embodiment.name!r} "
+                f"expects {dim}; the dataset was recorded for another robot or key map"
+            )
 
 
 def data_files(root: Path) -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pi0cli.data.lerobot import DatasetError, read_info, read_numeric, resolve_dataset
+from pi0cli.data.lerobot import DatasetError, check_dataset_fits, read_info, read_numeric, resolve_dataset
 from pi0cli.normstats import ExactStats, NormStats
 from pi0cli.pipeline import KeepKeys
 from pi0cli.transforms import NORM_EPS, DeltaActions, compose
@@ -48,22 +48,9 @@ def load_columns(embodiment: Any, source: str | Path) -> DatasetColumns:
     if not root.is_dir():
         raise DatasetError(f"dataset {str(source)!r} is not on this machine (looked in {root}); download it first")
     info = read_info(root)
-    features = info.get("features", {})
+    check_dataset_fits(embodiment, info, root, cameras=False)
     wanted: dict[str, int] = {embodiment.dataset_keys[f.key]: f.dim for f in embodiment.state}
     wanted[embodiment.action_key] = embodiment.action_dim
-    for column, dim in wanted.items():
-        if column not in features:
-            have = ", ".join(k for k in features if k not in ("timestamp", "frame_index", "episode_index", "index", "task_index"))
-            raise DatasetError(
-                f"dataset {root} has no column {column!r} that embodiment {embodiment.name!r} reads; it has {have}. "
-                "Fix the embodiment's dataset_keys or pick the right dataset"
-            )
-        shape = list(features[column].get("shape") or [])
-        if shape != [dim]:
-            raise DatasetError(
-                f"column {column!r} of {root} has shape {shape} but embodiment {embodiment.name!r} expects [{dim}]; "
-                "the dataset was recorded for another robot or key map"
-            )
     if int(info.get("total_frames", 0)) == 0:
         raise DatasetError(f"dataset {root} is empty (0 frames); record or convert some episodes first")
     data = read_numeric(root, list(wanted))

@@ -60,7 +60,6 @@ class DatasetWriter:
     def __init__(self, root: Path, *, fps: float, features: Mapping[str, dict], repo_id: str | None = None,
                  robot_type: str | None = None, use_videos: bool = True, overwrite: bool = False,
                  keep_on_interrupt: bool = True):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from pi0cli.data.lerobot import quiet_lerobot_import
 
         quiet_lerobot_import()

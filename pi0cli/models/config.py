@@ -24,6 +24,9 @@ REMAT_POLICIES: tuple[str, ...] = ("none", "dots", "nothing")
 #: "chunked": exact attention over query chunks, never the whole score matrix at once (any backend);
 #: "xla": ``jax.nn.dot_product_attention``'s XLA path (whole scores); "cudnn": its cuDNN flash kernel (GPU).
 AttentionImpl = Literal["chunked", "xla", "cudnn"]
+#: Which weights train: everything, or LoRA adapters on the VLM / the expert / both (see models/freeze.py).
+FreezeMode = Literal["full", "lora_vlm", "lora_expert", "lora_both"]
+FREEZE_MODES: tuple[str, ...] = ("full", "lora_vlm", "lora_expert", "lora_both")
 
 #: PaliGemma's vocabulary size (the reference embedder table has this many rows).
 PALIGEMMA_VOCAB_SIZE = 257_152

@@ -9,15 +9,13 @@ Use: ``nnx.Optimizer(model, tx, wrt=trainable_filter(...))``.
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from flax import nnx
 
 from pi0cli.errors import UnknownNameError
-from pi0cli.models.config import Pi0Config
+from pi0cli.models.config import FREEZE_MODES, FreezeMode, Pi0Config
 
-FreezeMode = Literal["full", "lora_vlm", "lora_expert", "lora_both"]
-FREEZE_MODES: tuple[str, ...] = ("full", "lora_vlm", "lora_expert", "lora_both")
+__all__ = ["FREEZE_MODES", "FreezeMode", "PathRegex", "freeze_filter", "freeze_mode_for", "trainable_filter"]
 
 
 class PathRegex:

@@ -10,7 +10,7 @@ layers stacked on axis 0, action-expert names suffixed ``_1``) and the top-level
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +20,12 @@ from flax import nnx
 from pi0cli.errors import Pi0Error
 from pi0cli.transforms import flatten, unflatten
 
+if TYPE_CHECKING:
+    from pi0cli.models.config import Pi0Config
+    from pi0cli.models.pi0 import Pi0
+
 __all__ = [
-    "ParamTreeError", "check_params", "count_params", "export_flat", "export_params", "flatten", "import_params",
+    "ParamTreeError", "build_model", "check_params", "count_params", "export_flat", "export_params", "flatten", "import_params",
     "strip_value_leaves", "unflatten",
 ]
 
@@ -112,3 +116,12 @@ def import_params(model: nnx.Module, params: Mapping[str, Any], *, missing_ok: I
 def count_params(tree: Mapping[str, Any] | Any) -> int:
     """Number of scalars in a (possibly abstract) pytree of arrays."""
     return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
+
+
+def build_model(model_config: Pi0Config, params: Mapping[str, Any]) -> Pi0:
+    """A ``Pi0`` holding ``params`` (built abstractly first: no random initialisation of the full model)."""
+    from pi0cli.models.pi0 import Pi0
+
+    model = nnx.eval_shape(lambda: Pi0(model_config, nnx.Rngs(0)))
+    import_params(model, params)
+    return model

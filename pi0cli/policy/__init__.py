@@ -1,6 +1,7 @@
-"""Inference policies: transforms + model + sampling (``Policy``) and the checkpoint layout they load from.
+"""Inference policies: transforms + model + sampling (``Policy``), and loading one from a checkpoint.
 
-Names are resolved lazily: importing this package does not import JAX.
+Names are resolved lazily: importing this package does not import JAX. The checkpoint layout itself is
+:mod:`pi0cli.checkpoint`; random-weight test checkpoints are :func:`pi0cli.testing.make_tiny_checkpoint`.
 """
 
 from __future__ import annotations
@@ -8,17 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pi0cli.policy.loading import load_policy, make_tiny_checkpoint, save_policy_checkpoint
+    from pi0cli.policy.load import load_policy
     from pi0cli.policy.policy import Policy, make_transforms
 
-__all__ = ["Policy", "load_policy", "make_tiny_checkpoint", "make_transforms", "save_policy_checkpoint"]
+__all__ = ["Policy", "load_policy", "make_transforms"]
 
 _LAZY = {
     "Policy": "pi0cli.policy.policy",
     "make_transforms": "pi0cli.policy.policy",
-    "load_policy": "pi0cli.policy.loading",
-    "make_tiny_checkpoint": "pi0cli.policy.loading",
-    "save_policy_checkpoint": "pi0cli.policy.loading",
+    "load_policy": "pi0cli.policy.load",
 }
 
 

@@ -24,17 +24,9 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 from etils import epath
-from orbax.checkpoint import checkpoint_args
-from orbax.checkpoint._src.handlers import checkpoint_handler
 
-from pi0cli.errors import Pi0Error
+from pi0cli.checkpoint import CONFIG_FILENAME
 from pi0cli.normstats import NormStats, load_norm_stats, save_norm_stats
-
-CONFIG_FILENAME = "pi0_config.json"
-
-
-class CheckpointError(Pi0Error):
-    """A missing, incomplete or mismatched checkpoint."""
 
 
 @dataclasses.dataclass
@@ -47,7 +39,7 @@ class Assets:
     files: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
 
 
-class AssetsHandler(checkpoint_handler.CheckpointHandler):
+class AssetsHandler(ocp.CheckpointHandler):
     """Writes and reads :class:`Assets` as plain files inside the step's ``assets/`` item."""
 
     def save(self, directory: epath.Path, args: AssetsSave) -> None:
@@ -69,13 +61,13 @@ class AssetsHandler(checkpoint_handler.CheckpointHandler):
 
 @ocp.args.register_with_handler(AssetsHandler, for_save=True)
 @dataclasses.dataclass
-class AssetsSave(checkpoint_args.CheckpointArgs):
+class AssetsSave(ocp.args.CheckpointArgs):
     assets: Assets
 
 
 @ocp.args.register_with_handler(AssetsHandler, for_restore=True)
 @dataclasses.dataclass
-class AssetsRestore(checkpoint_args.CheckpointArgs):
+class AssetsRestore(ocp.args.CheckpointArgs):
     pass
 
 
@@ -107,9 +99,6 @@ class CheckpointManager:
             item_handlers={"assets": AssetsHandler()},
         )
 
-    def steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
-
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
@@ -133,16 +122,9 @@ class CheckpointManager:
         )
         return restored["train_state"]
 
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
-
-
-def step_dir(exp_dir: Path, step: int) -> Path:
-    return Path(exp_dir) / str(step)
 
 
 def wipe(exp_dir: Path) -> None:

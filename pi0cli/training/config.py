@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from pi0cli.errors import Pi0Error
-from pi0cli.models.config import Pi0Config
-
-FreezeMode = Literal["full", "lora_vlm", "lora_expert", "lora_both"]
+from pi0cli.models.config import FREEZE_MODES, FreezeMode, Pi0Config
 
 
 class TrainConfigError(Pi0Error, ValueError):
@@ -106,7 +104,7 @@ class TrainConfig:
                 fail(f"{field.replace('_', '-')} must be positive, got {getattr(self, field)}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             fail(f"ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.freeze not in ("full", "lora_vlm", "lora_expert", "lora_both"):
+        if self.freeze not in FREEZE_MODES:
             fail(f"freeze must be full, lora_vlm, lora_expert or lora_both, got {self.freeze!r}")
         if self.freeze != "full":
             needs = {"lora_vlm": ("vlm",), "lora_expert": ("expert",), "lora_both": ("vlm", "expert")}[self.freeze]
@@ -114,13 +112,3 @@ class TrainConfig:
                 cfg = self.model.vlm if part == "vlm" else self.model.expert
                 if cfg.attn_lora is None and cfg.ffn_lora is None:
                     fail(f"freeze={self.freeze} needs a LoRA {part} variant; the model's is not LoRA (use --lora)")
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-
-def get_preset(name: str) -> TrainConfig:
-    """The preset called ``name`` from the installed plugins (unknown names fail with a suggestion)."""
-    from pi0cli.plugins.manager import get_registry
-
-    return get_registry().preset(name)

@@ -1,15 +1,28 @@
-"""What ``pi0 train`` does, as a library: resolve the config, check the experiment directory, find norm stats,
-load initial weights, and run the trainer with a progress bar."""
+"""What ``pi0 train`` does, as a library: apply flag overrides to a config, check the experiment directory, find
+norm stats, load initial weights, and run the trainer, reporting progress through callbacks (the CLI draws it).
+
+Names are the CLI's business: these functions take the ``TrainConfig`` and ``Embodiment`` objects."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pi0cli.errors import Pi0Error
-from pi0cli.training.config import ConstantSchedule, CosineDecaySchedule, RsqrtDecaySchedule, TrainConfig
+from pi0cli.training.config import ConstantSchedule, CosineDecaySchedule, RsqrtDecaySchedule, Schedule, TrainConfig
+
+if TYPE_CHECKING:
+    from pi0cli.data.lerobot import LeRobotFrames
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.normstats import NormStats
+    from pi0cli.training.trainer import RunResult
+
+#: ``on_step(step, metrics)``: called every ``log_interval`` steps with loss, grad_norm, steps_per_s, ...
+StepCallback = Callable[[int, dict[str, float]], None]
 
 
 class ExperimentError(Pi0Error):
@@ -17,28 +30,26 @@ class ExperimentError(Pi0Error):
 
 
 def resolve_config(
-    preset: str | None, *, embodiment: str | None = None, dataset: str | None = None, model: str | None = None,
-    lora: bool = False, steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
-    seed: int | None = None, init_from: str | None = None, save_interval: int | None = None,
+    base: TrainConfig | None, *, embodiment: Embodiment | None = None, dataset: str | None = None,
+    model: str | None = None, lora: bool = False, steps: int | None = None, batch_size: int | None = None,
+    lr: float | None = None, seed: int | None = None, init_from: str | None = None, save_interval: int | None = None,
     log_interval: int | None = None, fsdp_devices: int | None = None,
 ) -> TrainConfig:
-    """A preset with flag overrides, or a config built from flags alone (``--embodiment`` then required)."""
+    """A preset (``base``) with flag overrides, or a config built from flags alone (``embodiment`` then
+    required). ``model`` names a model preset (:func:`pi0cli.models.config.preset`)."""
     from pi0cli.models.config import preset as model_preset
-    from pi0cli.plugins.manager import get_registry
 
-    registry = get_registry()
-    if preset is not None:
-        config = registry.preset(preset)
+    if base is not None:
+        config = base
     elif embodiment is None:
         raise Pi0Error("name a preset (see `pi0 train --list-presets`) or pass --embodiment")
     else:
-        emb = registry.embodiment(embodiment)
-        config = TrainConfig(name=f"{model or 'pi0'}_{emb.name}{'_lora' if lora else ''}", embodiment=emb.name,
-                             model=model_preset(model or "pi0"), default_prompt=emb.default_prompt)
+        config = TrainConfig(name=f"{model or 'pi0'}_{embodiment.name}{'_lora' if lora else ''}",
+                             embodiment=embodiment.name, model=model_preset(model or "pi0"),
+                             default_prompt=embodiment.default_prompt)
     changes: dict[str, Any] = {}
     if embodiment is not None:
-        registry.embodiment(embodiment)
-        changes["embodiment"] = embodiment
+        changes["embodiment"] = embodiment.name
     if model is not None or lora:
         name = model or config.model.model_type
         if lora and not name.endswith("_lora"):
@@ -61,7 +72,7 @@ def resolve_config(
     return dataclasses.replace(config, **changes) if changes else config
 
 
-def _with_peak_lr(schedule: Any, lr: float) -> Any:
+def _with_peak_lr(schedule: Schedule, lr: float) -> Schedule:
     if isinstance(schedule, (CosineDecaySchedule, RsqrtDecaySchedule)):
         ratio = schedule.decay_lr / schedule.peak_lr if isinstance(schedule, CosineDecaySchedule) else None
         changed = dataclasses.replace(schedule, peak_lr=lr)
@@ -96,35 +107,11 @@ def check_experiment_dir(exp_dir: Path, *, resume: bool, overwrite: bool) -> Non
         )
 
 
-def print_dry_run(config: TrainConfig) -> None:
-    from rich.table import Table
-
-    from pi0cli.cli import console
-    from pi0cli.training.dryrun import dry_run
-
-    with console.err.status(f"compiling one train step of {config.name} abstractly ..."):
-        report = dry_run(config)
-    gib = 2**30
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for label, value in [
-        ("preset", config.name),
-        ("parameters", f"{report.total_params:,}"),
-        ("trainable", f"{report.trainable_params:,}"),
-        ("optimizer state", f"{report.optimizer_state_bytes / gib:.2f} GiB"),
-        ("devices x batch", f"{report.devices} x {report.batch_size // report.devices}"),
-        ("arguments / device", f"{report.argument_bytes / gib:.2f} GiB"),
-        ("temporaries / device", f"{report.temp_bytes / gib:.2f} GiB"),
-        ("peak memory / device", f"{report.peak_bytes / gib:.2f} GiB"),
-    ]:
-        table.add_row(label, value)
-    console.out.print(table)
-
-
-def find_norm_stats(config: TrainConfig, asset_id: str, explicit: Path | None) -> dict[str, Any]:
+def find_norm_stats(config: TrainConfig, asset_id: str, explicit: Path | None,
+                    warn: Callable[[str], None] | None = None) -> dict[str, NormStats]:
     """Norm stats for training: ``--norm-stats``, else ``./assets/<asset_id>/``, else the ``--from``
-    checkpoint's assets; one clear error when none exists."""
+    checkpoint's assets; one clear error when none exists. Stats computed for another embodiment are refused,
+    for another action horizon ``warn``-ed about (see :func:`check_norm_stats_fit`)."""
     from pi0cli.normstats import load_norm_stats, norm_stats_path
 
     candidates = [explicit] if explicit is not None else [Path("assets") / asset_id]
@@ -132,7 +119,11 @@ def find_norm_stats(config: TrainConfig, asset_id: str, explicit: Path | None) -
         candidates.append(Path(config.init_from) / "assets" / asset_id)
     for candidate in candidates:
         if norm_stats_path(candidate).is_file():
-            return load_norm_stats(candidate)
+            stats = load_norm_stats(candidate)
+            for message in check_norm_stats_fit(config, norm_stats_path(candidate)):
+                if warn is not None:
+                    warn(message)
+            return stats
     if explicit is not None:
         return load_norm_stats(explicit)  # raises, naming the path
     if config.dataset:
@@ -146,34 +137,29 @@ def find_norm_stats(config: TrainConfig, asset_id: str, explicit: Path | None) -
     )
 
 
-class _Progress:
-    """A rich progress bar with loss, grad norm, steps/s and ETA (stderr; quiet when not a terminal)."""
+def check_norm_stats_fit(config: TrainConfig, path: Path) -> list[str]:
+    """Warnings about stats computed for another action horizon than ``config``'s (they drift: the std of a
+    longer chunk is wider); stats of another embodiment raise. Reference files (no record) pass silently."""
+    from pi0cli.normstats import read_computed_for
 
-    def __init__(self, total: int, start: int, title: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from pi0cli.cli import console
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  grad {task.fields[grad]}  {task.fields[rate]} steps/s"),
-            TimeRemainingColumn(), console=console.err, transient=False,
-        )
-        self.task = self.progress.add_task(title, total=total, completed=start, loss="-", grad="-", rate="-")
-
-    def __enter__(self) -> _Progress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def update(self, step: int, metrics: dict[str, float]) -> None:
-        self.progress.update(self.task, completed=step, loss=f"{metrics['loss']:.4f}",
-                             grad=f"{metrics.get('grad_norm', float('nan')):.3f}", rate=f"{metrics['steps_per_s']:.2f}")
+    computed_for = read_computed_for(path) or {}
+    if not computed_for:
+        return []
+    dataset = config.dataset or "DATASET"
+    horizon = config.model.action_horizon
+    fix = f"`pi0 norm-stats {config.embodiment} --dataset {dataset} --preset {config.name}`"
+    made_for = computed_for.get("embodiment")
+    if made_for is not None and made_for != config.embodiment:
+        raise Pi0Error(f"{path} was computed for embodiment {made_for!r}, but {config.name!r} trains "
+                       f"{config.embodiment!r}; recompute them with {fix}")
+    made_horizon = computed_for.get("horizon")
+    if made_horizon is not None and made_horizon != horizon:
+        return [f"{path} was computed over {made_horizon}-step action chunks, but {config.name!r} predicts {horizon}; "
+                f"the action statistics differ (recompute with {fix} or --horizon {horizon})"]
+    return []
 
 
-def _wandb_logger(config: TrainConfig, exp_dir: Path, enabled: bool):
+def _wandb_logger(config: TrainConfig, exp_dir: Path, enabled: bool) -> StepCallback | None:
     """A metrics callback for Weights & Biases, or None (asked for but not installed is an error)."""
     if not enabled:
         return None
@@ -188,7 +174,8 @@ def _wandb_logger(config: TrainConfig, exp_dir: Path, enabled: bool):
     return lambda step, metrics: wandb.log(metrics, step=step)
 
 
-def _tokenizer(config: TrainConfig, explicit: Path | None, frames: Any) -> tuple[Any, bytes | None]:
+def _tokenizer(config: TrainConfig, explicit: Path | None,
+               frames: LeRobotFrames) -> tuple[PaligemmaTokenizer, bytes | None]:
     """The prompt tokenizer and, when it must travel with the checkpoint, its model bytes.
 
     Full-size models use the PaliGemma tokenizer (``--tokenizer`` or the local cache). A model with a smaller
@@ -205,7 +192,7 @@ def _tokenizer(config: TrainConfig, explicit: Path | None, frames: Any) -> tuple
         return tokenizer, (data if config.model.vlm.vocab_size < PALIGEMMA_VOCAB_SIZE else None)
     if config.model.vlm.vocab_size >= PALIGEMMA_VOCAB_SIZE:
         return PaligemmaTokenizer(max_len), None
-    from pi0cli.policy.loading import train_tiny_tokenizer
+    from pi0cli.training.tiny_tokenizer import train_tiny_tokenizer
 
     data = train_tiny_tokenizer(list(frames.tasks) + ([config.default_prompt] if config.default_prompt else []))
     tokenizer = PaligemmaTokenizer(max_len, model=data)
@@ -215,50 +202,34 @@ def _tokenizer(config: TrainConfig, explicit: Path | None, frames: Any) -> tuple
     return tokenizer, data
 
 
-def _check_pairing(embodiment: Any, frames: Any, dataset: str) -> None:
-    """A dataset recorded for another robot fails here, naming the columns, not deep in the loader."""
-    features = (frames.info or {}).get("features", {})
-    needed = [embodiment.dataset_keys[k] for k in [c.key for c in embodiment.cameras if c.required]
-              + [f.key for f in embodiment.state]] + [embodiment.action_key]
-    missing = [column for column in needed if column not in features]
-    if missing:
-        raise Pi0Error(
-            f"dataset {dataset} does not fit embodiment {embodiment.name!r}: it has no column(s) "
-            f"{', '.join(missing)} (it has {', '.join(sorted(k for k in features if '.' in k or k in needed)) or 'none'}); "
-            "pick the embodiment the dataset was recorded with"
-        )
-    for field in embodiment.state:
-        shape = tuple(features.get(embodiment.dataset_keys[field.key], {}).get("shape", ()))
-        if shape and shape[-1] != field.dim:
-            raise Pi0Error(f"dataset {dataset}: column {embodiment.dataset_keys[field.key]!r} has {shape[-1]} dims "
-                           f"but embodiment {embodiment.name!r} expects {field.dim}")
-    shape = tuple(features[embodiment.action_key].get("shape", ()))
-    if shape and shape[-1] != embodiment.action_dim:
-        raise Pi0Error(f"dataset {dataset}: column {embodiment.action_key!r} has {shape[-1]} dims but embodiment "
-                       f"{embodiment.name!r} has {embodiment.action_dim} actions")
+def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume: bool = False,
+          overwrite: bool = False, norm_stats: Path | None = None, tokenizer: Path | None = None, wandb: bool = False,
+          warn: Callable[[str], None] | None = None, on_start: Callable[[int], None] | None = None,
+          on_step: StepCallback | None = None) -> RunResult:
+    """Run ``pi0 train``: every check first (one clear error each), then the training loop.
 
-
-def train(config: TrainConfig, *, exp_dir: Path, resume: bool = False, overwrite: bool = False,
-          norm_stats: Path | None = None, tokenizer: Path | None = None, wandb: bool = False,
-          quiet: bool = False) -> Any:
-    """Run ``pi0 train``: every check first (one clear error each), then the training loop."""
-    from pi0cli.data.lerobot import LeRobotFrames
+    ``warn(message)`` receives doubts that do not stop the run (norm stats for another horizon);
+    ``on_start(first_step)`` is called once the run is about to start (after a resume, past step 0);
+    ``on_step`` as in :func:`pi0cli.training.trainer.run`.
+    """
+    from pi0cli.checkpoint import TOKENIZER_FILENAME, checkpoint_config
+    from pi0cli.data.lerobot import LeRobotFrames, check_dataset_fits
     from pi0cli.data.loader import DataLoader, Shard
     from pi0cli.pipeline import Pipeline
-    from pi0cli.plugins.manager import get_registry
-    from pi0cli.policy.loading import FORMAT, config_to_dict
     from pi0cli.training import trainer
     from pi0cli.training.checkpoints import Assets, wipe
     from pi0cli.training.weights import load_initial_weights
 
-    embodiment = get_registry().embodiment(config.embodiment)
+    if embodiment.name != config.embodiment:
+        raise Pi0Error(f"config {config.name!r} trains embodiment {config.embodiment!r}, not {embodiment.name!r}")
     if not config.dataset:
         raise Pi0Error(f"preset {config.name!r} names no dataset: pass --dataset ROOT_OR_REPO_ID")
     exp_dir = Path(exp_dir).absolute()
     check_experiment_dir(exp_dir, resume=resume, overwrite=overwrite)
-    stats = find_norm_stats(config, embodiment.asset_id, norm_stats)
+    stats = find_norm_stats(config, embodiment.asset_id, norm_stats, warn=warn)
     frames = LeRobotFrames(config.dataset, action_key=embodiment.action_key, action_horizon=config.model.action_horizon)
-    _check_pairing(embodiment, frames, config.dataset)
+    if frames.info is not None:
+        check_dataset_fits(embodiment, frames.info, config.dataset)
     tok, tokenizer_bytes = _tokenizer(config, tokenizer, frames)
     pipeline = Pipeline.create(embodiment, config.model, stats, tokenizer=tok,
                                delta_action_mask=config.delta_action_mask, default_prompt=config.default_prompt)
@@ -269,32 +240,26 @@ def train(config: TrainConfig, *, exp_dir: Path, resume: bool = False, overwrite
     loader = DataLoader(frames, pipeline.training_inputs(), batch_size=config.batch_size, seed=config.seed,
                         shard=Shard.from_jax(), num_workers=config.num_workers)
     delta = None if config.delta_action_mask is None else list(config.delta_action_mask)
+    saved = checkpoint_config(
+        model_config=config.model, embodiment=embodiment.name, asset_id=embodiment.asset_id,
+        default_prompt=pipeline.default_prompt, delta_action_mask="embodiment" if delta is None else delta,
+        metadata=dict(config.policy_metadata) or dict(embodiment.metadata))
     assets = Assets(
         norm_stats={embodiment.asset_id: stats},
-        config={
-            "format": FORMAT, "model": config_to_dict(config.model), "embodiment": embodiment.name,
-            "asset_id": embodiment.asset_id, "default_prompt": pipeline.default_prompt,
-            "delta_action_mask": "embodiment" if delta is None else delta,
-            "metadata": dict(config.policy_metadata) or dict(embodiment.metadata),
-            "train_config": config_as_dict(config), "dataset": str(config.dataset),
-        },
-        files={"tokenizer.model": tokenizer_bytes} if tokenizer_bytes else {},
+        config=saved | {"train_config": config_as_dict(config), "dataset": str(config.dataset),
+                         "dataset_root": str(frames.root)},
+        files={TOKENIZER_FILENAME: tokenizer_bytes} if tokenizer_bytes else {},
     )
     exp_dir.mkdir(parents=True, exist_ok=True)
-    log_wandb = _wandb_logger(config, exp_dir, wandb)
+    callbacks = [c for c in (on_step, _wandb_logger(config, exp_dir, wandb)) if c is not None]
     init = None if resume or not config.init_from else (lambda model: load_initial_weights(model, config.init_from))
     start = max((int(p.name) for p in exp_dir.iterdir() if p.name.isdigit()), default=0) if resume else 0
 
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        if progress is not None:
-            progress.update(step, metrics)
-        if log_wandb is not None:
-            log_wandb(step, metrics)
+    def report(step: int, metrics: dict[str, float]) -> None:
+        for callback in callbacks:
+            callback(step, metrics)
 
-    progress = None if quiet else _Progress(config.num_train_steps, start, config.name)
-    if progress is None:
-        return trainer.run(config, exp_dir=exp_dir, batches=loader.batches, assets=assets, init_params=init,
-                           resume=resume, on_step=on_step)
-    with progress:
-        return trainer.run(config, exp_dir=exp_dir, batches=loader.batches, assets=assets, init_params=init,
-                           resume=resume, on_step=on_step)
+    if on_start is not None:
+        on_start(start)
+    return trainer.run(config, exp_dir=exp_dir, batches=loader.batches, assets=assets, init_params=init,
+                       resume=resume, on_step=report if callbacks else None)

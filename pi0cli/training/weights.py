@@ -37,7 +37,7 @@ def params_dir(path: Path) -> Path:
 
 def read_checkpoint_params(path: Path) -> dict[str, Any]:
     """The reference-named parameter tree of a pi0 or openpi checkpoint, flat, as numpy arrays."""
-    from pi0cli.policy.loading import read_params
+    from pi0cli.checkpoint import read_params
 
     return {k: np.asarray(v) for k, v in flatten(read_params(params_dir(path))).items()}
 

@@ -17,9 +17,9 @@ pytest.importorskip("jax")
 
 from plugin_helpers import run_pi0  # noqa: E402
 from pi0cli.convert import checkpoints as ck  # noqa: E402
-from pi0cli.convert.aloha_hdf5 import ConversionError  # noqa: E402
+from pi0cli.errors import ConversionError  # noqa: E402
 from pi0cli.plugins.manager import load_registry  # noqa: E402
-from pi0cli.policy.loading import make_tiny_checkpoint, tiny_model_config  # noqa: E402
+from pi0cli.testing import make_tiny_checkpoint, tiny_model_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,7 +104,7 @@ def _paligemma_npz(path: Path, config, seed: int = 7, drop: str | None = None, r
     """A big_vision-layout .npz holding exactly the VLM backbone of ``config`` (random values)."""
     from pi0cli.convert.checkpoints import _expert_key
     from pi0cli.models.params import flatten
-    from pi0cli.policy.loading import random_params
+    from pi0cli.testing import random_params
 
     rng = np.random.default_rng(seed)
     flat = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in flatten(random_params(config)).items()

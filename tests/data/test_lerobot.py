@@ -83,3 +83,29 @@ def test_not_a_dataset_and_old_format(datasets, tmp_path):
         LeRobotFrames(old, action_key="actions")
     with pytest.raises(DatasetError, match="no action column 'action'"):
         LeRobotFrames(datasets["ur5"], action_key="action")
+
+
+def test_writing_a_dataset_leaves_the_environment_alone(tmp_path, monkeypatch):
+    """A dataset write once set HF_HUB_OFFLINE=1 for the whole process: every later download failed."""
+    import os
+
+    from pi0cli.data.synthetic import write_synthetic_dataset
+    from pi0cli.downloads import offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("PI0_OFFLINE", raising=False)
+    def ours() -> dict[str, str]:  # torch and pygame set their own variables on import
+        return {k: v for k, v in os.environ.items() if k.startswith(("HF_", "PI0_"))}
+
+    before = ours()
+    write_synthetic_dataset(tmp_path / "ds", embodiment("ur5"), episodes=1, frames=3)
+    assert ours() == before and not offline()
+
+
+def test_a_dataset_for_another_robot_fails_naming_the_columns(datasets):
+    from pi0cli.data.lerobot import check_dataset_fits, read_info
+
+    info = read_info(datasets["ur5"])
+    check_dataset_fits(embodiment("ur5"), info, "ur5")
+    with pytest.raises(DatasetError, match="has no column .*'joint_position'.*dataset_keys"):
+        check_dataset_fits(embodiment("droid"), info, "ur5")

@@ -134,7 +134,7 @@ def test_cli_nan_or_inf_names_column_and_episode(pi0_exe, datasets, tmp_path, va
 
 def test_dims_that_disagree_with_the_contract(datasets):
     emb = dataclasses.replace(embodiment("ur5"), action_dim=8)
-    with pytest.raises(DatasetError, match=r"column 'actions' of .* has shape \[7\] but embodiment 'ur5' expects \[8\]"):
+    with pytest.raises(DatasetError, match=r"column 'actions' of .* has 7 dims but embodiment 'ur5' expects 8"):
         load_columns(emb, datasets["ur5"])
 
 

@@ -31,6 +31,6 @@ def fake_server(aloha_sim) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, aloha_sim):
     """A random-weight tiny pi0 checkpoint for ALOHA sim (action_dim 32, horizon 10)."""
-    from pi0cli.policy.loading import make_tiny_checkpoint
+    from pi0cli.testing import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_aloha_sim", aloha_sim)

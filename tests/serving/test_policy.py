@@ -11,12 +11,13 @@ from serving_helpers import sim_obs
 
 from pi0cli.errors import ObservationError
 from pi0cli.normstats import load_norm_stats
-from pi0cli.policy.loading import CheckpointError, config_from_dict, load_policy, save_policy_checkpoint
+from pi0cli.checkpoint import CheckpointError, config_from_dict, save_policy_checkpoint
+from pi0cli.policy import load_policy
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_checkpoint):
-    policy = load_policy(tiny_checkpoint, batch_sizes=(1, 2))
+def policy(tiny_checkpoint, aloha_sim):
+    policy = load_policy(tiny_checkpoint, embodiment=aloha_sim, batch_sizes=(1, 2))
     policy.warmup()
     return policy
 
@@ -50,10 +51,10 @@ def test_infer_batch_pads_and_splits_and_isolates_failures(policy):
         policy.infer_batch(observations)
 
 
-def test_warmup_consumes_no_noise(tiny_checkpoint):
+def test_warmup_consumes_no_noise(tiny_checkpoint, aloha_sim):
     """A warmed-up (served) policy and a cold in-process one draw the same noise for the same request sequence."""
-    cold = load_policy(tiny_checkpoint, batch_sizes=(1,))
-    warm = load_policy(tiny_checkpoint, batch_sizes=(1, 2))
+    cold = load_policy(tiny_checkpoint, embodiment=aloha_sim, batch_sizes=(1,))
+    warm = load_policy(tiny_checkpoint, embodiment=aloha_sim, batch_sizes=(1, 2))
     warm.warmup()
     first = [cold.infer(sim_obs(5))["actions"], warm.infer(sim_obs(5))["actions"]]
     np.testing.assert_array_equal(*first)

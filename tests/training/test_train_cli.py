@@ -54,12 +54,13 @@ def test_tiny_preset_trains_on_a_lerobot_dataset_and_loads_back(workdir):
     assert config["embodiment"] == "aloha_sim" and config["model"]["action_horizon"] == 10
 
     # The checkpoint loads back into a policy that acts for the robot.
-    from pi0cli.policy.loading import load_policy
-
-    policy = load_policy(step)
     from pi0cli.plugins.manager import load_registry
+    from pi0cli.policy import load_policy
+    from pi0cli.policy.load import checkpoint_embodiment
 
-    obs = load_registry({}).embodiment("aloha_sim").example_observation(0)
+    aloha_sim = load_registry({}).embodiment(checkpoint_embodiment(step))
+    policy = load_policy(step, embodiment=aloha_sim)
+    obs = aloha_sim.example_observation(0)
     actions = policy.infer(obs)["actions"]
     assert actions.shape == (10, 14) and np.isfinite(actions).all()
 

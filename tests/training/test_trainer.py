@@ -6,11 +6,11 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from conftest import fake_batches, tiny_config
 from flax import nnx
 
+from pi0cli.checkpoint import read_params
 from pi0cli.models.config import preset
 from pi0cli.models.params import export_flat, flatten, import_params
 from pi0cli.models.pi0 import Pi0
@@ -23,7 +23,7 @@ ASSETS = Assets({"toy": {"state": NormStats(mean=[0.0], std=[1.0]), "actions": N
 
 
 def _params(step_dir):
-    return flatten(ocp.PyTreeCheckpointer().restore(step_dir / "params")["params"])
+    return flatten(read_params(step_dir / "params"))
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_loss_falls_and_the_checkpoint_loads_back(tmp_path):
     assets = read_assets(step / "assets")
     assert assets.config == {"model": "pi0_tiny"} and set(assets.norm_stats) == {"toy"}
     model = Pi0(config.model, nnx.Rngs(123))
-    import_params(model, ocp.PyTreeCheckpointer().restore(step / "params")["params"])
+    import_params(model, read_params(step / "params"))
     loaded = export_flat(model)
     saved = _params(step)
     assert all(np.array_equal(np.asarray(loaded[k]), np.asarray(saved[k])) for k in saved)

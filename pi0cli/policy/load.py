@@ -1,0 +1,125 @@
+"""Loading a :class:`~pi0cli.policy.Policy` from a pi0 or reference checkpoint directory (the layout is in
+:mod:`pi0cli.checkpoint`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pi0cli.checkpoint import (
+    CONFIG_FILENAME,
+    FORMAT,
+    CheckpointError,
+    model_config_of,
+    read_checkpoint_config,
+    read_params,
+    read_tokenizer,
+)
+from pi0cli.normstats import NormStats, load_norm_stats
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.models.config import Pi0Config
+    from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.policy.policy import Policy
+
+
+def load_policy(
+    directory: str | os.PathLike[str],
+    *,
+    embodiment: Embodiment,
+    model: str | Pi0Config | None = None,
+    default_prompt: str | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    num_steps: int = 10,
+    seed: int = 0,
+    asset_id: str | None = None,
+) -> Policy:
+    """Load a policy for ``embodiment`` from a checkpoint directory.
+
+    ``model``: a model preset name or ``Pi0Config``; required for reference checkpoints (no pi0_config.json),
+    otherwise it replaces the checkpoint's. The CLI resolves the embodiment's name (``checkpoint_embodiment``
+    reads the one the checkpoint was trained for).
+    """
+    from pi0cli.models.params import build_model
+    from pi0cli.policy.policy import Policy, make_transforms
+
+    directory = Path(directory).expanduser()
+    params_dir = _params_dir(directory)
+    saved = read_checkpoint_config(directory) or {}
+    model_config = model_config_of(saved, model)
+    if model_config is None:
+        raise CheckpointError(
+            f"{directory} has no {CONFIG_FILENAME} (a reference openpi checkpoint?); name its model with "
+            "--model (pi0 or pi05, or another preset)"
+        )
+    norm_stats = _norm_stats(directory, asset_id or saved.get("asset_id") or embodiment.asset_id, asset_id is None)
+
+    params = read_params(params_dir)
+    if model_config.dtype == "bfloat16" and model_config.param_dtype == "float32":
+        model_config = dataclasses.replace(model_config, param_dtype="bfloat16")  # inference: bf16 weights
+    module = build_model(model_config, params)
+    del params
+
+    prompt = default_prompt if default_prompt is not None else saved.get("default_prompt")
+    mask = saved.get("delta_action_mask", "embodiment")
+    if saved.get("format") != FORMAT and mask is None:  # a training config: None means the embodiment's mask
+        mask = "embodiment"
+    tok = _tokenizer(directory, tokenizer, model_config.token_len)
+    inputs, outputs = make_transforms(embodiment, model_config, norm_stats, tokenizer=tok, default_prompt=prompt,
+                                      delta_action_mask=mask)
+    metadata = dict(embodiment.metadata) | dict(saved.get("metadata") or saved.get("policy_metadata") or {})
+    example = embodiment.example_observation
+    return Policy.from_model(
+        module, num_steps=num_steps, input_transform=inputs, output_transform=outputs, batch_sizes=batch_sizes,
+        seed=seed, metadata=metadata, example=lambda: {"prompt": "warm up", **example(0)},
+        description=f"{model_config.model_type} ({model_config.paligemma_variant}) for {embodiment.name} from {directory}",
+    )
+
+
+def checkpoint_embodiment(directory: str | os.PathLike[str]) -> str:
+    """The name of the robot a checkpoint was trained for (what ``--embodiment`` defaults to)."""
+    directory = Path(directory).expanduser()
+    _params_dir(directory)
+    name = (read_checkpoint_config(directory) or {}).get("embodiment")
+    if not name:
+        raise CheckpointError(f"{directory} does not say which robot it drives; pass --embodiment")
+    return str(name)
+
+
+def _params_dir(directory: Path) -> Path:
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} does not exist or is not a directory")
+    params_dir = directory / "params"
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{directory} has no params/ directory; point --checkpoint at a checkpoint step "
+                              "(the directory holding params/ and assets/)")
+    return params_dir
+
+
+def _norm_stats(directory: Path, wanted: str, fall_back: bool) -> dict[str, NormStats]:
+    """The norm stats of asset ``wanted``; with ``fall_back``, the only asset the checkpoint has instead."""
+    assets = directory / "assets"
+    stats_file = assets / wanted / "norm_stats.json"
+    if not stats_file.is_file():
+        found = sorted(str(p.parent.relative_to(assets)) for p in assets.rglob("norm_stats.json")) if assets.is_dir() else []
+        if len(found) == 1 and fall_back:
+            stats_file = assets / found[0] / "norm_stats.json"
+        else:
+            raise CheckpointError(f"no norm stats for asset {wanted!r} at {stats_file}"
+                                  + (f"; the checkpoint has {found}" if found else "")
+                                  + "; compute them with `pi0 norm-stats` and copy them there")
+    return load_norm_stats(stats_file)
+
+
+def _tokenizer(directory: Path, explicit: str | os.PathLike[str] | None, max_len: int) -> PaligemmaTokenizer:
+    from pi0cli.models.tokenizer import PaligemmaTokenizer
+
+    if explicit is not None:
+        return PaligemmaTokenizer(max_len, model=explicit)
+    own = read_tokenizer(directory)
+    return PaligemmaTokenizer(max_len, model=own) if own is not None else PaligemmaTokenizer(max_len)
