@@ -46,6 +46,15 @@ def evaluate(
     connect_timeout: Annotated[float, typer.Option(
         "--connect-timeout", min=0, metavar="SECONDS",
         help="With a served policy: how long to wait for the server to answer.")] = 30.0,
+    execution: Annotated[str | None, typer.Option(
+        "--execution", metavar="sync|naive|ensemble|rtc",
+        help="Execute chunks under simulated inference latency (--latency-ms): sync pauses the simulator while "
+             "the policy thinks; naive switches to a chunk when it arrives; ensemble averages overlapping chunks; "
+             "rtc is real-time chunking. The report adds boundary jumps and jerk. Default: the plain chunk broker.")
+    ] = None,
+    latency_ms: Annotated[float, typer.Option(
+        "--latency-ms", min=0, metavar="MS", help="With --execution: the policy's simulated inference latency; the "
+                                                  "simulator keeps stepping meanwhile (deterministic).")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
@@ -57,6 +66,11 @@ def evaluate(
         raise typer.BadParameter("name the simulated embodiment (e.g. aloha_sim), or pass --dataset",
                                  param_hint="EMBODIMENT")
     episodes = 10 if episodes is None else episodes
+    if latency_ms and execution is None:
+        raise typer.BadParameter("--latency-ms needs --execution sync|naive|ensemble|rtc", param_hint="--latency-ms")
+    from pi0cli.evaluation.realtime import Execution
+
+    setting = None if execution is None else Execution(execution, latency_ms)
     from pi0cli.cli.sim_common import open_policy, simulated, task_of
     from pi0cli.evaluation.closed_loop import EpisodeResult
     from pi0cli.evaluation.closed_loop import evaluate as run
@@ -72,7 +86,8 @@ def evaluate(
 
     report = run(simulator, emb, sim_task.name, list(range(seed, seed + episodes)), policy,
                  open_loop_steps=open_loop_steps or emb.open_loop_steps, out=out,
-                 provenance={"embodiment": emb.name, **provenance}, videos=videos, on_episode=show, shadows=shadows)
+                 provenance={"embodiment": emb.name, **provenance}, videos=videos, on_episode=show, shadows=shadows,
+                 execution=setting)
     if as_json:
         console.out.print_json(json.dumps(report, default=str))
         return
@@ -80,11 +95,18 @@ def evaluate(
     console.out.print(f"success rate {report['success_rate']:.0%} ({report['successes']}/{report['episodes']}), "
                       f"95% CI {low:.0%}-{high:.0%}; mean return {report['mean_return']:.1f}"
                       + (f"; report {Path(out) / 'report.json'}" if out else ""))
+    if setting is not None:
+        console.out.print(f"{setting.strategy} at {setting.latency_ms:g} ms: boundary jump mean "
+                          f"{report['mean_boundary_jump']:.3g} (max {report['max_boundary_jump']:.3g}), mean step "
+                          f"{report['mean_step']:.3g}, jerk {report['mean_jerk']:.3g}; "
+                          f"{report['mean_simulated_seconds']:.1f} simulated s per episode")
 
 
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,
              episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool,
              model: str | None = None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
     from pi0cli.errors import Pi0Error
@@ -114,12 +136,15 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
         policy = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8))
     horizon = len(policy.infer(emb.example_observation(0))["actions"])
     frames = open_frames(dataset, emb, horizon, chosen)
-    with console.Progress("offline eval", unit="frames") as progress:
+    progress = Progress(TextColumn("[bold]offline eval"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                        TimeRemainingColumn(), console=console.err)
+    with progress:
+        task = progress.add_task("offline", total=None)
         report = evaluate_offline(
             frames, policy, emb, stride=stride, out=out,
             provenance={"checkpoint": str(Path(checkpoint).absolute()), "dataset": str(root), "embodiment": emb.name,
                         "episodes": chosen, "config": saved},
-            on_progress=lambda done, total: progress.update(done, total=total))
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     if as_json:
         console.out.print_json(json.dumps(report, default=str))
         return

@@ -22,6 +22,7 @@ from pi0cli.transforms import lookup, to_uint8_hwc
 if TYPE_CHECKING:
     from pi0cli.client.policy import BasePolicy
     from pi0cli.embodiment import Embodiment
+    from pi0cli.evaluation.realtime import Execution
     from pi0cli.simulator import Simulator
 
 REPORT_FILENAME = "report.json"
@@ -112,16 +113,31 @@ def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
     return versions
 
 
+def _execution_summary(results: Sequence[EpisodeResult], execution: Execution, open_loop_steps: int) -> dict[str, Any]:
+    from pi0cli.evaluation.realtime import summary
+
+    return summary(results, execution, open_loop_steps)
+
+
 def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Sequence[int], policy: BasePolicy, *,
              open_loop_steps: int, out: Path | None, provenance: dict[str, Any], videos: bool = True,
-             on_episode: Callable[[EpisodeResult], None] | None = None, shadows: bool = False) -> dict[str, Any]:
-    """Run every seed of ``task`` in ``simulator`` and return (and write to ``out/report.json``) the report."""
+             on_episode: Callable[[EpisodeResult], None] | None = None, shadows: bool = False,
+             execution: Execution | None = None) -> dict[str, Any]:
+    """Run every seed of ``task`` in ``simulator`` and return (and write to ``out/report.json``) the report.
+    ``execution``: simulated inference latency and an execution strategy (:mod:`pi0cli.evaluation.realtime`)
+    instead of the chunk broker; the report then adds smoothness."""
     out = None if out is None else Path(out).absolute()
     results = []
     for seed in seeds:
         video = out / "videos" / f"episode_{seed:05d}.mp4" if (out is not None and videos) else None
-        result = run_episode(simulator, embodiment, task, seed, policy, open_loop_steps=open_loop_steps,
-                             video=video, shadows=shadows)
+        if execution is None:
+            result = run_episode(simulator, embodiment, task, seed, policy, open_loop_steps=open_loop_steps,
+                                 video=video, shadows=shadows)
+        else:
+            from pi0cli.evaluation.realtime import run_realtime_episode
+
+            result = run_realtime_episode(simulator, embodiment, task, seed, policy, execution,
+                                          open_loop_steps=open_loop_steps, video=video, shadows=shadows)
         results.append(result)
         if on_episode is not None:
             on_episode(result)
@@ -136,6 +152,7 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
         "mean_return": float(np.mean([r.episode_return for r in results])) if results else 0.0,
         "open_loop_steps": open_loop_steps,
         "render": {"shadows": shadows},
+        **({} if execution is None else _execution_summary(results, execution, open_loop_steps)),
         "per_episode": [dataclasses.asdict(r) for r in results],
         "provenance": {**provenance, "simulator": simulator.name, "seeds": list(seeds),
                        "packages": package_versions(simulator.packages),

@@ -1,0 +1,136 @@
+"""Closed-loop episodes with inference latency: the simulator keeps stepping while the policy "thinks".
+
+The policy's reply to a request made at control step ``k`` is released ``latency_ms`` later on a simulated
+clock (:class:`~pi0cli.client.realtime.SimulatedLatency`), so a run is deterministic and independent of how
+fast this machine computes; :class:`~pi0cli.client.realtime.RealtimeAgent` decides what the robot does
+meanwhile (``sync`` pauses the simulator, ``naive``, ``ensemble`` and ``rtc`` keep executing). Each episode
+adds smoothness to the usual result: the largest and mean action jump ``||a_k - a_{k-1}||`` at the steps a
+new chunk took over, the mean step ``||a_k - a_{k-1}||`` over the episode for scale, and the mean jerk
+``||a_{k+3} - 3 a_{k+2} + 3 a_{k+1} - a_k||`` (robot units per step^3), plus the episode's simulated
+duration (sync's pauses included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pi0cli.client.clock import SimulatedClock
+from pi0cli.client.realtime import STRATEGIES, RealtimeAgent, RealtimeError, SimulatedLatency
+from pi0cli.evaluation.closed_loop import EpisodeResult, write_video
+from pi0cli.transforms import lookup, to_uint8_hwc
+
+if TYPE_CHECKING:
+    from pi0cli.client.policy import BasePolicy
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.simulator import Simulator
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How chunks are executed: a strategy of :data:`~pi0cli.client.realtime.STRATEGIES`, the simulated
+    inference latency, and the execution horizon (``None``: the evaluation's open-loop steps)."""
+
+    strategy: str
+    latency_ms: float = 0.0
+    execution_horizon: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise RealtimeError(f"unknown execution strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if not self.latency_ms >= 0:
+            raise RealtimeError(f"--latency-ms must not be negative, got {self.latency_ms}")
+        if self.execution_horizon is not None and self.execution_horizon < 1:
+            raise RealtimeError(f"the execution horizon must be at least 1, got {self.execution_horizon}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RealtimeEpisodeResult(EpisodeResult):
+    strategy: str
+    latency_ms: float
+    max_boundary_jump: float
+    mean_boundary_jump: float
+    mean_step: float
+    mean_jerk: float
+    chunk_switches: int
+    starved_steps: int
+    simulated_seconds: float
+
+
+def smoothness(actions: np.ndarray, switch_steps: Sequence[int]) -> dict[str, float]:
+    """Boundary jumps at ``switch_steps`` (the first step has none), mean step and mean jerk of ``actions [T, D]``."""
+    actions = np.asarray(actions, dtype=np.float64)
+    steps = np.linalg.norm(np.diff(actions, axis=0), axis=-1) if len(actions) > 1 else np.zeros(0)
+    jumps = [float(steps[k - 1]) for k in switch_steps if 0 < k < len(actions)]
+    jerk = np.linalg.norm(np.diff(actions, n=3, axis=0), axis=-1) if len(actions) > 3 else np.zeros(0)
+    return {
+        "max_boundary_jump": max(jumps, default=0.0),
+        "mean_boundary_jump": float(np.mean(jumps)) if jumps else 0.0,
+        "mean_step": float(steps.mean()) if steps.size else 0.0,
+        "mean_jerk": float(jerk.mean()) if jerk.size else 0.0,
+    }
+
+
+def run_realtime_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, policy: BasePolicy,
+                         execution: Execution, *, open_loop_steps: int, video: Path | None = None,
+                         shadows: bool = False, max_steps: int | None = None) -> RealtimeEpisodeResult:
+    """One closed-loop episode at the embodiment's control rate with ``execution``'s strategy and latency."""
+    clock = SimulatedClock()
+    period = 1.0 / embodiment.control_hz
+    agent = RealtimeAgent(SimulatedLatency(policy, clock, execution.latency_ms / 1000.0), strategy=execution.strategy,
+                          execution_horizon=execution.execution_horizon or open_loop_steps,
+                          control_hz=embodiment.control_hz)
+    video_key = simulator.video_key or (embodiment.cameras[0].key if embodiment.cameras else None)
+    frames: list[np.ndarray] = []
+    executed: list[np.ndarray] = []
+    total, best, steps, success = 0.0, 0.0, 0, False
+    digest = hashlib.sha256()
+
+    def act(obs: dict[str, Any]) -> np.ndarray:
+        action = np.asarray(agent.get_action(obs)["actions"], dtype=np.float32)
+        digest.update(np.ascontiguousarray(action).tobytes())
+        executed.append(action)
+        clock.advance(period)  # the simulator steps once per control period
+        return action
+
+    start = time.perf_counter()
+    for frame in simulator.rollout(task, seed, act, shadows=shadows, max_steps=max_steps):
+        total += frame["reward"]
+        best = max(best, frame["reward"])
+        steps += 1
+        success = success or frame["success"]
+        if video is not None and video_key is not None:
+            frames.append(to_uint8_hwc(lookup(frame["observation"], video_key)))
+    if video is not None and frames:
+        write_video(video, frames, embodiment.control_hz)
+    smooth = smoothness(np.stack(executed) if executed else np.zeros((0, 1)), [s.tick for s in agent.switches])
+    return RealtimeEpisodeResult(
+        seed, success, total, best, steps, time.perf_counter() - start,
+        str(video) if video is not None and frames else None, digest.hexdigest(),
+        strategy=execution.strategy, latency_ms=execution.latency_ms, chunk_switches=len(agent.switches),
+        starved_steps=agent.starved_ticks, simulated_seconds=clock.now(), **smooth)
+
+
+def summary(results: Sequence[EpisodeResult], execution: Execution, open_loop_steps: int) -> dict[str, Any]:
+    """The report's execution entry: the setting and the smoothness over its episodes."""
+    realtime = [r for r in results if isinstance(r, RealtimeEpisodeResult)]
+
+    def mean(name: str) -> float:
+        return float(np.mean([getattr(r, name) for r in realtime])) if realtime else 0.0
+
+    return {
+        "execution": {"strategy": execution.strategy, "latency_ms": execution.latency_ms,
+                      "execution_horizon": execution.execution_horizon or open_loop_steps},
+        "max_boundary_jump": max((r.max_boundary_jump for r in realtime), default=0.0),
+        "mean_boundary_jump": mean("mean_boundary_jump"),
+        "mean_step": mean("mean_step"),
+        "mean_jerk": mean("mean_jerk"),
+        "mean_simulated_seconds": mean("simulated_seconds"),
+        "starved_steps": int(sum(r.starved_steps for r in realtime)),
+    }
