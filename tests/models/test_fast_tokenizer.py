@@ -291,3 +291,19 @@ def test_fit_from_dataset_blocks_reports_error_and_compression():
     assert select_evenly(10, 4).tolist() == [0, 3, 6, 9] and select_evenly(3, None).tolist() == [0, 1, 2]
     with pytest.raises(FastTokenizerError, match="no action chunks"):
         fit_from_blocks([np.zeros((0, H, D))], normalize=lambda a: a)
+
+
+def test_round_trip_on_recorded_chunks_is_within_the_quantization_bound(monkeypatch):
+    """Chunks of scripted ALOHA transfer-cube demonstrations (simulated, no rendering), quantile-normalised."""
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    scripted = pytest.importorskip("pi0_embodiment_aloha.sim.scripted")
+    episodes = [scripted.run_script("transfer_cube", seed)[0] for seed in range(3)]
+    chunks = np.concatenate([np.stack([ep[t : t + H] for t in range(0, len(ep) - H + 1, 2)]) for ep in episodes])
+    flat = chunks.reshape(-1, chunks.shape[-1])
+    q01, q99 = np.quantile(flat, 0.01, axis=0), np.quantile(flat, 0.99, axis=0)
+    normalized = (chunks - q01) / (q99 - q01 + 1e-6) * 2 - 1  # the reference's quantile normalisation
+    tok = FastActionTokenizer.fit(list(normalized), vocab_size=1024)
+    report = evaluate(tok, list(normalized))
+    assert report.decode_failures == 0
+    assert report.max_abs_error <= quantization_error_bound(H, tok.scale)
+    assert report.compression > 3  # smooth joint trajectories compress far better than random chunks
