@@ -129,7 +129,7 @@ def test_inference_round_trip_with_default_prompt(model_type, sp_model_bytes):
 def test_image_crop_cuts_non_wrist_cameras_before_the_resize(sp_model_bytes):
     from pi0cli.models.config import ModelConfigError
     from pi0cli.pipeline import ModelInputs
-    from pi0cli.policy.loading import config_from_dict, config_to_dict
+    from pi0cli.checkpoint import config_from_dict, config_to_dict
 
     image = np.zeros((100, 100, 3), np.uint8)
     image[40:60, 50:70] = 255  # a 20x20 square: the whole (0.4, 0.5, 0.2, 0.2) window
