@@ -16,12 +16,15 @@ A rollout or a scripted demonstration is an iterator of :class:`Frame` dicts, on
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NotRequired, Protocol, TypedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 import numpy as np
 
-from pi0cli.errors import Pi0Error, UnknownNameError
+from pi0cli.errors import ObservationError, Pi0Error, UnknownNameError
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
 
 
 class Frame(TypedDict):
@@ -48,6 +51,10 @@ class Episode:
 
 class ScriptFailed(Pi0Error):
     """Scripted demonstrations did not succeed often enough (the message says how many did)."""
+
+
+class SimulatorError(Pi0Error):
+    """A simulator yielded something that breaks the :class:`Frame` contract or its embodiment's."""
 
 
 #: A policy as a rollout sees it: an observation in, one action (the robot's units) out.
@@ -126,4 +133,32 @@ class Simulator:
         raise UnknownNameError(f"{self.name} task", spelling, self.task_names)
 
 
-__all__ = ["Act", "Episode", "Frame", "Rollout", "ScriptFailed", "ScriptedEpisodes", "SimTask", "Simulator"]
+def check_frame(simulator: Simulator, embodiment: Embodiment, frame: Mapping[str, Any]) -> None:
+    """Raise :class:`SimulatorError` naming the simulator when ``frame`` is not a :class:`Frame` whose
+    observation the embodiment accepts and whose action has the embodiment's dims."""
+    where = f"simulator {simulator.name!r}"
+    missing = [key for key in ("observation", "action", "reward", "success", "index") if key not in frame]
+    if missing:
+        raise SimulatorError(f"{where} yielded a frame without {', '.join(missing)}; see pi0cli.simulator.Frame")
+    try:
+        embodiment.validate_observation(frame["observation"])
+    except ObservationError as exc:
+        raise SimulatorError(f"{where} yields observations that embodiment {embodiment.name!r} rejects: "
+                             f"{exc}") from None
+    action = np.asarray(frame["action"])
+    if action.shape != (embodiment.action_dim,):
+        raise SimulatorError(f"{where} yielded an action of shape {action.shape}; {embodiment.name} takes "
+                             f"({embodiment.action_dim},)")
+
+
+def checked(frames: Iterable[Frame], simulator: Simulator, embodiment: Embodiment) -> Iterator[Frame]:
+    """``frames`` unchanged, the first one checked with :func:`check_frame` (a plugin's mistake then surfaces
+    as one clear error before anything is written)."""
+    for index, frame in enumerate(frames):
+        if index == 0:
+            check_frame(simulator, embodiment, frame)
+        yield frame
+
+
+__all__ = ["Act", "Episode", "Frame", "Rollout", "ScriptFailed", "ScriptedEpisodes", "SimTask", "Simulator",
+           "SimulatorError", "check_frame", "checked"]

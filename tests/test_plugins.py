@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import types
 
+import numpy as np
 import pytest
 from plugin_helpers import fake_distribution, run_pi0, toy_plugin_source
 
@@ -248,3 +249,18 @@ def test_pi0_record_writes_a_third_party_simulators_scripted_episodes(tmp_path):
     assert result.returncode == 0, result.stderr
     info = json.loads((tmp_path / "demos" / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 2 and info["total_frames"] == 6 and info["robot_type"] == "toy"
+
+
+def test_a_simulators_first_frame_is_checked_against_its_embodiment():
+    from pi0cli.simulator import SimulatorError, checked
+
+    registry = registry_from(_module("toy", SIM_PLUGIN))
+    simulator, toy = registry.simulator("toysim"), registry.embodiment("toy")
+    good = list(checked(simulator.rollout("push", 0, lambda obs: np.zeros(4)), simulator, toy))
+    assert len(good) == 3
+    bad_action = checked(simulator.rollout("push", 0, lambda obs: np.zeros(5)), simulator, toy)
+    with pytest.raises(SimulatorError, match=r"simulator 'toysim' yielded an action of shape \(5,\); toy takes \(4,\)"):
+        next(bad_action)
+    no_joints = ({**frame, "observation": {"front": frame["observation"]["front"]}} for frame in good)
+    with pytest.raises(SimulatorError, match="observations that embodiment 'toy' rejects: .*'joints'"):
+        next(checked(no_joints, simulator, toy))

@@ -42,11 +42,10 @@ def record(
 
     Ctrl-C keeps every episode completed so far; the dataset is never left half-written.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from pi0cli.cli.sim_common import open_policy, simulated, task_of
     from pi0cli.data.writer import DatasetWriter, embodiment_features, frame_from_observation
     from pi0cli.errors import Pi0Error
+    from pi0cli.simulator import checked
 
     emb, simulator = simulated(embodiment)
     sim_task = task_of(simulator, task)
@@ -59,7 +58,13 @@ def record(
         if scripted_episodes is None:
             raise Pi0Error(f"simulator {simulator.name!r} ({emb.name}) has no scripted demonstrations; record "
                            "rollouts of a policy with --checkpoint DIR or --policy ws://HOST:PORT")
-        source = (ep.frames for ep in scripted_episodes(sim_task.name, episodes, start_seed=seed, shadows=shadows))
+        def demonstrations() -> Iterator[Iterator[Frame]]:
+            for ep in scripted_episodes(sim_task.name, episodes, start_seed=seed, shadows=shadows):
+                succeeded.append(ep.seed)  # failed seeds are skipped: attempts run from seed to the last one
+                yield checked(ep.frames, simulator, emb)
+
+        succeeded: list[int] = []
+        source = demonstrations()
     else:
         from pi0cli.client.broker import ActionChunkBroker
 
@@ -70,17 +75,19 @@ def record(
             for s in range(seed, seed + episodes):
                 broker = ActionChunkBroker(policy, action_horizon=emb.open_loop_steps)
                 act = lambda obs, broker=broker: broker.infer(obs)["actions"]  # noqa: E731
-                yield simulator.rollout(sim_task.name, s, act, shadows=shadows)
+                yield checked(simulator.rollout(sim_task.name, s, act, shadows=shadows), simulator, emb)
 
         source = rollouts()
-    progress = Progress(TextColumn("[bold]recording"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"),
-                        TimeElapsedColumn(), console=console.err)
-    with progress, DatasetWriter(out, fps=emb.control_hz, features=embodiment_features(emb), robot_type=emb.name,
-                                 overwrite=overwrite) as writer:
-        job = progress.add_task("record", total=episodes)
+    writer = DatasetWriter(out, fps=emb.control_hz, features=embodiment_features(emb), robot_type=emb.name,
+                           overwrite=overwrite)
+    with console.Progress("recording", episodes, unit="episodes") as progress, writer:
         for frames in source:
             for frame in frames:
                 writer.add_frame(frame_from_observation(emb, frame["observation"], frame["action"]), prompt)
             writer.save_episode()
-            progress.advance(job)
+            progress.advance()
     console.out.print(f"wrote {writer.episodes} episodes to {Path(out).absolute()}")
+    if scripted and succeeded:
+        attempts = succeeded[-1] - seed + 1
+        console.out.print(f"scripted demonstrations: {len(succeeded)} of {attempts} attempts succeeded (seeds "
+                          f"{seed}-{succeeded[-1]}; only successful ones are recorded)")

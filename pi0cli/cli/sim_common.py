@@ -74,8 +74,8 @@ def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | N
                           "(start it with `pi0 serve`)")
 
         try:
-            policy = WebsocketClientPolicy(uri, None, api_key=api_key, connect_timeout=connect_timeout,
+            client = WebsocketClientPolicy(uri, None, api_key=api_key, connect_timeout=connect_timeout,
                                            on_wait=waiting)
         except ServerUnreachableError as exc:
             raise Pi0Error(f"{exc}; or wait longer with --connect-timeout SECONDS") from None
-    return policy, {"server": server, "server_metadata": policy.get_server_metadata()}
+    return client, {"server": server, "server_metadata": client.get_server_metadata()}

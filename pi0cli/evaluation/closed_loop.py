@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pi0cli.simulator import checked
 from pi0cli.transforms import lookup, to_uint8_hwc
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def run_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: i
         return action
 
     start = time.perf_counter()
-    for frame in simulator.rollout(task, seed, act, shadows=shadows):
+    for frame in checked(simulator.rollout(task, seed, act, shadows=shadows), simulator, embodiment):
         total += frame["reward"]
         best = max(best, frame["reward"])
         steps += 1

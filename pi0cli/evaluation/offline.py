@@ -82,6 +82,10 @@ def evaluate_offline(
         raise OfflineEvalError("the selected episodes have no frames")
     per_episode: dict[int, dict[str, list]] = {}
     done = 0
+    # The trivial baseline a newcomer can trust: hold the current position (every action of the chunk = the
+    # state now). Meaningful where actions are absolute positions in the state's units (state dim == action dim).
+    hold = embodiment.state_dim == embodiment.action_dim
+    hold_error, hold_count = 0.0, 0.0
     for start in range(0, len(indices), batch_size):
         rows = [frames[i] for i in indices[start:start + batch_size]]
         observations = []
@@ -106,12 +110,19 @@ def evaluate_offline(
             ep["recorded"].append(recorded[:horizon])
             ep["predicted"].append(predicted[:horizon])
             ep["valid"].append(~pad)
+            if hold:
+                state = np.concatenate([np.asarray(row[embodiment.dataset_keys[f.key]], np.float64).reshape(f.dim)
+                                        for f in embodiment.state])
+                held = np.abs(recorded[:horizon] - state).mean(-1)
+                hold_error += float(held[~pad].sum())
+                hold_count += float((~pad).sum())
         done += len(rows)
         if on_progress is not None:
             on_progress(done, len(indices))
 
     report = _summarise(per_episode)
-    report.update(stride=stride, frames_compared=len(indices), provenance=dict(provenance or {}))
+    report.update(stride=stride, frames_compared=len(indices), provenance=dict(provenance or {}),
+                  hold_position_mae=hold_error / hold_count if hold and hold_count else None)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report["plots"] = [str(plot_episode(out / f"episode_{ep:04d}.png", ep, data, embodiment))
