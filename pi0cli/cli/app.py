@@ -76,11 +76,6 @@ def main(argv: list[str] | None = None) -> None:
     except Pi0Error as exc:
         if os.environ.get("PI0_DEBUG"):
             raise
-        console.err.print(f"[bold red]Error:[/bold red] {_escape(str(exc))}")
+        one_line = " ".join(str(exc).split())
+        console.err.print(f"[bold red]Error:[/bold red] {console.escape(one_line)}")
         sys.exit(1)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(" ".join(text.split()))
