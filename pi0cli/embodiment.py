@@ -96,7 +96,8 @@ class Embodiment:
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: turns a raw simulator/driver observation into this embodiment's observation (what a client sends).
     observation_adapter: Callable[[Data], Data] | None = None
-    #: name of the simulator this embodiment runs in, if any (e.g. ``"gym_aloha/transfer_cube"``).
+    #: name of the simulator this embodiment runs in, if any (e.g. ``"gym_aloha"``); informative only: ``pi0 record``
+    #: and ``pi0 eval`` use the :class:`~pi0cli.simulator.Simulator` a plugin registers for the embodiment.
     simulator: str | None = None
     #: makes an example observation from a numpy Generator; by default one is built from the declaration.
     example: Callable[[np.random.Generator], Data] | None = None
