@@ -105,8 +105,6 @@ def evaluate(
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,
              episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool,
              model: str | None = None) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
     from pi0cli.errors import Pi0Error
@@ -136,15 +134,12 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
         policy = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8))
     horizon = len(policy.infer(emb.example_observation(0))["actions"])
     frames = open_frames(dataset, emb, horizon, chosen)
-    progress = Progress(TextColumn("[bold]offline eval"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-                        TimeRemainingColumn(), console=console.err)
-    with progress:
-        task = progress.add_task("offline", total=None)
+    with console.Progress("offline eval", unit="frames") as progress:
         report = evaluate_offline(
             frames, policy, emb, stride=stride, out=out,
             provenance={"checkpoint": str(Path(checkpoint).absolute()), "dataset": str(root), "embodiment": emb.name,
                         "episodes": chosen, "config": saved},
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+            on_progress=lambda done, total: progress.update(done, total=total))
     if as_json:
         console.out.print_json(json.dumps(report, default=str))
         return
