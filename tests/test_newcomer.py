@@ -196,6 +196,7 @@ def test_offline_eval_warns_about_training_episodes(tmp_path, sim_dataset):
     result = _pi0_in(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert "are training episodes of this checkpoint" in result.stderr
+    assert "holding the current position instead: action MAE" in result.stdout
 
     config_file.write_text(json.dumps(config))  # trained elsewhere: no warning
     result = _pi0_in(tmp_path, *args)
@@ -228,3 +229,22 @@ def test_verbose_leaves_third_party_output_alone(monkeypatch):
     monkeypatch.delenv(noise.VERBOSE_ENV)
     noise.quiet_third_party("embodiments")
     assert os.environ["SVT_LOG"] == "1" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_offline_hold_position_baseline_is_the_error_of_holding(sim_dataset):
+    import numpy as np
+
+    from pi0cli.evaluation.offline import evaluate_offline, open_frames
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.transforms import lookup
+
+    emb = load_registry({}).embodiment("aloha_sim")
+
+    class Hold:
+        def infer_batch(self, observations):
+            return [{"actions": np.tile(np.concatenate([np.ravel(lookup(o, f.key)) for f in emb.state]), (10, 1))}
+                    for o in observations]
+
+    report = evaluate_offline(open_frames(str(sim_dataset), emb, 10, [0, 1]), Hold(), emb, stride=3)
+    assert report["hold_position_mae"] > 0
+    assert report["mae"] == pytest.approx(report["hold_position_mae"], rel=1e-6)

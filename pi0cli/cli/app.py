@@ -55,16 +55,22 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True,
                      help="Show the version of pi0 and of every plugin distribution, then exit."),
     ] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show what third-party libraries print (video encoder, progress bars).")] = False,
 ) -> None:
     """Train, serve, evaluate and record pi0-family robot policies on any robot.
 
     Robots are plugins: see [bold]pi0 embodiments list[/bold].
     """
+    from pi0cli.cli.noise import quiet_third_party
+
+    quiet_third_party(ctx.invoked_subcommand, verbose_output=verbose)
 
 
 def main(argv: list[str] | None = None) -> None:
