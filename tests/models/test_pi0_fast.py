@@ -327,3 +327,31 @@ def test_parity_entry_points_on_the_reduced_reference_config():
     assert tokens.shape == (2, 5) and tokens.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(
         source.sample_actions(jax.random.key(0), prompt_only, max_decoding_steps=5, temperature=0.0)))
+
+
+@pytest.mark.slow
+def test_checkpoint_round_trips_are_bit_exact(tmp_path):
+    """pi0 -> openpi -> pi0 layouts keep every FAST weight, the config and the FAST tokenizer files."""
+    from pi0cli.convert.checkpoints import Checkpoint, read_checkpoint, write_checkpoint
+
+    model = tiny()
+    params = {k: np.asarray(v) for k, v in export_flat(model).items()}
+    assets = tmp_path / "assets"
+    (assets / "aloha_sim" / "fast_tokenizer").mkdir(parents=True)
+    (assets / "aloha_sim" / "fast_tokenizer" / "processor_config.json").write_text('{"scale": 10}')
+    (assets / "aloha_sim" / "norm_stats.json").write_text('{"norm_stats": {}}')  # beside it, copied as is
+    ckpt = Checkpoint(params=params, model_config=model.config, source=tmp_path, format="pi0",
+                      embodiment="aloha_sim", asset_id="aloha_sim", assets_dir=assets)
+    first = write_checkpoint(ckpt, tmp_path / "pi0", "pi0")
+    openpi = write_checkpoint(read_checkpoint(first), tmp_path / "openpi", "openpi")
+    back = read_checkpoint(write_checkpoint(read_checkpoint(openpi), tmp_path / "back", "pi0"))
+    assert back.model_config == model.config and back.model_config.fast
+    assert set(back.params) == set(params)
+    for key, value in params.items():
+        assert back.params[key].dtype == value.dtype and np.array_equal(back.params[key], value), key
+    assert (tmp_path / "back" / "assets" / "aloha_sim" / "fast_tokenizer" / "processor_config.json").read_text() \
+        == '{"scale": 10}'
+    restored = Pi0FAST(back.model_config, nnx.Rngs(3))
+    import_params(restored, back.params)
+    obs = make_obs(model.config, [9], [4], seed=8)
+    np.testing.assert_array_equal(np.asarray(_token_logits(restored, obs)), np.asarray(_token_logits(model, obs)))
