@@ -1,0 +1,176 @@
+"""pi0-FAST benchmark: KV-cached decoding against uncached decoding, tokens per chunk, full-size memory.
+
+Usage: python benchmarks/bench_fast.py [--quick] [--skip-full] [--repeats N] [--json PATH]
+
+1. Tiny pi0-FAST on this CPU, batch 1: latency of ``sample_actions`` (prefill once, one token per step from
+   the KV cache) against the baseline measured in the same run: the same greedy decoding with a full
+   uncached forward of the prompt and every token so far at each step (what decoding costs without a cache).
+   Both decode the same number of tokens (EOS never stops them early: random weights) and must agree.
+2. FAST tokens per chunk: a FAST tokenizer fitted on scripted ALOHA transfer-cube chunks (simulated, no
+   rendering; skipped without the aloha plugin), against the raw DCT coefficients it compresses.
+3. Full-size pi0-FAST (gemma_2b + SigLIP So400m/14, bfloat16, batch 1, 250 prompt tokens, 256 decoding
+   steps): ``sample_actions`` lowered and compiled from abstract inputs; XLA's memory analysis (nothing
+   allocated; on a CPU, an estimate of the CPU's program).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pi0cli.models import config as C  # noqa: E402
+from pi0cli.models.observation import Observation  # noqa: E402
+from pi0cli.models.params import count_params  # noqa: E402
+from pi0cli.models.pi0_fast import Pi0FAST  # noqa: E402
+
+GiB = 1024**3
+
+
+def fast_obs(cfg: C.Pi0Config, batch: int, prompt_len: int, *, abstract: bool = False) -> Observation:
+    h, w, length = *cfg.image_resolution, cfg.token_len
+    if abstract:
+        spec = jax.ShapeDtypeStruct
+        return Observation(
+            images={k: spec((batch, h, w, 3), jnp.float32) for k in cfg.image_keys},
+            image_masks={k: spec((batch,), jnp.bool_) for k in cfg.image_keys},
+            state=spec((batch, cfg.action_dim), jnp.float32),
+            tokenized_prompt=spec((batch, length), jnp.int32), tokenized_prompt_mask=spec((batch, length), jnp.bool_),
+            token_ar_mask=spec((batch, length), jnp.int32),
+        )
+    valid = jnp.arange(length)[None, :] < prompt_len
+    return Observation(
+        images={k: jnp.zeros((batch, h, w, 3)) for k in cfg.image_keys},
+        image_masks={k: jnp.ones(batch, bool) for k in cfg.image_keys},
+        state=jnp.zeros((batch, cfg.action_dim)),
+        tokenized_prompt=jnp.where(valid, 5, 0).astype(jnp.int32), tokenized_prompt_mask=jnp.broadcast_to(valid, (
+            batch, length)), token_ar_mask=jnp.zeros((batch, length), jnp.int32),
+    )
+
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """Median/min wall time of each zero-argument fn, calls interleaved so load changes hit all alike."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # compile + warm up
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts[k].append(time.perf_counter() - t0)
+    return {k: {"median_ms": statistics.median(v) * 1e3, "min_ms": min(v) * 1e3} for k, v in ts.items()}
+
+
+def tiny_latency(repeats: int, steps: int, prompt_len: int) -> dict:
+    cfg = C.preset("pi0_fast_tiny", max_token_len=prompt_len + steps)
+    model = Pi0FAST(cfg, nnx.Rngs(0))
+    obs = fast_obs(cfg, 1, prompt_len)
+
+    cached = nnx.jit(lambda m, o: m.sample_actions(jax.random.key(0), o, max_decoding_steps=steps))
+
+    @nnx.jit
+    def uncached(m, o):
+        # Greedy decoding without a cache: each step runs the whole sequence (prompt + tokens so far) again.
+        def step(i, carry):
+            tokens, mask, ar, out = carry
+            logits = m.token_logits(None, Observation(o.images, o.image_masks, o.state, tokens, mask, ar))
+            token = jnp.argmax(logits[:, prompt_len + i - 1], axis=-1).astype(jnp.int32)
+            pos = prompt_len + i
+            return (tokens.at[:, pos].set(token), mask.at[:, pos].set(True), ar.at[:, pos].set(1),
+                    out.at[:, i].set(token))
+
+        init = (o.tokenized_prompt, o.tokenized_prompt_mask, o.token_ar_mask, jnp.zeros((1, steps), jnp.int32))
+        return jax.lax.fori_loop(0, steps, step, init)[3]
+
+    res: dict = {"config": f"pi0_fast_tiny @ {cfg.image_resolution}", "prompt_tokens": prompt_len,
+                 "decoded_tokens": steps, "prefix_tokens": len(cfg.image_keys) * cfg.tokens_per_image + prompt_len}
+    res.update(_interleaved({"cached": lambda: cached(model, obs), "uncached_baseline": lambda: uncached(model, obs)},
+                            repeats))
+    res["speedup_cached_vs_uncached(median)"] = res["uncached_baseline"]["median_ms"] / res["cached"]["median_ms"]
+    res["same_tokens"] = bool(np.array_equal(np.asarray(cached(model, obs)), np.asarray(uncached(model, obs))))
+    return res
+
+
+def tokens_per_chunk(episodes: int, horizon: int) -> dict:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        from pi0_embodiment_aloha.sim.scripted import run_script
+    except ImportError as exc:
+        return {"skipped": f"aloha plugin unavailable ({exc})"}
+    from pi0cli.models.fast_tokenizer import FastActionTokenizer, evaluate, quantization_error_bound
+
+    runs = [run_script("transfer_cube", seed)[0] for seed in range(episodes)]
+    chunks = np.concatenate([np.stack([r[t : t + horizon] for t in range(len(r) - horizon + 1)]) for r in runs])
+    flat = chunks.reshape(-1, chunks.shape[-1])
+    q01, q99 = np.quantile(flat, 0.01, axis=0), np.quantile(flat, 0.99, axis=0)
+    norm = (chunks - q01) / (q99 - q01 + 1e-6) * 2 - 1
+    fit, held = norm[: len(norm) * 3 // 4], norm[len(norm) * 3 // 4 :]
+    tok = FastActionTokenizer.fit(list(fit), vocab_size=1024)
+    out = {"episodes": episodes, "horizon": horizon, "action_dim": int(chunks.shape[-1]),
+           "bound": quantization_error_bound(horizon, tok.scale)}
+    for name, part in (("fitted", fit), ("held_out", held)):
+        r = evaluate(tok, list(part))
+        out[name] = {"chunks": r.chunks, "tokens_per_chunk": r.mean_tokens, "dct_coefficients": r.raw_coefficients,
+                     "compression": r.compression, "max_abs_error": r.max_abs_error,
+                     "mean_abs_error": r.mean_abs_error, "decode_failures": r.decode_failures}
+    return out
+
+
+def full_size(steps: int) -> dict:
+    cfg = C.preset("pi0_fast", dtype="bfloat16", param_dtype="bfloat16", remat=False)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Pi0FAST(cfg, nnx.Rngs(0))))
+    out: dict = {"params": count_params(state),
+                 "param_bytes_GiB": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / GiB}
+    obs = fast_obs(cfg, 1, cfg.token_len, abstract=True)
+
+    def sample(st, o):
+        return nnx.merge(graphdef, st).sample_actions(jax.random.key(0), o, max_decoding_steps=steps)
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(sample).lower(state, obs).compile()
+    out["compile_s"] = round(time.perf_counter() - t0, 1)
+    mem = compiled.memory_analysis()
+    out["memory_GiB"] = {n: getattr(mem, f"{n}_size_in_bytes") / GiB for n in ("argument", "output", "temp", "alias")}
+    out["memory_GiB"]["peak_estimate(argument+output+temp-alias)"] = (
+        mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+    ) / GiB
+    prefix = len(cfg.image_keys) * cfg.tokens_per_image + cfg.token_len
+    vlm = cfg.vlm
+    out["kv_cache_GiB"] = 2 * vlm.depth * (prefix + steps) * vlm.num_kv_heads * vlm.head_dim * 2 / GiB
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="few repeats, no full-size compile")
+    ap.add_argument("--skip-full", action="store_true", help="skip the full-size compile (minutes on CPU)")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=32, help="tokens decoded by the tiny model")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    repeats = 3 if args.quick else args.repeats
+    results: dict = {"jax": jax.__version__, "backend": jax.default_backend()}
+    results["tiny_decoding"] = tiny_latency(repeats, args.steps, prompt_len=16)
+    print(json.dumps(results["tiny_decoding"], indent=2), flush=True)
+    results["tokens_per_chunk"] = tokens_per_chunk(2 if args.quick else 10, horizon=10)
+    print(json.dumps(results["tokens_per_chunk"], indent=2), flush=True)
+    if not (args.quick or args.skip_full):
+        results["full_size"] = full_size(256)
+        print(json.dumps(results["full_size"], indent=2), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
