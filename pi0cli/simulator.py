@@ -153,11 +153,23 @@ def check_frame(simulator: Simulator, embodiment: Embodiment, frame: Mapping[str
 
 def checked(frames: Iterable[Frame], simulator: Simulator, embodiment: Embodiment) -> Iterator[Frame]:
     """``frames`` unchanged, the first one checked with :func:`check_frame` (a plugin's mistake then surfaces
-    as one clear error before anything is written)."""
-    for index, frame in enumerate(frames):
-        if index == 0:
-            check_frame(simulator, embodiment, frame)
-        yield frame
+    as one clear error before anything is written). A simulator that cannot start its episode (a missing GL
+    back end, say) fails with one line naming it and what its rendering needs (the cause is chained)."""
+    iterator = iter(frames)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        return
+    except Pi0Error:
+        raise
+    except Exception as exc:
+        needs = f"; it needs {simulator.rendering}" if simulator.rendering else ""
+        text = " ".join(str(exc).split())
+        raise SimulatorError(f"simulator {simulator.name!r} could not start an episode: {type(exc).__name__}: "
+                             f"{text}{needs}") from exc
+    check_frame(simulator, embodiment, first)
+    yield first
+    yield from iterator
 
 
 __all__ = ["Act", "Episode", "Frame", "Rollout", "ScriptFailed", "ScriptedEpisodes", "SimTask", "Simulator",

@@ -264,3 +264,21 @@ def test_a_simulators_first_frame_is_checked_against_its_embodiment():
     no_joints = ({**frame, "observation": {"front": frame["observation"]["front"]}} for frame in good)
     with pytest.raises(SimulatorError, match="observations that embodiment 'toy' rejects: .*'joints'"):
         next(checked(no_joints, simulator, toy))
+
+
+def test_a_simulator_that_cannot_start_is_one_error_with_what_it_needs():
+    import dataclasses
+
+    from pi0cli.simulator import SimulatorError, checked
+
+    registry = registry_from(_module("toy", SIM_PLUGIN))
+    toy = registry.embodiment("toy")
+
+    def broken(task, seed, act, *, max_steps=None, shadows=False):
+        raise RuntimeError("Cannot initialize a EGL device display")
+        yield
+
+    simulator = dataclasses.replace(registry.simulator("toysim"), rollout=broken, rendering="EGL (libegl1)")
+    with pytest.raises(SimulatorError, match=r"simulator 'toysim' could not start an episode: RuntimeError: Cannot "
+                                             r"initialize a EGL device display; it needs EGL \(libegl1\)"):
+        list(checked(simulator.rollout("push", 0, lambda obs: np.zeros(4)), simulator, toy))
