@@ -23,10 +23,11 @@ from pi0cli.transforms import flatten, unflatten
 if TYPE_CHECKING:
     from pi0cli.models.config import Pi0Config
     from pi0cli.models.pi0 import Pi0
+    from pi0cli.models.pi0_fast import Pi0FAST
 
 __all__ = [
-    "ParamTreeError", "build_model", "check_params", "count_params", "export_flat", "export_params", "flatten", "import_params",
-    "strip_value_leaves", "unflatten",
+    "ParamTreeError", "build_any_model", "build_model", "check_params", "count_params", "export_flat",
+    "export_params", "flatten", "import_params", "strip_value_leaves", "unflatten",
 ]
 
 
@@ -122,6 +123,17 @@ def build_model(model_config: Pi0Config, params: Mapping[str, Any]) -> Pi0:
     """A ``Pi0`` holding ``params`` (built abstractly first: no random initialisation of the full model)."""
     from pi0cli.models.pi0 import Pi0
 
+    if model_config.fast:
+        raise ParamTreeError([f"model_type {model_config.model_type!r}"], "build it with build_any_model")
     model = nnx.eval_shape(lambda: Pi0(model_config, nnx.Rngs(0)))
+    import_params(model, params)
+    return model
+
+
+def build_any_model(model_config: Pi0Config, params: Mapping[str, Any]) -> Pi0 | Pi0FAST:
+    """The model ``model_config.model_type`` calls for (``Pi0`` or ``Pi0FAST``) holding ``params``."""
+    from pi0cli.models import create_model
+
+    model = nnx.eval_shape(lambda: create_model(model_config, nnx.Rngs(0)))
     import_params(model, params)
     return model

@@ -5,18 +5,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax  # a hard dependency: a broken install must fail, not skip
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from pi0cli.models import config as C  # noqa: E402
-from pi0cli.models.freeze import freeze_mode_for, trainable_filter  # noqa: E402
-from pi0cli.models.observation import Observation  # noqa: E402
-from pi0cli.models.params import count_params, export_flat, import_params  # noqa: E402
-from pi0cli.models.pi0_fast import Pi0FAST, left_to_right_align, reference_decode_window  # noqa: E402
+from pi0cli.models import config as C
+from pi0cli.models.freeze import freeze_mode_for, trainable_filter
+from pi0cli.models.observation import Observation
+from pi0cli.models.params import count_params, export_flat, import_params
+from pi0cli.models.pi0_fast import Pi0FAST, left_to_right_align, reference_decode_window
 
 
 @functools.cache
@@ -355,3 +354,16 @@ def test_checkpoint_round_trips_are_bit_exact(tmp_path):
     import_params(restored, back.params)
     obs = make_obs(model.config, [9], [4], seed=8)
     np.testing.assert_array_equal(np.asarray(_token_logits(restored, obs)), np.asarray(_token_logits(model, obs)))
+
+
+def test_build_any_model_holds_the_params():
+    from pi0cli.models.params import ParamTreeError, build_any_model, build_model
+
+    model = tiny()
+    flat = {k: np.asarray(v) for k, v in export_flat(model).items()}
+    built = build_any_model(model.config, flat)
+    assert isinstance(built, Pi0FAST)
+    obs = make_obs(model.config, [9], [4], seed=8)
+    np.testing.assert_array_equal(np.asarray(_token_logits(built, obs)), np.asarray(_token_logits(model, obs)))
+    with pytest.raises(ParamTreeError, match="build_any_model"):
+        build_model(model.config, flat)
