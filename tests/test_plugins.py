@@ -225,6 +225,9 @@ def test_cli_finds_a_third_party_simulator_and_converter(tmp_path):
     for name in ("aloha-hdf5", "libero-hdf5", "toy-npz"):
         assert name in listing.stdout
     assert "Toy recordings into a LeRobot dataset." in listing.stdout
+    completed = run_pi0(pythonpath=[root], env={"_PI0_COMPLETE": "complete_bash", "COMP_WORDS": "pi0 convert dataset t",
+                                               "COMP_CWORD": "3"})
+    assert completed.stdout.split() == ["toy-npz"], completed.stderr
     help_ = run_pi0("convert", "dataset", "toy-npz", "--help", pythonpath=[root])
     assert "--scale" in help_.stdout and "--label" in help_.stdout and "A folder of toy recordings" in help_.stdout
     converted = run_pi0("convert", "dataset", "toy-npz", str(tmp_path / "raw"), "--out", str(tmp_path / "ds"),
