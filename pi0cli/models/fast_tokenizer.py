@@ -37,6 +37,8 @@ import numpy as np
 
 from pi0cli.errors import Pi0Error
 
+#: Where a fitted FAST tokenizer lives beside an asset id's ``norm_stats.json`` (``assets/<asset_id>/``).
+ASSET_DIR = "fast_tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"
 #: The hub processor's class name (``processor_config.json``), kept so the reference can load what we write.
@@ -215,6 +217,14 @@ class FastActionTokenizer:
         (path / PROCESSOR_CONFIG_FILE).write_text(json.dumps(self.processor_config(), indent=2, sort_keys=True) + "\n")
         return path
 
+    def files(self, prefix: str = "") -> dict[str, bytes]:
+        """The directory's files as ``{prefix + name: bytes}`` (for checkpoint assets stored verbatim)."""
+        return {
+            f"{prefix}{TOKENIZER_FILE}": self._json.encode(),
+            f"{prefix}{PROCESSOR_CONFIG_FILE}": (json.dumps(self.processor_config(), indent=2, sort_keys=True)
+                                                 + "\n").encode(),
+        }
+
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> FastActionTokenizer:
         """Read a FAST processor directory (``tokenizer.json`` + ``processor_config.json``) from a local path."""
@@ -365,3 +375,36 @@ def fit_from_blocks(
     chunks = chunks[select_evenly(len(chunks), max_chunks)]
     tokenizer = FastActionTokenizer.fit(list(chunks), scale=scale, vocab_size=vocab_size)
     return tokenizer, evaluate(tokenizer, list(chunks))
+
+
+def asset_path(assets_dir: str | os.PathLike[str], asset_id: str) -> Path:
+    """``<assets_dir>/<asset_id>/fast_tokenizer``: where ``pi0 norm-stats --fast-tokenizer`` writes one."""
+    return Path(assets_dir) / asset_id / ASSET_DIR
+
+
+def fit_on_dataset(
+    embodiment: Any,
+    source: str | os.PathLike[str],
+    norm_stats: Any,
+    *,
+    horizon: int,
+    delta_action_mask: tuple[bool, ...] | None = None,
+    scale: float = 10.0,
+    vocab_size: int = 1024,
+    max_chunks: int | None = 200_000,
+) -> tuple[FastActionTokenizer, FitReport]:
+    """Fit on a LeRobot dataset's action chunks as pi0-FAST sees them: the embodiment's inputs and delta
+    actions, then quantile normalisation with ``norm_stats`` (``{"actions": NormStats, ...}``). Reads the
+    numeric parquet columns only (no video)."""
+    from pi0cli.data.stats import RobotBlocks, load_columns
+    from pi0cli.transforms import Normalize
+
+    if "actions" not in norm_stats:
+        raise FastTokenizerError("the norm stats have no 'actions' entry; compute them first (pi0 norm-stats)")
+    normalize = Normalize({"actions": norm_stats["actions"]}, use_quantiles=True)
+    blocks = RobotBlocks(load_columns(embodiment, Path(source)), horizon, delta_action_mask)
+    return fit_from_blocks(
+        (actions for _, actions in blocks),
+        normalize=lambda a: np.asarray(normalize({"actions": a})["actions"]),
+        scale=scale, vocab_size=vocab_size, max_chunks=max_chunks,
+    )
