@@ -48,6 +48,42 @@ class CheckpointError(Pi0Error):
     """A checkpoint that is missing, incomplete or does not fit the request."""
 
 
+# ------------------------------------------------------------------------------------------ locating
+
+
+def latest_step_dir(directory: Path) -> Path | None:
+    """The highest-numbered complete step folder of a training experiment (``<exp>/<step>/params``), if any.
+
+    Orbax writes a step under a temporary name and renames it when complete, so a numbered folder holding
+    ``params/`` is a finished one."""
+    try:
+        steps = [p for p in Path(directory).iterdir() if p.name.isdigit() and (p / "params").is_dir()]
+    except OSError:
+        return None
+    return max(steps, key=lambda p: int(p.name), default=None)
+
+
+def resolve_step(directory: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """The checkpoint directory ``directory`` names, and a note when it is not ``directory`` itself.
+
+    A training experiment folder (numbered step folders, no ``params/`` of its own) means its latest complete
+    step, with a note saying so; a file or a missing path fails with one line saying what to point at. Any
+    other directory is returned as is (the caller checks its contents)."""
+    path = Path(directory).expanduser()
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file, not a checkpoint; point at a checkpoint directory (a training step "
+                              "holding params/ and assets/, or its experiment folder)")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; point at a checkpoint directory (a training step "
+                              "holding params/ and assets/, or its experiment folder)")
+    if (path / "params").is_dir():
+        return path, None
+    step = latest_step_dir(path)
+    if step is None:
+        return path, None
+    return step, f"{path} is a training experiment; using its latest complete step, {step.name} ({step})"
+
+
 # --------------------------------------------------------------------------------------------- configs
 
 
@@ -64,7 +100,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Pi0Config:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise CheckpointError(f"model config has unknown field(s) {unknown}; is the checkpoint from a newer pi0?")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return Pi0Config(**values)
 
 

@@ -68,7 +68,9 @@ def resolve_checkpoint(location: str, *, download: bool = True, timeout: float =
     if not location.startswith("gs://"):
         path = Path(location).expanduser()
         if not path.is_dir():
-            raise CheckpointError(f"checkpoint {path} does not exist; pass --checkpoint DIR")
+            from pi0cli.checkpoint import resolve_step
+
+            resolve_step(path)  # a file or a missing path: one line saying what to point at
         return path
     bucket, _, prefix = location.removeprefix("gs://").partition("/")
     prefix = prefix.strip("/")

@@ -248,3 +248,95 @@ def test_offline_hold_position_baseline_is_the_error_of_holding(sim_dataset):
     report = evaluate_offline(open_frames(str(sim_dataset), emb, 10, [0, 1]), Hold(), emb, stride=3)
     assert report["hold_position_mae"] > 0
     assert report["mae"] == pytest.approx(report["hold_position_mae"], rel=1e-6)
+
+
+# --------------------------------------------------------------- experiment folder instead of a step
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A training experiment folder: complete steps 30 and 60, and a step 90 orbax had not finished."""
+    import shutil
+
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.testing import make_tiny_checkpoint
+
+    exp = tmp_path_factory.mktemp("checkpoints") / "pi0_aloha_sim_tiny" / "demo"
+    step = make_tiny_checkpoint(exp / "60", load_registry({}).embodiment("aloha_sim"))
+    shutil.copytree(step, exp / "30")
+    (exp / "90.orbax-checkpoint-tmp-1700000000").mkdir()
+    (exp / "90.orbax-checkpoint-tmp-1700000000" / "params").mkdir()
+    (exp / "metrics.jsonl").write_text("")
+    return exp
+
+
+def test_resolve_step_takes_the_latest_complete_step(experiment, tmp_path):
+    from pi0cli.checkpoint import CheckpointError, resolve_step
+
+    assert resolve_step(experiment / "30") == (experiment / "30", None)
+    step, note = resolve_step(experiment)
+    assert step == experiment / "60" and "latest complete step, 60" in note
+    (tmp_path / "random.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(CheckpointError, match="is a file, not a checkpoint"):
+        resolve_step(tmp_path / "random.bin")
+
+
+@pytest.mark.parametrize("command", ["serve", "eval", "record"])
+def test_an_existing_file_is_not_called_missing(command, tmp_path):
+    (tmp_path / "random.bin").write_bytes(b"\0" * 16)
+    args = {"serve": ("serve", "--embodiment", "aloha_sim"), "eval": ("eval", "aloha_sim"),
+            "record": ("record", "aloha_sim", "--out", "demos")}[command]
+    result = _pi0_in(tmp_path, *args, "--checkpoint", "random.bin")
+    assert result.returncode == 1, result.stderr
+    assert "random.bin is a file, not a checkpoint" in result.stderr and "does not exist" not in result.stderr
+
+
+def test_convert_accepts_an_experiment_folder_and_says_which_step(experiment, tmp_path):
+    result = _pi0_in(tmp_path, "convert", "checkpoint", str(experiment), "--to", "pi0", "--out", "out")
+    assert result.returncode == 0, result.stderr
+    assert f"using its latest complete step, 60 ({experiment / '60'})" in result.stderr
+    assert (tmp_path / "out" / "params").is_dir()
+
+
+@pytest.mark.slow
+def test_offline_eval_accepts_an_experiment_folder(experiment, tmp_path, sim_dataset):
+    result = _pi0_in(tmp_path, "eval", "--dataset", str(sim_dataset), "--checkpoint", str(experiment),
+                     "--episodes", "1", "--stride", "8")
+    assert result.returncode == 0, result.stderr
+    assert "using its latest complete step, 60" in result.stderr and "action MAE" in result.stdout
+
+
+def _first_stderr_line_with(needle: str, *args: str, cwd, timeout: float = 120.0) -> str | None:
+    """Start the CLI, wait for a stderr line containing ``needle`` (or the end), then stop it."""
+    import subprocess
+    import sys
+    import threading
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PI0_")} | {"COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "pi0cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    found: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if needle in line:
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    proc.kill()
+    proc.wait()
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("command", [
+    ("serve", "--embodiment", "aloha_sim", "--port", "0"),
+    ("record", "aloha_sim", "--episodes", "1", "--out", "rollouts"),
+    ("eval", "aloha_sim", "--episodes", "1"),
+])
+def test_serve_record_and_eval_take_an_experiment_folder_and_say_which_step(command, experiment, tmp_path):
+    line = _first_stderr_line_with("latest complete step", *command, "--checkpoint", str(experiment), cwd=tmp_path)
+    assert line is not None and f"step, 60 ({experiment / '60'})" in line

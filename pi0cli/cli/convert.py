@@ -119,6 +119,10 @@ def checkpoint(
                                  param_hint="--to")
     if dtype not in (None, "float32", "bfloat16"):
         raise typer.BadParameter(f"{dtype!r} is not supported; use float32 or bfloat16", param_hint="--dtype")
+    if Path(src).is_dir():
+        from pi0cli.cli.checkpoints import step_dir
+
+        src = step_dir(src)  # an experiment folder: its latest complete step, said on stderr
     with console.err.status(f"reading {src}"):
         source = ck.read_checkpoint(src, model=model, seed=seed)
     with console.err.status(f"writing {out} ({to})"):

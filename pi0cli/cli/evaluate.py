@@ -77,7 +77,8 @@ def evaluate(
 
     emb, simulator = simulated(embodiment)
     sim_task = task_of(simulator, task)
-    policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=sim_task.prompt)
+    policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=sim_task.prompt,
+                                     connect_timeout=connect_timeout, model=model)
 
     def show(result: EpisodeResult) -> None:
         mark = "[green]success[/green]" if result.success else "[red]failure[/red]"
@@ -114,7 +115,10 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
     if checkpoint is None or server is not None:
         raise Pi0Error("offline evaluation (--dataset) needs --checkpoint DIR (a served policy answers one "
                        "observation at a time; point at its checkpoint instead)")
-    saved = read_checkpoint_config(Path(checkpoint)) or {}
+    from pi0cli.cli.checkpoints import step_dir
+
+    checkpoint = step_dir(checkpoint)
+    saved = read_checkpoint_config(checkpoint) or {}
     name = embodiment or saved.get("embodiment")
     if name is None:
         raise Pi0Error(f"{checkpoint} does not say which robot it drives; name the embodiment: "
@@ -149,6 +153,10 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
     console.out.print(f"action MAE {report['mae']:.4f}, RMSE {report['rmse']:.4f} over {report['frames_compared']} "
                       f"frames of episodes {chosen[0]}-{chosen[-1]}"
                       + (f"; report and plots in {out}" if out else ""))
+    held = report.get("hold_position_mae")
+    if held:
+        console.out.print(f"holding the current position instead: action MAE {held:.4f} (the policy's error is "
+                          f"{report['mae'] / held:.0%} of it)")
 
 
 def _trained_on(saved: dict, root: Path) -> bool:

@@ -46,7 +46,10 @@ def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | N
         import json
 
         from pi0cli.checkpoint import read_checkpoint_config
+        from pi0cli.cli.checkpoints import step_dir
         from pi0cli.policy.load import load_policy
+
+        checkpoint = step_dir(checkpoint)  # an experiment folder: its latest complete step, said on stderr
 
         policy = load_policy(checkpoint, embodiment=embodiment, model=model, default_prompt=default_prompt)
         config = read_checkpoint_config(Path(checkpoint)) or {}

@@ -74,8 +74,11 @@ def detect_format(path: str | Path) -> Format:
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
         return "paligemma"
+    if not path.exists():
+        raise ConversionError(f"{path} does not exist; point at a checkpoint directory or a PaliGemma .npz file")
     if not path.is_dir():
-        raise ConversionError(f"{path} is neither a checkpoint directory nor a PaliGemma .npz file")
+        raise ConversionError(f"{path} is a file but not a PaliGemma .npz; point at a checkpoint directory (a "
+                              "training step holding params/, or its experiment folder) or a PaliGemma .npz file")
     if (path / SAFETENSORS).is_file():
         return "lerobot"
     if (path / "params").is_dir():

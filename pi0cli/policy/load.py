@@ -17,6 +17,7 @@ from pi0cli.checkpoint import (
     read_checkpoint_config,
     read_params,
     read_tokenizer,
+    resolve_step,
 )
 from pi0cli.normstats import NormStats, load_norm_stats
 
@@ -48,7 +49,7 @@ def load_policy(
     from pi0cli.models.params import build_model
     from pi0cli.policy.policy import Policy, make_transforms
 
-    directory = Path(directory).expanduser()
+    directory, _ = resolve_step(directory)  # an experiment folder means its latest step (the CLI says so)
     params_dir = _params_dir(directory)
     saved = read_checkpoint_config(directory) or {}
     model_config = model_config_of(saved, model)
@@ -77,13 +78,14 @@ def load_policy(
     return Policy.from_model(
         module, num_steps=num_steps, input_transform=inputs, output_transform=outputs, batch_sizes=batch_sizes,
         seed=seed, metadata=metadata, example=lambda: {"prompt": "warm up", **example(0)},
-        description=f"{model_config.model_type} ({model_config.paligemma_variant}) for {embodiment.name} from {directory}",
+        description=f"{model_config.model_type} ({model_config.paligemma_variant}) for {embodiment.name} from "
+                    f"{directory}",
     )
 
 
 def checkpoint_embodiment(directory: str | os.PathLike[str]) -> str:
     """The name of the robot a checkpoint was trained for (what ``--embodiment`` defaults to)."""
-    directory = Path(directory).expanduser()
+    directory, _ = resolve_step(directory)
     _params_dir(directory)
     name = (read_checkpoint_config(directory) or {}).get("embodiment")
     if not name:
@@ -92,12 +94,10 @@ def checkpoint_embodiment(directory: str | os.PathLike[str]) -> str:
 
 
 def _params_dir(directory: Path) -> Path:
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint {directory} does not exist or is not a directory")
     params_dir = directory / "params"
     if not params_dir.is_dir():
-        raise CheckpointError(f"{directory} has no params/ directory; point --checkpoint at a checkpoint step "
-                              "(the directory holding params/ and assets/)")
+        raise CheckpointError(f"{directory} has no params/ directory and no step folders; point --checkpoint at a "
+                              "checkpoint step (the directory holding params/ and assets/) or its experiment folder")
     return params_dir
 
 
@@ -106,7 +106,8 @@ def _norm_stats(directory: Path, wanted: str, fall_back: bool) -> dict[str, Norm
     assets = directory / "assets"
     stats_file = assets / wanted / "norm_stats.json"
     if not stats_file.is_file():
-        found = sorted(str(p.parent.relative_to(assets)) for p in assets.rglob("norm_stats.json")) if assets.is_dir() else []
+        found = (sorted(str(p.parent.relative_to(assets)) for p in assets.rglob("norm_stats.json"))
+                 if assets.is_dir() else [])
         if len(found) == 1 and fall_back:
             stats_file = assets / found[0] / "norm_stats.json"
         else:
