@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pi0cli.client.policy import BasePolicy
     from pi0cli.embodiment import Embodiment
     from pi0cli.evaluation.realtime import Execution
-    from pi0cli.simulator import Simulator
+    from pi0cli.simulator import Act, Simulator
 
 REPORT_FILENAME = "report.json"
 
@@ -54,35 +54,44 @@ class EpisodeResult:
     actions_sha256: str
 
 
-def run_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, policy: BasePolicy, *,
-                open_loop_steps: int, video: Path | None = None, shadows: bool = False) -> EpisodeResult:
-    """One closed-loop episode: the policy is asked for a chunk every ``open_loop_steps`` steps. The video (if
-    asked for) shows the observation image at ``simulator.video_key`` (default: the embodiment's first camera)."""
-    from pi0cli.client.broker import ActionChunkBroker
-
-    broker = ActionChunkBroker(policy, action_horizon=open_loop_steps)
+def play(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, act: Act, *, video: Path | None = None,
+         shadows: bool = False, max_steps: int | None = None) -> EpisodeResult:
+    """Run one episode of ``simulator`` with ``act`` choosing each action: its return, success, the digest of
+    the actions ``act`` returned and (with ``video``) an mp4 of the observation image at ``simulator.video_key``
+    (default: the embodiment's first camera). The first frame is checked against the embodiment's contract."""
     video_key = simulator.video_key or (embodiment.cameras[0].key if embodiment.cameras else None)
-    frames: list[np.ndarray] = []
+    images: list[np.ndarray] = []
     total, best, steps, success = 0.0, 0.0, 0, False
     digest = hashlib.sha256()
 
-    def act(obs: dict[str, Any]) -> np.ndarray:
-        action = np.asarray(broker.infer(obs)["actions"], dtype=np.float32)
+    def digested(obs: dict[str, Any]) -> np.ndarray:
+        action = np.asarray(act(obs), dtype=np.float32)
         digest.update(np.ascontiguousarray(action).tobytes())
         return action
 
     start = time.perf_counter()
-    for frame in checked(simulator.rollout(task, seed, act, shadows=shadows), simulator, embodiment):
+    frames = simulator.rollout(task, seed, digested, shadows=shadows, max_steps=max_steps)
+    for frame in checked(frames, simulator, embodiment):
         total += frame["reward"]
         best = max(best, frame["reward"])
         steps += 1
         success = success or frame["success"]
         if video is not None and video_key is not None:
-            frames.append(to_uint8_hwc(lookup(frame["observation"], video_key)))
-    if video is not None and frames:
-        write_video(video, frames, embodiment.control_hz)
+            images.append(to_uint8_hwc(lookup(frame["observation"], video_key)))
+    if video is not None and images:
+        write_video(video, images, embodiment.control_hz)
     return EpisodeResult(seed, success, total, best, steps, time.perf_counter() - start,
-                         str(video) if video is not None and frames else None, digest.hexdigest())
+                         str(video) if video is not None and images else None, digest.hexdigest())
+
+
+def run_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, policy: BasePolicy, *,
+                open_loop_steps: int, video: Path | None = None, shadows: bool = False) -> EpisodeResult:
+    """One closed-loop episode: the policy is asked for a chunk every ``open_loop_steps`` steps."""
+    from pi0cli.client.broker import ActionChunkBroker
+
+    broker = ActionChunkBroker(policy, action_horizon=open_loop_steps)
+    return play(simulator, embodiment, task, seed, lambda obs: broker.infer(obs)["actions"], video=video,
+                shadows=shadows)
 
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:

@@ -13,8 +13,6 @@ duration (sync's pauses included).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +21,7 @@ import numpy as np
 
 from pi0cli.client.clock import SimulatedClock
 from pi0cli.client.realtime import STRATEGIES, RealtimeAgent, RealtimeError, SimulatedLatency
-from pi0cli.evaluation.closed_loop import EpisodeResult, write_video
-from pi0cli.transforms import lookup, to_uint8_hwc
+from pi0cli.evaluation.closed_loop import EpisodeResult, play
 
 if TYPE_CHECKING:
     from pi0cli.client.policy import BasePolicy
@@ -86,33 +83,19 @@ def run_realtime_episode(simulator: Simulator, embodiment: Embodiment, task: str
     agent = RealtimeAgent(SimulatedLatency(policy, clock, execution.latency_ms / 1000.0), strategy=execution.strategy,
                           execution_horizon=execution.execution_horizon or open_loop_steps,
                           control_hz=embodiment.control_hz)
-    video_key = simulator.video_key or (embodiment.cameras[0].key if embodiment.cameras else None)
-    frames: list[np.ndarray] = []
     executed: list[np.ndarray] = []
-    total, best, steps, success = 0.0, 0.0, 0, False
-    digest = hashlib.sha256()
 
     def act(obs: dict[str, Any]) -> np.ndarray:
         action = np.asarray(agent.get_action(obs)["actions"], dtype=np.float32)
-        digest.update(np.ascontiguousarray(action).tobytes())
         executed.append(action)
         clock.advance(period)  # the simulator steps once per control period
         return action
 
-    start = time.perf_counter()
-    for frame in simulator.rollout(task, seed, act, shadows=shadows, max_steps=max_steps):
-        total += frame["reward"]
-        best = max(best, frame["reward"])
-        steps += 1
-        success = success or frame["success"]
-        if video is not None and video_key is not None:
-            frames.append(to_uint8_hwc(lookup(frame["observation"], video_key)))
-    if video is not None and frames:
-        write_video(video, frames, embodiment.control_hz)
+    played = play(simulator, embodiment, task, seed, act, video=video, shadows=shadows, max_steps=max_steps)
     smooth = smoothness(np.stack(executed) if executed else np.zeros((0, 1)), [s.tick for s in agent.switches])
     return RealtimeEpisodeResult(
-        seed, success, total, best, steps, time.perf_counter() - start,
-        str(video) if video is not None and frames else None, digest.hexdigest(),
+        played.seed, played.success, played.episode_return, played.max_reward, played.steps, played.seconds,
+        played.video, played.actions_sha256,
         strategy=execution.strategy, latency_ms=execution.latency_ms, chunk_switches=len(agent.switches),
         starved_steps=agent.starved_ticks, simulated_seconds=clock.now(), **smooth)
 
