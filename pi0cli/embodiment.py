@@ -191,7 +191,8 @@ class Embodiment:
     def validate_observation(self, obs: Mapping[str, Any]) -> None:
         """Raise :class:`ObservationError` naming the first key that breaks this embodiment's contract."""
         if not isinstance(obs, Mapping):
-            raise ObservationError(f"{self.name}: an observation must be a map of keys to arrays, got {type(obs).__name__}")
+            raise ObservationError(f"{self.name}: an observation must be a map of keys to arrays, got "
+                                   f"{type(obs).__name__}")
         for cam in self.cameras:
             if not has_path(obs, cam.key):
                 if cam.required:
@@ -202,7 +203,8 @@ class Embodiment:
             _check_image(self.name, cam.key, lookup(obs, cam.key))
         for field in self.state:
             if not has_path(obs, field.key):
-                raise ObservationError(f"{self.name}: observation has no {field.key!r}; send a float vector of {field.dim}")
+                raise ObservationError(f"{self.name}: observation has no {field.key!r}; send a float vector of "
+                                       f"{field.dim}")
             _check_vector(self.name, field.key, lookup(obs, field.key), field.dim)
         if "prompt" in obs and not isinstance(obs["prompt"], str):
             raise ObservationError(f"{self.name}: 'prompt' must be a string, got {type(obs['prompt']).__name__}")

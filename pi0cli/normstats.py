@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,8 @@ class NormStats:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, np.asarray(value, dtype=np.float64 if _is_f64(value) else np.float32))
-        shapes = {name: getattr(self, name).shape for name in ("mean", "std", "q01", "q99") if getattr(self, name) is not None}
+        shapes = {name: getattr(self, name).shape for name in ("mean", "std", "q01", "q99")
+                  if getattr(self, name) is not None}
         if len(set(shapes.values())) != 1:
             raise NormStatsError(f"norm stats vectors differ in shape: {shapes}; every vector needs one value per dim")
 
@@ -54,7 +56,7 @@ class NormStats:
     def from_json(cls, data: Mapping[str, object], *, where: str = "norm stats") -> NormStats:
         if not isinstance(data, Mapping) or "mean" not in data or "std" not in data:
             raise NormStatsError(f"{where}: expected an object with 'mean' and 'std' (and optional 'q01', 'q99')")
-        values = {}
+        values: dict[str, Any] = {}
         for name in ("mean", "std", "q01", "q99"):
             raw = data.get(name)
             if raw is None:
@@ -248,6 +250,7 @@ class ExactStats:
         keys = _sortable_keys(rows)
         top = keys >> np.uint32(_RADIX)
         low = (keys & np.uint32(_BINS - 1)).astype(np.int64)
+        assert self._targets is not None  # refine() set them before pass two
         for d, prefix in self._targets:
             hit = top[:, d] == prefix
             if hit.any():

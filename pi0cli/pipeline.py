@@ -138,7 +138,8 @@ class ModelInputs:
                     f"open the dataset with action_horizon={self.action_horizon}"
                 )
             if actions.shape[-1] > self.action_dim:
-                raise PipelineError(f"actions have {actions.shape[-1]} dims but the model's action_dim is {self.action_dim}")
+                raise PipelineError(f"actions have {actions.shape[-1]} dims but the model's action_dim is "
+                                    f"{self.action_dim}")
             out["actions"] = pad_to_dim(actions, self.action_dim).astype(np.float32)
             pad = data.get(PAD_KEY)
             out[PAD_KEY] = (np.zeros(actions.shape[:-1], dtype=bool) if pad is None
@@ -187,7 +188,8 @@ class Pipeline:
                         f"recompute them with `pi0 norm-stats {emb.name}`"
                     )
         if tokenizer is not None and tokenizer.max_len != model.token_len:
-            raise PipelineError(f"tokenizer max_len {tokenizer.max_len} differs from the model's token_len {model.token_len}")
+            raise PipelineError(f"tokenizer max_len {tokenizer.max_len} differs from the model's token_len "
+                                f"{model.token_len}")
         return cls(emb, model, None if norm_stats is None else dict(norm_stats), tokenizer, mask,
                    default_prompt if default_prompt is not None else emb.default_prompt)
 
@@ -214,7 +216,8 @@ class Pipeline:
     def training_inputs(self) -> Compose:
         """Dataset row (from :class:`pi0cli.data.lerobot.LeRobotFrames`) -> one model example."""
         if self.norm_stats is None:
-            raise NormStatsError(f"training needs norm stats; compute them with `pi0 norm-stats {self.embodiment.name}`")
+            raise NormStatsError(
+                f"training needs norm stats; compute them with `pi0 norm-stats {self.embodiment.name}`")
         pad_column = f"{self.embodiment.action_key}_is_pad"
         return compose(RepackRow(self.embodiment.repack, pad_column), self.robot_inputs(), self._normalize(),
                        self._model_inputs())

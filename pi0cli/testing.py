@@ -80,22 +80,27 @@ def check_embodiment(embodiment: Embodiment, *, action_horizon: int = 10, seed: 
     model = embodiment.inputs({**obs, "actions": actions})
     model_actions = np.asarray(model.get("actions"))
     if model_actions.shape != (action_horizon, embodiment.action_dim):
-        fail(f"input transform must keep actions as [{action_horizon}, {embodiment.action_dim}], got {model_actions.shape}")
+        fail(f"input transform must keep actions as [{action_horizon}, {embodiment.action_dim}], got "
+             f"{model_actions.shape}")
     if embodiment.delta_action_mask is not None:
         delta = to_delta_actions(model_actions, model["state"], embodiment.delta_action_mask)
         back = to_absolute_actions(delta, model["state"], embodiment.delta_action_mask)
         if not np.allclose(back, model_actions, atol=1e-5):
             fail("absolute(delta(actions)) does not give the actions back")
-    padded = {"actions": pad_to_dim(model_actions, MODEL_ACTION_DIM), "state": pad_to_dim(model["state"], MODEL_ACTION_DIM)}
+    padded = {"actions": pad_to_dim(model_actions, MODEL_ACTION_DIM),
+              "state": pad_to_dim(model["state"], MODEL_ACTION_DIM)}
     robot_actions = np.asarray(embodiment.outputs(padded).get("actions"))
     if robot_actions.shape != (action_horizon, embodiment.action_dim):
-        fail(f"output transform must return actions [{action_horizon}, {embodiment.action_dim}], got {robot_actions.shape}")
+        fail(f"output transform must return actions [{action_horizon}, {embodiment.action_dim}], got "
+             f"{robot_actions.shape}")
     error = float(np.max(np.abs(robot_actions - actions)))
     if error > 1e-5:
-        fail(f"outputs(inputs(actions)) differs from the actions by {error:.3g}; the output transform must invert the input transform")
+        fail(f"outputs(inputs(actions)) differs from the actions by {error:.3g}; the output transform must invert the "
+             "input transform")
 
     # Dataset rows: the key map must lead back to the same observation.
-    row = {column: lookup(obs, key) for key, column in embodiment.dataset_keys.items() if key != "actions" and has_path(obs, key)}
+    row = {column: lookup(obs, key) for key, column in embodiment.dataset_keys.items()
+           if key != "actions" and has_path(obs, key)}
     row[embodiment.action_key] = actions
     repacked = embodiment.repack(row)
     try:

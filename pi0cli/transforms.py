@@ -417,13 +417,13 @@ def _resize_one(image: np.ndarray, height: int, width: int) -> np.ndarray:
     new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
     if image.dtype == np.uint8:
         resized = np.asarray(Image.fromarray(image.squeeze(-1) if channels == 1 else image).resize(
-            (new_w, new_h), resample=Image.BILINEAR
+            (new_w, new_h), resample=Image.Resampling.BILINEAR
         ))
         resized = resized.reshape(new_h, new_w, channels)
     else:
         planes = [
             np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
-                (new_w, new_h), resample=Image.BILINEAR
+                (new_w, new_h), resample=Image.Resampling.BILINEAR
             ))
             for c in range(channels)
         ]

@@ -71,11 +71,11 @@ class Progress:
         if self._lines and self._dirty and kind is None:
             self._line()
 
-    def advance(self, n: int = 1, **fields: object) -> None:
-        self.update(self.completed + n, **fields)
+    def advance(self, n: int = 1) -> None:
+        self.update(self.completed + n)
 
     def update(self, completed: int | None = None, *, total: int | None = None, line: bool = False,
-               **fields: object) -> None:
+               **fields: str) -> None:
         if completed is not None:
             self.completed = completed
         if total is not None:

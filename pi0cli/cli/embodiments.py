@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from pi0cli.cli import console
 
-app = typer.Typer(help="List and inspect the robots (embodiments) that installed plugins provide.", no_args_is_help=True)
+app = typer.Typer(help="List and inspect the robots (embodiments) that installed plugins provide.",
+                  no_args_is_help=True)
 
 
 def complete_embodiment(incomplete: str) -> list[str]:
@@ -29,7 +30,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 def list_embodiments(as_json: JsonFlag = False) -> None:
     """List every registered embodiment with its dims, rate, cameras and the plugin providing it."""
     registry = console.registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, emb in registry.embodiments.items():
         owner = registry.owner(name)
         rows.append({
@@ -108,7 +109,8 @@ def show_embodiment(
         summary.add_row(label, escape(str(value)))
     console.out.print(summary)
 
-    cameras = Table("camera key", "model slot", "required", "native size", "layout", title="Cameras", title_justify="left")
+    cameras = Table("camera key", "model slot", "required", "native size", "layout", title="Cameras",
+                    title_justify="left")
     for cam in info["cameras"]:
         cameras.add_row(cam["key"], cam["slot"] or "(unused)", "yes" if cam["required"] else "no",
                         f"{cam['height']}x{cam['width']}", "CHW" if cam["channels_first"] else "HWC")

@@ -29,14 +29,17 @@ def _default_horizon(embodiment) -> int:
 def norm_stats(
     embodiment: Annotated[str, typer.Argument(help="Embodiment whose transforms and key map apply.",
                                               autocompletion=complete_embodiment)],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="LeRobot dataset: a local root or a repo id in the local cache.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Assets directory; writes <out>/<asset_id>/norm_stats.json.")] = Path("assets"),
+    dataset: Annotated[str, typer.Option(
+        "--dataset", "-d", help="LeRobot dataset: a local root or a repo id in the local cache.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Assets directory; writes <out>/<asset_id>/norm_stats.json.")] = Path("assets"),
     horizon: Annotated[int | None, typer.Option(
         "--horizon", help="Action chunk length (default: --preset's, else the embodiment's default model's "
                           "action_horizon).")] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="Training preset the stats are for: its action horizon is the default --horizon.")] = None,
-    check: Annotated[Path | None, typer.Option("--check", help="Report how an existing norm_stats.json fits the dataset instead of writing one.")] = None,
+    check: Annotated[Path | None, typer.Option(
+        "--check", help="Report how an existing norm_stats.json fits the dataset instead of writing one.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Compute exact mean, std, q01 and q99 of state and actions (no video is decoded)."""
@@ -75,7 +78,8 @@ def norm_stats(
         console.out.print_json(json.dumps({"path": str(path), "frames": data.num_frames, "episodes": data.num_episodes,
                                            "horizon": horizon, **{k: v.to_json() for k, v in stats.items()}}))
         return
-    console.out.print(f"wrote {path} ({data.num_frames} frames, {data.num_episodes} episodes, action chunks of {horizon})")
+    console.out.print(f"wrote {path} ({data.num_frames} frames, {data.num_episodes} episodes, action chunks of "
+                      f"{horizon})")
 
 
 def _print_check(reports, summary, as_json: bool) -> None:
@@ -96,6 +100,7 @@ def _print_check(reports, summary, as_json: bool) -> None:
                       f"[yellow]{flags}[/yellow]" if flags else "")
     console.out.print(table)
     console.out.print(
-        f"max clip rate {100 * summary['max_clip_rate']:.2f}%; near-constant: {', '.join(summary['near_constant']) or 'none'}; "
+        f"max clip rate {100 * summary['max_clip_rate']:.2f}%; near-constant: "
+        f"{', '.join(summary['near_constant']) or 'none'}; "
         f"drifted by more than one std: {', '.join(summary['drifted']) or 'none'}"
     )

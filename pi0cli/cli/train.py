@@ -27,30 +27,50 @@ def complete_preset(incomplete: str) -> list[str]:
 def train(
     preset: Annotated[str | None, typer.Argument(help="Training preset (see --list-presets); flags override it.",
                                                  autocompletion=complete_preset)] = None,
-    embodiment: Annotated[str | None, typer.Option("--embodiment", "-e", help="Robot to train for (default: the preset's).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="LeRobot dataset: local root or repo id in the local cache.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model preset: pi0, pi05, pi0_tiny, ... (default: the preset's, else pi0).")] = None,
-    lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters only (VLM and expert); fits 24 GB GPUs.")] = False,
+    embodiment: Annotated[str | None, typer.Option(
+        "--embodiment", "-e", help="Robot to train for (default: the preset's).")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", "-d", help="LeRobot dataset: local root or repo id in the local cache.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Model preset: pi0, pi05, pi0_tiny, ... (default: the preset's, else pi0).")] = None,
+    lora: Annotated[bool, typer.Option(
+        "--lora", help="Train LoRA adapters only (VLM and expert); fits 24 GB GPUs.")] = False,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Number of training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Global batch size.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Peak learning rate.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of initialisation, data order and noise.")] = None,
-    init_from: Annotated[str | None, typer.Option("--from", help="Initial weights: a pi0 or openpi checkpoint dir, or a PaliGemma .npz.")] = None,
-    norm_stats: Annotated[Path | None, typer.Option("--norm-stats", help="norm_stats.json (or its directory); default: ./assets/<asset_id>/.")] = None,
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="SentencePiece model for prompts (default: the PaliGemma tokenizer).")] = None,
-    exp: Annotated[str, typer.Option("--exp", help="Experiment name: checkpoints go to CHECKPOINT_DIR/PRESET/EXP.")] = "default",
-    checkpoint_dir: Annotated[Path, typer.Option("--checkpoint-dir", help="Where experiments are stored.")] = Path("checkpoints"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the experiment from its latest checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the experiment's checkpoints and start again.")] = False,
-    save_interval: Annotated[int | None, typer.Option("--save-interval", min=1, help="Steps between checkpoints.")] = None,
-    log_interval: Annotated[int | None, typer.Option("--log-interval", min=1, help="Steps between metric lines.")] = None,
-    fsdp_devices: Annotated[int | None, typer.Option("--fsdp-devices", min=1, help="Devices each parameter is sharded over.")] = None,
-    coordinator: Annotated[str | None, typer.Option("--coordinator", help="host:port of process 0 for multi-host training.")] = None,
-    num_processes: Annotated[int | None, typer.Option("--num-processes", min=1, help="Processes in a multi-host run.")] = None,
-    process_id: Annotated[int | None, typer.Option("--process-id", min=0, help="This process's index in a multi-host run.")] = None,
-    wandb: Annotated[bool, typer.Option("--wandb", help="Also log metrics to Weights & Biases (if installed).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print parameter counts and the compiled memory of one step; train nothing.")] = False,
-    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration and exit.")] = False,
+    init_from: Annotated[str | None, typer.Option(
+        "--from", help="Initial weights: a pi0 or openpi checkpoint dir, or a PaliGemma .npz.")] = None,
+    norm_stats: Annotated[Path | None, typer.Option(
+        "--norm-stats", help="norm_stats.json (or its directory); default: ./assets/<asset_id>/.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        "--tokenizer", help="SentencePiece model for prompts (default: the PaliGemma tokenizer).")] = None,
+    exp: Annotated[str, typer.Option(
+        "--exp", help="Experiment name: checkpoints go to CHECKPOINT_DIR/PRESET/EXP.")] = "default",
+    checkpoint_dir: Annotated[Path, typer.Option(
+        "--checkpoint-dir", help="Where experiments are stored.")] = Path("checkpoints"),
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the experiment from its latest checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Delete the experiment's checkpoints and start again.")] = False,
+    save_interval: Annotated[int | None, typer.Option(
+        "--save-interval", min=1, help="Steps between checkpoints.")] = None,
+    log_interval: Annotated[int | None, typer.Option(
+        "--log-interval", min=1, help="Steps between metric lines.")] = None,
+    fsdp_devices: Annotated[int | None, typer.Option(
+        "--fsdp-devices", min=1, help="Devices each parameter is sharded over.")] = None,
+    coordinator: Annotated[str | None, typer.Option(
+        "--coordinator", help="host:port of process 0 for multi-host training.")] = None,
+    num_processes: Annotated[int | None, typer.Option(
+        "--num-processes", min=1, help="Processes in a multi-host run.")] = None,
+    process_id: Annotated[int | None, typer.Option(
+        "--process-id", min=0, help="This process's index in a multi-host run.")] = None,
+    wandb: Annotated[bool, typer.Option(
+        "--wandb", help="Also log metrics to Weights & Biases (if installed).")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print parameter counts and the compiled memory of one step; train nothing.")] = False,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the resolved configuration and exit.")] = False,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the training presets and exit.")] = False,
 ) -> None:
     """Fine-tune a pi0 / pi0.5 policy on a LeRobot dataset."""

@@ -145,12 +145,10 @@ def _extra_weights(flat_params: Mapping[str, Array], config: Any) -> dict[str, A
     embedding = flat_params[f"{_LLM}/embedder/input_embedding"]
     shape = (LEROBOT_EXPERT_VOCAB, config.expert.width)
     if isinstance(embedding, np.ndarray):
-        zeros = np.zeros(shape, embedding.dtype)
-    else:
-        import jax.numpy as jnp
+        return {EXPERT_LM_HEAD: np.zeros(shape, embedding.dtype)}
+    import jax.numpy as jnp
 
-        zeros = jnp.zeros(shape, embedding.dtype)
-    return {EXPERT_LM_HEAD: zeros}
+    return {EXPERT_LM_HEAD: jnp.zeros(shape, embedding.dtype)}
 
 
 def to_lerobot(flat_params: Mapping[str, Any], config: Any, *, prefix: str = PREFIX) -> dict[str, Array]:

@@ -74,13 +74,15 @@ def jax_actions(ckpt: Checkpoint, obs: Any, noise: np.ndarray) -> np.ndarray:
     """Actions of our JAX model holding ``ckpt``'s parameters (float32)."""
     import jax.numpy as jnp
 
-    from pi0cli.models.params import unflatten
-    from pi0cli.models.params import build_model
+    from pi0cli.models.params import build_model, unflatten
 
     config = _float32(ckpt.model_config)
     params = {k: np.asarray(v, np.float32) for k, v in ckpt.params.items()}
     model = build_model(config, unflatten(params))
-    return np.asarray(model.sample_actions(None, obs, noise=jnp.asarray(noise), num_steps=NUM_STEPS))
+    import jax
+
+    # The noise is given, so the key is never drawn from; any key will do.
+    return np.asarray(model.sample_actions(jax.random.key(0), obs, noise=jnp.asarray(noise), num_steps=NUM_STEPS))
 
 
 def posemb_float32(time, dimension, min_period, max_period, device="cpu"):
@@ -146,7 +148,7 @@ def build_lerobot_model(ckpt: Checkpoint) -> Any:
 
         inner = model.paligemma_with_expert.paligemma.model
         h, _ = cfg.image_resolution
-        inner.vision_tower = SiglipVisionModel(SiglipVisionConfig(
+        inner.vision_tower = SiglipVisionModel(SiglipVisionConfig(  # type: ignore[call-arg]  # kwargs-only config
             hidden_size=img.width, intermediate_size=img.mlp_dim, num_hidden_layers=img.depth,
             num_attention_heads=img.num_heads, image_size=h, patch_size=img.patch_size,
             hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False))

@@ -11,7 +11,8 @@ Two ways in:
 
 ``source`` is a dataset directory (anything holding ``meta/info.json``), or a repo id looked up under
 ``$HF_LEROBOT_HOME/<repo_id>`` (default ``$HF_HOME/lerobot``, ``~/.cache/huggingface/lerobot``). With
-``PI0_OFFLINE`` or ``HF_HUB_OFFLINE`` set and nothing in the cache, one :class:`DatasetError` names every place looked at;
+``PI0_OFFLINE`` or ``HF_HUB_OFFLINE`` set and nothing in the cache, one :class:`DatasetError` names every place
+looked at;
 online, lerobot downloads the dataset into its cache.
 
 lerobot, torch and pyarrow are imported inside functions only.
@@ -47,7 +48,8 @@ def lerobot_home() -> Path:
     """Where lerobot keeps datasets by repo id (``$HF_LEROBOT_HOME``, else ``$HF_HOME/lerobot``)."""
     if os.environ.get("HF_LEROBOT_HOME"):
         return Path(os.environ["HF_LEROBOT_HOME"]).expanduser()
-    hf_home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    hf_home = os.environ.get("HF_HOME") or cache / "huggingface"
     return Path(hf_home).expanduser() / "lerobot"
 
 
@@ -134,7 +136,7 @@ def read_tasks(root: Path) -> list[str]:
         table.column("task").to_pylist()
     indices = table.column("task_index").to_pylist()
     tasks = [""] * (max(indices) + 1 if indices else 0)
-    for name, index in zip(names, indices):
+    for name, index in zip(names, indices, strict=True):
         tasks[int(index)] = str(name)
     return tasks
 
@@ -152,7 +154,8 @@ def _column_to_numpy(column: Any, name: str, file: Path) -> np.ndarray:
         else:
             lengths = np.diff(np.asarray(column.offsets))
             if len(lengths) and (lengths != lengths[0]).any():
-                raise DatasetError(f"column {name!r} in {file} has rows of different lengths {sorted(set(lengths))[:5]}")
+                raise DatasetError(f"column {name!r} in {file} has rows of different lengths "
+                                   f"{sorted(set(lengths))[:5]}")
             width = int(lengths[0]) if len(lengths) else 0
         values = column.flatten().to_numpy(zero_copy_only=False)
         return values.reshape(len(column), width)
@@ -210,8 +213,8 @@ class LeRobotFrames:
     ``None`` gives single actions. ``episodes`` restricts to some episodes.
     """
 
-    def __init__(self, source: str | os.PathLike[str], *, action_key: str = "actions", action_horizon: int | None = None,
-                 episodes: Sequence[int] | None = None, video_backend: str = "pyav"):
+    def __init__(self, source: str | os.PathLike[str], *, action_key: str = "actions",
+                 action_horizon: int | None = None, episodes: Sequence[int] | None = None, video_backend: str = "pyav"):
         self.source = str(source)
         self.repo_id, self.root = resolve_dataset(source)
         self.action_key = action_key
@@ -220,6 +223,7 @@ class LeRobotFrames:
         self.video_backend = video_backend
         self._dataset = None
         self._lock = threading.Lock()
+        self.info: dict[str, Any] | None = None  # read on first use when the dataset is still to download
         if self.root.is_dir():
             self.info = read_info(self.root)
             if action_key not in self.info.get("features", {}):
@@ -227,8 +231,6 @@ class LeRobotFrames:
                     f"dataset {self.root} has no action column {action_key!r}; it has "
                     f"{', '.join(k for k in self.info['features'] if k not in INDEX_COLUMNS)}"
                 )
-        else:
-            self.info = None  # downloaded on first use
 
     @property
     def dataset(self):
@@ -261,7 +263,8 @@ class LeRobotFrames:
         except Pi0Error:
             raise
         except Exception as exc:
-            raise DatasetError(f"cannot open dataset {self.source!r} at {self.root}: {type(exc).__name__}: {exc}") from None
+            raise DatasetError(
+                f"cannot open dataset {self.source!r} at {self.root}: {type(exc).__name__}: {exc}") from None
         if self.info is None:
             self.root = Path(dataset.root)
             self.info = read_info(self.root)

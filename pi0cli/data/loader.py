@@ -103,7 +103,7 @@ def _init_worker(dataset: Any, transform: Callable | None) -> None:
     _WORKER["dataset"], _WORKER["transform"] = dataset, transform
 
 
-def _load(dataset: Any, transform: Callable | None, indices: Sequence[int]) -> Batch:
+def _load(dataset: Any, transform: Callable | None, indices: Sequence[int] | np.ndarray) -> Batch:
     examples = []
     for i in indices:
         example = dataset[int(i)]

@@ -196,14 +196,16 @@ def check_norm_stats(embodiment: Any, source: str | Path, stats: Mapping[str, No
     reports = []
     for key in ("state", "actions"):
         st, new = stats[key], fresh[key]
-        spread = (np.asarray(st.q99) - np.asarray(st.q01)) if st.q01 is not None and st.q99 is not None else np.asarray(st.std)
+        has_quantiles = st.q01 is not None and st.q99 is not None
+        spread = (np.asarray(st.q99) - np.asarray(st.q01)) if has_quantiles else np.asarray(st.std)
         std = np.asarray(st.std, np.float64)
         for d in range(st.dim):
             drift = abs(float(new.mean[d]) - float(st.mean[d])) / max(float(std[d]), NORM_EPS)
             reports.append(DimReport(
                 key=key, dim=d,
                 clip_rate=float(outside[key][d] / counts[key]) if counts[key] else float("nan"),
-                near_constant=bool(abs(float(spread[d])) < near_constant_range or float(new.std[d]) < near_constant_range),
+                near_constant=bool(abs(float(spread[d])) < near_constant_range
+                                   or float(new.std[d]) < near_constant_range),
                 drift=drift,
             ))
     return reports, fresh

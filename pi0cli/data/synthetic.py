@@ -73,7 +73,7 @@ def write_synthetic_dataset(
     if len(lengths) != episodes or any(n <= 0 for n in lengths):
         raise ValueError(f"frames must be a positive length or one per episode ({episodes}), got {frames!r}")
     cameras = [c for c in embodiment.cameras if c.key in embodiment.dataset_keys and (optional_cameras or c.required)]
-    shapes = {c.key: tuple(image_size) for c in cameras}
+    shapes = {c.key: image_size for c in cameras}
     features = embodiment_features(embodiment, shapes)
     dropped = {embodiment.dataset_keys[c.key] for c in embodiment.cameras
                if c.key in embodiment.dataset_keys and c not in cameras}
@@ -85,7 +85,7 @@ def write_synthetic_dataset(
                        robot_type=embodiment.name, overwrite=overwrite, keep_on_interrupt=False) as writer:
         for episode, length in enumerate(lengths):
             task = tasks[episode % len(tasks)]
-            for row in synthetic_frames(embodiment, length, rng, tuple(image_size), cameras):
+            for row in synthetic_frames(embodiment, length, rng, image_size, cameras):
                 writer.add_frame(row, task=task)
             writer.save_episode()
     return Path(root)

@@ -49,7 +49,8 @@ def frame_from_observation(embodiment: Any, obs: Mapping[str, Any], action: np.n
         if column is not None:
             frame[column] = to_uint8_hwc(lookup(obs, cam.key))
     for field in embodiment.state:
-        frame[embodiment.dataset_keys[field.key]] = np.asarray(lookup(obs, field.key), dtype=np.float32).reshape(field.dim)
+        value = np.asarray(lookup(obs, field.key), dtype=np.float32)
+        frame[embodiment.dataset_keys[field.key]] = value.reshape(field.dim)
     frame[embodiment.action_key] = np.asarray(action, dtype=np.float32).reshape(embodiment.action_dim)
     return frame
 
@@ -118,7 +119,8 @@ class DatasetWriter:
     def __enter__(self) -> DatasetWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         if exc_type is None or (interrupted and self.keep_on_interrupt):
             self.close()  # an interrupted recording keeps its completed episodes

@@ -73,10 +73,10 @@ def resolve_config(
 
 
 def _with_peak_lr(schedule: Schedule, lr: float) -> Schedule:
-    if isinstance(schedule, (CosineDecaySchedule, RsqrtDecaySchedule)):
-        ratio = schedule.decay_lr / schedule.peak_lr if isinstance(schedule, CosineDecaySchedule) else None
-        changed = dataclasses.replace(schedule, peak_lr=lr)
-        return dataclasses.replace(changed, decay_lr=lr * ratio) if ratio is not None else changed
+    if isinstance(schedule, CosineDecaySchedule):  # the floor keeps its ratio to the peak
+        return dataclasses.replace(schedule, peak_lr=lr, decay_lr=lr * schedule.decay_lr / schedule.peak_lr)
+    if isinstance(schedule, RsqrtDecaySchedule):
+        return dataclasses.replace(schedule, peak_lr=lr)
     if isinstance(schedule, ConstantSchedule):
         return dataclasses.replace(schedule, lr=lr)
     raise TypeError(schedule)
@@ -252,7 +252,8 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
     )
     exp_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [c for c in (on_step, _wandb_logger(config, exp_dir, wandb)) if c is not None]
-    init = None if resume or not config.init_from else (lambda model: load_initial_weights(model, config.init_from))
+    init_from = config.init_from
+    init = None if resume or not init_from else (lambda model: load_initial_weights(model, init_from))
     start = max((int(p.name) for p in exp_dir.iterdir() if p.name.isdigit()), default=0) if resume else 0
 
     def report(step: int, metrics: dict[str, float]) -> None:

@@ -33,7 +33,8 @@ def standard_presets(
                                    dataset=dataset, description=f"{model} full fine-tuning on {embodiment}", **common))
         configs.append(TrainConfig(
             name=f"{model}_{robot}_lora", embodiment=embodiment, model=model_preset(f"{model}_lora"), dataset=dataset,
-            freeze="lora_both", ema_decay=None, description=f"{model} LoRA fine-tuning on {embodiment} (fits 24 GB GPUs)",
+            freeze="lora_both", ema_decay=None,
+            description=f"{model} LoRA fine-tuning on {embodiment} (fits 24 GB GPUs)",
             **common,
         ))
     # Chunks of 10 cover every built-in robot's open-loop execution; action_dim 32 as the full-size models.

@@ -70,7 +70,7 @@ def fsdp_spec(shape: tuple[int, ...], itemsize: int, fsdp: int, min_bytes: int =
         return PartitionSpec()
     for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
         if shape[axis] % fsdp == 0:
-            spec = [None] * len(shape)
+            spec: list[str | None] = [None] * len(shape)
             spec[axis] = "fsdp"
             return PartitionSpec(*spec)
     return PartitionSpec()

@@ -53,7 +53,8 @@ def read_paligemma_npz(path: Path) -> dict[str, np.ndarray]:
     for key in data.files:
         name = key.removeprefix("params/")
         if not name.startswith(("img/", "llm/")):
-            raise WeightsError(f"{path}: unexpected key {key!r}; a PaliGemma .npz holds params/img/... and params/llm/...")
+            raise WeightsError(f"{path}: unexpected key {key!r}; a PaliGemma .npz holds params/img/... and "
+                               "params/llm/...")
         out[f"PaliGemma/{name}"] = data[key]
     return out
 

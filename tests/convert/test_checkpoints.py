@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plugin_helpers import run_pi0
 
-pytest.importorskip("jax")
-
-from plugin_helpers import run_pi0  # noqa: E402
-from pi0cli.convert import checkpoints as ck  # noqa: E402
-from pi0cli.errors import ConversionError  # noqa: E402
-from pi0cli.plugins.manager import load_registry  # noqa: E402
-from pi0cli.testing import make_tiny_checkpoint, tiny_model_config  # noqa: E402
+from pi0cli.convert import checkpoints as ck
+from pi0cli.errors import ConversionError
+from pi0cli.plugins.manager import load_registry
+from pi0cli.testing import make_tiny_checkpoint, tiny_model_config
 
 REPO = Path(__file__).resolve().parents[2]
 

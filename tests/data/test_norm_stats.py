@@ -81,7 +81,9 @@ def test_cli_writes_reference_json(pi0_exe, datasets, tmp_path):
     path = tmp_path / "assets" / "trossen" / "norm_stats.json"
     assert f"wrote {path}" in result.stdout
     raw = json.loads(path.read_text())
-    assert list(raw) == ["norm_stats"] and set(raw["norm_stats"]) == {"state", "actions"}
+    # The reference reads only "norm_stats"; "computed_for" (what the stats are for) rides along after it.
+    assert list(raw) == ["norm_stats", "computed_for"] and set(raw["norm_stats"]) == {"state", "actions"}
+    assert raw["computed_for"]["embodiment"] == "aloha"
     for entry in raw["norm_stats"].values():
         assert list(entry) == ["mean", "std", "q01", "q99"]
         assert all(len(v) == 14 and all(isinstance(x, float) for x in v) for v in entry.values())

@@ -81,7 +81,7 @@ def test_round_trip_every_embodiment(name, model_type, datasets, sp_model_bytes)
 
 @pytest.mark.slow
 def test_batch_builds_a_model_observation(datasets, sp_model_bytes):
-    jax = pytest.importorskip("jax")
+    import jax
     from pi0cli.models.observation import Observation
 
     emb = embodiment("aloha")

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
 import numpy as np
-import pytest
+from flax import nnx
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from pi0cli.models import config as C  # noqa: E402
-from pi0cli.models.observation import Observation  # noqa: E402
+from pi0cli.models import config as C
+from pi0cli.models.observation import Observation
 
 
 def make_obs(cfg: C.Pi0Config, batch: int = 2, seed: int = 0, *, mask_last_image: bool = True,

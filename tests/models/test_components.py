@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 
+import jax  # a hard dependency: a broken install must fail, not skip
+import jax.numpy as jnp
 import numpy as np
-import pytest
+from flax import nnx
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from pi0cli.models import config as C  # noqa: E402
-from pi0cli.models.gemma import MASK_VALUE, Attention, Block, RMSNorm, apply_rope  # noqa: E402
-from pi0cli.models.lora import Einsum  # noqa: E402
-from pi0cli.models.observation import resize_with_pad  # noqa: E402
-from pi0cli.models.pi0 import make_attn_mask, posemb_sincos  # noqa: E402
+from pi0cli.models import config as C
+from pi0cli.models.gemma import MASK_VALUE, Attention, Block, RMSNorm, apply_rope
+from pi0cli.models.lora import Einsum
+from pi0cli.models.observation import resize_with_pad
+from pi0cli.models.pi0 import make_attn_mask, posemb_sincos
 
 
 def test_rmsnorm_hand_values():

@@ -4,8 +4,9 @@ LeRobot builds its PaliGemma-with-expert only from full-size Gemma variants and 
 joint attention hard-codes 8 heads. So: the Gemma variant lookup is patched to small 8-head configs, the vision
 tower and projector are swapped for a small HF SigLIP and Linear, every weight is copied from our model through
 the reference-named export (``params.export_flat``) and the converter's LeRobot renaming
-(``pi0cli.convert.lerobot_names``), and the same inputs, noise and time go through both. Compared: SigLIP image tokens, prompt embeddings, the full training forward (per-element
-flow-matching loss) and ``sample_actions`` (10 Euler steps, KV cache) in float32.
+(``pi0cli.convert.lerobot_names``), and the same inputs, noise and time go through both. Compared: SigLIP image
+tokens, prompt embeddings, the full training forward (per-element flow-matching loss) and ``sample_actions``
+(10 Euler steps, KV cache) in float32.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# LeRobot's PyTorch pi0 is an optional, independent implementation (dev extra); JAX is a hard dependency.
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 modeling_pi0 = pytest.importorskip("lerobot.policies.pi0.modeling_pi0")
-jax = pytest.importorskip("jax")
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-
 from model_helpers import make_obs  # noqa: E402
+
 from pi0cli.convert.verify import posemb_float32  # noqa: E402
 from pi0cli.models import config as C  # noqa: E402
 from pi0cli.models.params import export_flat  # noqa: E402
@@ -35,10 +37,11 @@ H, A, RES = 4, 8, 32
 RESULTS: dict[str, float] = {}
 
 
-def _ours() -> Pi0:
-    C.GEMMA_VARIANTS["parity_vlm"] = VLM
-    C.GEMMA_VARIANTS["parity_expert"] = EXPERT
-    C.SIGLIP_VARIANTS["parity"] = SIGLIP
+def _ours(mp: pytest.MonkeyPatch) -> Pi0:
+    # Small variants for this module only: ``mp`` restores the global tables when the fixture ends.
+    mp.setitem(C.GEMMA_VARIANTS, "parity_vlm", VLM)
+    mp.setitem(C.GEMMA_VARIANTS, "parity_expert", EXPERT)
+    mp.setitem(C.SIGLIP_VARIANTS, "parity", SIGLIP)
     cfg = C.Pi0Config(model_type="pi0", paligemma_variant="parity_vlm", action_expert_variant="parity_expert",
                       siglip_variant="parity", dtype="float32", action_dim=A, action_horizon=H, max_token_len=8,
                       image_resolution=(RES, RES), remat=False)
@@ -63,7 +66,14 @@ def _lerobot_state_dict(model: Pi0) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def pair():
+def variants():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def pair(variants):
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     lr_cfg = {"gemma_2b": modeling_pi0.GemmaConfig(VLM.width, VLM.depth, VLM.mlp_dim, VLM.num_heads,
@@ -89,7 +99,7 @@ def pair():
         hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False))
     inner.multi_modal_projector.linear = torch.nn.Linear(SIGLIP.width, VLM.width)
     theirs = theirs.float().eval()
-    ours = _ours()
+    ours = _ours(variants)
     sd = _lerobot_state_dict(ours)
     missing, unexpected = theirs.load_state_dict(sd, strict=False)
     # The only weights we do not set: the expert's unused LM head / embedding and tied lm_head copies.
@@ -137,17 +147,17 @@ def test_vision_tokens_match(pair):
 
 
 def test_prompt_embedding(pair):
-    """Our embedder scales by sqrt(width) (the reference's Gemma embedder). Report what LeRobot does."""
+    """Both embed prompt tokens as the reference's Gemma embedder does: the table row times sqrt(width)
+    (transformers' Gemma embedding applies the same scale, so LeRobot's ``embed_language_tokens`` is already
+    scaled: measured ratio 1.000000)."""
     ours, theirs = pair
     obs, (_, _, tok, _, _) = _inputs(ours)
     with torch.no_grad():
         t = theirs.paligemma_with_expert.embed_language_tokens(tok).numpy()
     o = np.asarray(ours.PaliGemma.llm.embed(obs.tokenized_prompt))
-    scale = float(np.median(np.abs(o) / np.maximum(np.abs(t), 1e-12)))
-    RESULTS["prompt_embedding_ratio_ours_over_lerobot"] = scale
-    print(f"lerobot parity prompt embedding: ours / lerobot = {scale:.6f} (sqrt(width) = {np.sqrt(VLM.width):.6f})")
-    np.testing.assert_allclose(o, t * scale, rtol=1e-5, atol=1e-5)
-    assert abs(scale - 1.0) < 1e-5 or abs(scale - np.sqrt(VLM.width)) < 1e-3
+    table = np.asarray(ours.PaliGemma.llm.embedder.input_embedding[...])
+    np.testing.assert_allclose(o, table[np.asarray(obs.tokenized_prompt)] * np.sqrt(VLM.width), rtol=1e-6)
+    assert _report("prompt_embedding", o, t) < 1e-5
 
 
 def test_training_forward_matches(pair):

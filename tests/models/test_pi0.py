@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax  # a hard dependency: a broken install must fail, not skip
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+from model_helpers import make_obs, tiny_model
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from model_helpers import make_obs, tiny_model  # noqa: E402
-from pi0cli.models import config as C  # noqa: E402
-from pi0cli.models.observation import ModelInputError, Observation, preprocess_observation  # noqa: E402
-from pi0cli.models.pi0 import Pi0  # noqa: E402
+from pi0cli.models import config as C
+from pi0cli.models.observation import ModelInputError, Observation, preprocess_observation
+from pi0cli.models.pi0 import Pi0
 
 
 def _randomize_adarms(model):

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import math
 
+import jax  # a hard dependency: a broken install must fail, not skip
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+from model_helpers import make_obs, tiny_model
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-from model_helpers import make_obs, tiny_model  # noqa: E402
-
-from pi0cli.models.observation import Observation  # noqa: E402
-from pi0cli.models.rtc import RTCInputs, guidance_weight, prefix_weights  # noqa: E402
+from pi0cli.models.observation import Observation
+from pi0cli.models.rtc import RTCInputs, guidance_weight, prefix_weights
 
 # One jitted function each (compiled once per model structure and batch size, shared by the tests).
 _PLAIN = nnx.jit(lambda m, o, n: m.sample_actions(None, o, noise=n))

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import time
 
+import jax  # a hard dependency: a broken install must fail, not skip
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
+from model_helpers import make_obs, tiny_model
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from model_helpers import make_obs, tiny_model  # noqa: E402
-from pi0cli.errors import UnknownNameError  # noqa: E402
-from pi0cli.models import config as C  # noqa: E402
-from pi0cli.models.freeze import freeze_mode_for, trainable_filter  # noqa: E402
-from pi0cli.models.params import flatten  # noqa: E402
-from pi0cli.models.pi0 import Pi0  # noqa: E402
+from pi0cli.errors import UnknownNameError
+from pi0cli.models import config as C
+from pi0cli.models.freeze import freeze_mode_for, trainable_filter
+from pi0cli.models.params import flatten
+from pi0cli.models.pi0 import Pi0
 
 
 def _trainable_keys(model, mode, **kw):
