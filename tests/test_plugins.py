@@ -255,7 +255,7 @@ def test_pi0_record_writes_a_third_party_simulators_scripted_episodes(tmp_path):
 
 
 def test_a_simulators_first_frame_is_checked_against_its_embodiment():
-    from pi0cli.simulator import SimulatorError, checked
+    from pi0cli.simulator import Frame, SimulatorError, checked
 
     registry = registry_from(_module("toy", SIM_PLUGIN))
     simulator, toy = registry.simulator("toysim"), registry.embodiment("toy")
@@ -264,7 +264,8 @@ def test_a_simulators_first_frame_is_checked_against_its_embodiment():
     bad_action = checked(simulator.rollout("push", 0, lambda obs: np.zeros(5)), simulator, toy)
     with pytest.raises(SimulatorError, match=r"simulator 'toysim' yielded an action of shape \(5,\); toy takes \(4,\)"):
         next(bad_action)
-    no_joints = ({**frame, "observation": {"front": frame["observation"]["front"]}} for frame in good)
+    no_joints = [Frame(observation={"front": frame["observation"]["front"]}, action=frame["action"], reward=0.0,
+                       success=False, index=frame["index"]) for frame in good]
     with pytest.raises(SimulatorError, match="observations that embodiment 'toy' rejects: .*'joints'"):
         next(checked(no_joints, simulator, toy))
 
