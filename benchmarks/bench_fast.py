@@ -10,12 +10,14 @@ Usage: python benchmarks/bench_fast.py [--quick] [--skip-full] [--repeats N] [--
    rendering; skipped without the aloha plugin), against the raw DCT coefficients it compresses.
 3. Full-size pi0-FAST (gemma_2b + SigLIP So400m/14, bfloat16, batch 1, 250 prompt tokens, 256 decoding
    steps): ``sample_actions`` lowered and compiled from abstract inputs; XLA's memory analysis (nothing
-   allocated; on a CPU, an estimate of the CPU's program).
+   allocated; on a CPU, an estimate of the CPU's program). Then one LoRA train step (pi0_fast_lora, batch 1)
+   the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -151,6 +153,44 @@ def full_size(steps: int) -> dict:
     return out
 
 
+def full_size_lora_train_step(batch: int) -> dict:
+    """One AdamW step of pi0_fast_lora (rank-16 adapters train in float32, the frozen LLM in bfloat16, SigLIP
+    trains as the reference's freeze filter leaves it), compiled from abstract inputs with remat."""
+    import optax
+
+    from pi0cli.models.freeze import freeze_mode_for, trainable_filter
+
+    cfg = C.preset("pi0_fast_lora", dtype="bfloat16", param_dtype="float32", remat=True)
+    model = nnx.eval_shape(lambda: Pi0FAST(cfg, nnx.Rngs(0)))
+    graphdef, trainable, frozen = nnx.split(model, trainable_filter(freeze_mode_for(cfg)), ...)
+    frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), frozen)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(2.5e-5, b1=0.9, b2=0.95, weight_decay=1e-10))
+    opt_state = jax.eval_shape(tx.init, trainable)
+    length = cfg.token_len
+    spec = jax.ShapeDtypeStruct
+    obs = dataclasses.replace(fast_obs(cfg, batch, length, abstract=True),
+                              token_loss_mask=spec((batch, length), jnp.bool_))
+
+    def step(trainable, frozen, opt_state, obs):
+        def loss_fn(t):
+            return jnp.mean(nnx.merge(graphdef, t, frozen).compute_loss(jax.random.key(0), obs, train=True))
+
+        loss, grads = jax.value_and_grad(loss_fn)(trainable)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, loss
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 2)).lower(trainable, frozen, opt_state, obs).compile()
+    mem = compiled.memory_analysis()
+    return {
+        "batch": batch, "compile_s": round(time.perf_counter() - t0, 1),
+        "trainable_params": count_params(trainable), "frozen_params": count_params(frozen),
+        "memory_GiB": {n: getattr(mem, f"{n}_size_in_bytes") / GiB for n in ("argument", "output", "temp", "alias")},
+        "peak_estimate_GiB(argument+output+temp-alias)": (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                                          + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / GiB,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few repeats, no full-size compile")
@@ -168,6 +208,8 @@ def main() -> None:
     if not (args.quick or args.skip_full):
         results["full_size"] = full_size(256)
         print(json.dumps(results["full_size"], indent=2), flush=True)
+        results["full_size_lora_train_step"] = full_size_lora_train_step(batch=1)
+        print(json.dumps(results["full_size_lora_train_step"], indent=2), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
