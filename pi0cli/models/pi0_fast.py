@@ -132,11 +132,14 @@ class Pi0FAST(nnx.Module):
         return jnp.dot(x, self.PaliGemma.llm.embedder.input_embedding[...].T)
 
     # ------------------------------------------------------------------------------------------------ training
-    def token_logits(self, rng: jax.Array | None, obs: Observation, *, train: bool = False) -> jax.Array:
+    def token_logits(
+        self, rng: jax.Array | None, obs: Observation, *, train: bool = False, preprocessed: bool = False
+    ) -> jax.Array:
         """Next-token logits of the text ``[B, L - 1, V]``: entry ``j`` predicts ``tokenized_prompt[:, j + 1]``.
 
         One forward over ``[images | text]`` minus the last token, prefix-LM mask, ``arange`` positions."""
-        obs = self._preprocess(rng, obs, train)
+        if not preprocessed:
+            obs = self._preprocess(rng, obs, train)
         x, mask, ar = self.embed_inputs(obs)
         attn = make_attn_mask(mask, ar)
         b, s = mask.shape
@@ -147,15 +150,26 @@ class Pi0FAST(nnx.Module):
         return self.lm_head(out[:, -n_text:])  # only the text positions: the LM head is a big matmul
 
     def compute_loss(
-        self, rng: jax.Array, obs: Observation, actions: jax.Array | None = None, *, train: bool = False
+        self,
+        rng: jax.Array,
+        obs: Observation,
+        actions: jax.Array | None = None,
+        *,
+        train: bool = False,
+        noise: jax.Array | None = None,
+        time: jax.Array | None = None,
+        preprocessed: bool = False,
     ) -> jax.Array:
         """Cross-entropy per example ``[B]`` over the postfix tokens, normalised by each example's count.
 
         ``actions`` is ignored (the actions are in the tokens), as in the reference; ``rng`` only drives the
-        training-time image augmentation."""
+        training-time image augmentation. ``noise`` and ``time`` (pi0's flow-matching draws) are accepted and
+        unused, so one train step serves both model kinds; ``preprocessed``: ``obs`` already went through
+        ``preprocess_observation``."""
+        del actions, noise, time
         if obs.token_loss_mask is None:
             raise ModelInputError("pi0-FAST training needs token_loss_mask; tokenize with actions")
-        logits = self.token_logits(rng, obs, train=train)
+        logits = self.token_logits(rng, obs, train=train, preprocessed=preprocessed)
         assert obs.tokenized_prompt is not None
         targets = obs.tokenized_prompt[:, 1:]
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
