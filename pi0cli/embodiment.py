@@ -21,17 +21,18 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from pi0cli.errors import ContractError, ObservationError
+from pi0cli.models.config import IMAGE_KEYS, ModelType
 from pi0cli.transforms import Data, Repack, Transform, has_path, lookup, to_uint8_hwc
 
-#: The model's image slots (pi0 / pi0.5), in the order the model consumes them.
-MODEL_IMAGE_SLOTS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+#: The model's image slots (pi0 / pi0.5), in the order the model consumes them (the models' own list).
+MODEL_IMAGE_SLOTS: tuple[str, ...] = IMAGE_KEYS
 #: Model types an embodiment may name as its default.
-MODEL_TYPES: tuple[str, ...] = ("pi0", "pi05", "pi0_fast")
+MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 
 
 @dataclasses.dataclass(frozen=True)

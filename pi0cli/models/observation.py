@@ -72,13 +72,6 @@ class Observation:
             token_loss_mask=data.get("token_loss_mask"),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        out = {"image": self.images, "image_mask": self.image_masks, "state": self.state}
-        for name in ("tokenized_prompt", "tokenized_prompt_mask", "token_ar_mask", "token_loss_mask"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        return out
-
 
 def resize_with_pad(images: jax.Array, height: int, width: int, pad_value: float = -1.0) -> jax.Array:
     """Resize ``[..., h, w, c]`` keeping the aspect ratio (bilinear), then pad centred to ``[..., height, width, c]``.
