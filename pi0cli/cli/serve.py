@@ -38,6 +38,7 @@ def serve(
     if checkpoint is None and emb.default_checkpoint is None:
         raise Pi0Error(f"embodiment {emb.name!r} has no default checkpoint; pass --checkpoint DIR")
     location = checkpoint or emb.default_checkpoint
+    assert location is not None
     model_name = model if (model or checkpoint) else emb.default_model
 
     from pi0cli.downloads import resolve_checkpoint
