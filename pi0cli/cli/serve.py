@@ -12,19 +12,89 @@ from pi0cli.cli.embodiments import complete_embodiment
 
 
 def serve(
-    embodiment: Annotated[str, typer.Option("--embodiment", "-e", help="Robot the policy drives (see `pi0 embodiments list`).",
-                                            autocompletion=complete_embodiment)],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Checkpoint dir (holding params/ and assets/); default: the embodiment's default checkpoint.")] = None,
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8000,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="PI0_API_KEY", help="Require 'Authorization: Api-Key KEY' from clients.")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, max=256, help="Most requests run in one model call (1 turns batching off).")] = 8,
-    batch_window_ms: Annotated[float, typer.Option("--batch-window-ms", min=0.0, help="How long the first request of a batch waits for others (not at all when every connected client is already waiting).")] = 10.0,
-    record: Annotated[Path | None, typer.Option("--record", help="Save every request and reply to this directory (.npz).")] = None,
-    max_message_mb: Annotated[float, typer.Option("--max-message-mb", min=0.001, help="Largest request accepted, in MiB.")] = 64.0,
-    default_prompt: Annotated[str | None, typer.Option("--default-prompt", help="Prompt used when a request has none.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model preset of a checkpoint without pi0_config.json (e.g. a reference openpi one): pi0, pi05, ...")] = None,
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="SentencePiece model for prompts (default: the checkpoint's, else the PaliGemma tokenizer).")] = None,
+    embodiment: Annotated[str, typer.Option(
+        "--embodiment", "-e", help="Robot the policy drives (see `pi0 embodiments list`).",
+        autocompletion=complete_embodiment,
+    )],
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", "-c",
+        help="Checkpoint dir (holding params/ and assets/); default: the embodiment's default checkpoint.",
+    )] = None,
+    host: Annotated[str, typer.Option(
+        "--host",
+        help="Interface to listen on (0.0.0.0 for every interface).",
+    )] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        "--port", "-p", min=0, max=65535,
+        help="Port to listen on (0: any free port).",
+    )] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="PI0_API_KEY",
+        help="Require 'Authorization: Api-Key KEY' from clients.",
+    )] = None,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, max=256,
+        help="Most requests run in one model call (1 turns batching off).",
+    )] = 8,
+    batch_window_ms: Annotated[float, typer.Option(
+        "--batch-window-ms", min=0.0,
+        help="How long the first request of a batch waits for others (not at all when every connected "
+             "client is already waiting).",
+    )] = 10.0,
+    record: Annotated[Path | None, typer.Option(
+        "--record",
+        help="Save every request and reply to this directory (.npz).",
+    )] = None,
+    max_message_mb: Annotated[float, typer.Option(
+        "--max-message-mb", min=0.001,
+        help="Largest request accepted, in MiB.",
+    )] = 64.0,
+    max_message_elements: Annotated[int, typer.Option(
+        "--max-message-elements", min=16,
+        help="Most msgpack elements (containers count 1 plus their length) in one request; bounds the "
+             "decoding cost of any frame.",
+    )] = 2**15,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", min=1,
+        help="Most open websocket connections; a new one beyond it is closed with code 1013 (try again "
+             "later).",
+    )] = 64,
+    idle_timeout_s: Annotated[float, typer.Option(
+        "--idle-timeout-s", min=0.0,
+        help="Close a connection that sends no request for this long (0: never).",
+    )] = 600.0,
+    max_buffered_frames: Annotated[int, typer.Option(
+        "--max-buffered-frames", min=1,
+        help="Frames buffered per connection while its request is served (the socket is not read further).",
+    )] = 2,
+    max_input_std: Annotated[float | None, typer.Option(
+        "--max-input-std", min=0.0,
+        help="Refuse requests whose normalised state is further than this from the norm stats' centre (std "
+             "units; quantile stats: q01..q99 is -1..1). Default: only non-finite values are refused.",
+    )] = None,
+    record_queue_mb: Annotated[float, typer.Option(
+        "--record-queue-mb", min=1.0,
+        help="Most MiB of requests waiting to be written by --record; beyond it records are dropped "
+             "(counted in /metrics).",
+    )] = 256.0,
+    record_unknown_key_kb: Annotated[float, typer.Option(
+        "--record-unknown-key-kb", min=0.0,
+        help="Largest value --record keeps under a key the embodiment does not know, in KiB (larger ones "
+             "are left out and noted).",
+    )] = 1024.0,
+    default_prompt: Annotated[str | None, typer.Option(
+        "--default-prompt",
+        help="Prompt used when a request has none.",
+    )] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model",
+        help="Model preset of a checkpoint without pi0_config.json (e.g. a reference openpi one): pi0, "
+             "pi05, ...",
+    )] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        "--tokenizer",
+        help="SentencePiece model for prompts (default: the checkpoint's, else the PaliGemma tokenizer).",
+    )] = None,
     num_steps: Annotated[int, typer.Option("--num-steps", min=1, help="Denoising steps per action chunk.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
 ) -> None:
@@ -46,26 +116,35 @@ def serve(
     from pi0cli.policy.policy import batch_sizes_up_to
     from pi0cli.serving.server import PolicyServer
 
+    recorder = None
+    if record is not None:  # before loading: a directory that cannot be written is one line, at once
+        from pi0cli.serving.recording import Recorder
+
+        recorder = Recorder.for_embodiment(record, emb, max_queue_bytes=int(record_queue_mb * 2**20),
+                                           max_unknown_key_bytes=int(record_unknown_key_kb * 1024))
     directory = resolve_checkpoint(location)
+    if checkpoint is not None:
+        from pi0cli.cli.checkpoints import step_dir
+
+        directory = step_dir(directory)  # an experiment folder: its latest complete step, said on stderr
     sizes = batch_sizes_up_to(max_batch)
     with console.err.status(f"loading {directory} ..."):
         policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
                              tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed)
-    recorder = None
-    if record is not None:
-        from pi0cli.serving.recording import Recorder
-
-        recorder = Recorder(record)
+    policy.max_input_std = max_input_std
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = PolicyServer(
         policy, embodiment=emb, host=host, port=port, api_key=api_key, max_batch=max_batch,
-        batch_window_ms=batch_window_ms, max_message_bytes=int(max_message_mb * 2**20), recorder=recorder,
+        batch_window_ms=batch_window_ms, max_message_bytes=int(max_message_mb * 2**20),
+        max_elements=max_message_elements, max_connections=max_connections, idle_timeout_s=idle_timeout_s or None,
+        max_buffered_frames=max_buffered_frames, recorder=recorder,
     )
 
     def listening(srv: PolicyServer) -> None:
         auth = "API key required" if api_key else "no API key"
         console.out.print(f"pi0 serve: {policy.description}")
-        console.out.print(f"listening on ws://{host}:{srv.port} ({auth}); health: http://{host}:{srv.port}/healthz; "
+        console.out.print(f"listening on ws://{host}:{srv.port} ({auth}); health: http://{host}:{srv.port}/healthz, "
+                          f"metrics: /metrics; "
                           f"compiling batch sizes {', '.join(map(str, sizes))} ...")
 
     def ready(srv: PolicyServer) -> None:

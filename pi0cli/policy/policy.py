@@ -4,9 +4,10 @@
         -> jitted sample_actions -> unpad -> output transforms (per request) -> {"actions", "policy_timing"}
 
 The input and output transforms are plain callables (:func:`make_transforms` gives the standard chains of
-:class:`pi0cli.pipeline.Pipeline`, the ones training uses). The model part is a ``sample(rng, batch) -> actions [B, H, A]``
-callable; :meth:`Policy.from_model` builds it from a ``Pi0`` module with one ``jax.jit`` whose weights are an
-argument (not baked-in constants), compiled once per batch size in :meth:`Policy.warmup`.
+:class:`pi0cli.pipeline.Pipeline`, the ones training uses). The model part is a
+``sample(rng, batch) -> actions [B, H, A]`` callable; :meth:`Policy.from_model` builds it from a ``Pi0`` module
+with one ``jax.jit`` whose weights are an argument (not baked-in constants), compiled once per batch size in
+:meth:`Policy.warmup`.
 
 Requests are padded to the smallest of ``batch_sizes`` that fits (by repeating the first request), so the
 server never triggers a compilation in steady state.
@@ -34,6 +35,23 @@ SampleFn = Callable[[Any, Mapping[str, Any]], Any]
 
 class PolicyError(Pi0Error):
     """A policy that cannot be built or run as asked."""
+
+
+class InputRangeError(ObservationError):
+    """A finite observation that lies too far outside the norm stats for the model to act on safely."""
+
+    kind = "out_of_range"  # the server's error kind (/metrics)
+
+
+class NonFiniteActionsError(PolicyError):
+    """The model produced NaN or infinite actions for a request (never sent to a robot)."""
+
+    kind = "non_finite"  # the server's error kind (/metrics)
+
+
+#: Normalised state magnitudes above this make a NaN/inf action chunk's likely cause "an input far outside
+#: the norm stats" rather than the checkpoint itself.
+_FAR_OUTSIDE = 10.0
 
 
 def batch_sizes_up_to(max_batch: int) -> tuple[int, ...]:
@@ -72,7 +90,7 @@ def make_transforms(
     (``None`` / empty: absolute actions)."""
     from pi0cli.pipeline import Pipeline
 
-    mask = None if delta_action_mask == "embodiment" else tuple(delta_action_mask or ())
+    mask = None if delta_action_mask == "embodiment" else tuple(bool(m) for m in delta_action_mask or ())
     pipeline = Pipeline.create(embodiment, model_config, norm_stats, tokenizer=tokenizer, delta_action_mask=mask,
                                default_prompt=default_prompt)
     inputs = pipeline.inference_inputs()
@@ -98,6 +116,7 @@ class Policy:
         rng_fn: Callable[[int, int], Any] | None = None,
         description: str = "",
         rtc_shape: tuple[int, int] | None = None,
+        max_input_std: float | None = None,
     ):
         self._sample = sample
         self.input_transform = input_transform
@@ -111,6 +130,9 @@ class Policy:
         self.description = description
         # (horizon, action_dim) of the model when ``sample`` takes real-time chunking inputs (pi0cli.policy.rtc).
         self.rtc_shape = rtc_shape
+        #: Refuse requests whose normalised state exceeds this magnitude (``--max-input-std``; None: off).
+        #: In z-score units for mean/std norm stats; for quantile norm stats q01..q99 maps to -1..1.
+        self.max_input_std = max_input_std
         self._rng_fn = rng_fn or (lambda seed, counter: np.random.default_rng([seed, counter]))
         self._counter = 0
         self._lock = threading.Lock()
@@ -176,7 +198,8 @@ class Policy:
                 results = self.infer_batch([example] * size, return_exceptions=True)
                 for result in results:
                     if isinstance(result, BaseException):
-                        raise PolicyError(f"warm-up inference with the example observation failed: {result}") from result
+                        raise PolicyError(
+                            f"warm-up inference with the example observation failed: {result}") from result
                 times[size] = time.perf_counter() - start
         finally:
             with self._lock:
@@ -197,7 +220,29 @@ class Policy:
             raise PolicyError(f"the input transforms produced no {missing}")
         if self.rtc_shape is not None:
             data = {**data, **rtc_fields.model_fields(data, rtc, *self.rtc_shape)}
+        self._check_input_range(np.asarray(data["state"]))
         return data
+
+    def _check_input_range(self, state: np.ndarray) -> None:
+        """The normalised state must be finite (a finite but huge raw value can overflow when normalised) and,
+        with ``max_input_std``, within that many units of the norm stats' centre."""
+        if state.dtype.kind not in "fc" or not state.size:
+            return
+        finite = np.isfinite(state)
+        if not finite.all():
+            dim = int(np.flatnonzero(~finite.reshape(-1))[0])
+            raise InputRangeError(
+                f"'state' overflows to infinity when normalised (dimension {dim} after the embodiment's input "
+                "transforms): it lies far outside the norm stats; check the robot's state units")
+        if self.max_input_std is None:
+            return
+        magnitude = np.abs(state.reshape(-1))
+        dim = int(np.argmax(magnitude))
+        if magnitude[dim] > self.max_input_std:
+            raise InputRangeError(
+                f"'state' dimension {dim} (after the embodiment's input transforms) is {magnitude[dim]:.3g} "
+                f"normalised units from the norm stats' centre, more than --max-input-std {self.max_input_std:g}; "
+                "check the robot's state units and the checkpoint's norm stats")
 
     def infer_batch(self, observations: Sequence[Data], *, return_exceptions: bool = False) -> list[Any]:
         """Many observations in as few model calls as the batch sizes allow; one result per observation.
@@ -252,10 +297,28 @@ class Policy:
             infer_ms = (time.perf_counter() - start) * 1000.0
         for j, (i, data) in enumerate(chunk):
             try:
-                out = self.output_transform({"state": np.asarray(data["state"]), "actions": actions[j]})
+                state = np.asarray(data["state"])
+                with np.errstate(over="ignore", invalid="ignore"):  # non-finite actions are reported below
+                    out = self.output_transform({"state": state, "actions": actions[j]})
+                    robot_actions = np.ascontiguousarray(np.asarray(out["actions"], dtype=np.float32))
+                if not np.isfinite(robot_actions).all():
+                    raise NonFiniteActionsError(_non_finite_cause(state))
                 result = {k: v for k, v in out.items() if k != "state"}
-                result["actions"] = np.ascontiguousarray(np.asarray(out["actions"], dtype=np.float32))
+                result["actions"] = robot_actions
                 result["policy_timing"] = {"infer_ms": infer_ms, "batch_size": n, "padded_batch_size": size}
                 results[i] = result
             except Exception as exc:  # noqa: BLE001
                 results[i] = exc
+
+
+def _non_finite_cause(state: np.ndarray) -> str:
+    """The error text for a NaN/inf action chunk, naming its likely cause from the normalised state."""
+    text = "the model produced NaN or infinite actions for this request (no actions were sent)"
+    magnitude = np.abs(np.asarray(state, np.float64).reshape(-1)) if state.size else np.zeros(1)
+    dim = int(np.argmax(magnitude))
+    if magnitude[dim] > _FAR_OUTSIDE:
+        return (f"{text}; likely cause: an input far outside the norm stats (the normalised state reaches "
+                f"{magnitude[dim]:.3g} at dimension {dim}); check the robot's state units, or start the server "
+                "with --max-input-std to refuse such inputs")
+    return (f"{text}; the inputs are within the norm stats, so the checkpoint (weights or norm stats) likely "
+            "holds NaN or infinity")

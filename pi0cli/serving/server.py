@@ -58,6 +58,8 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_NORMAL = 1000
 #: A connection counts as an active client while a request is in flight and this long after its last reply.
 ACTIVE_S = 2.0
+#: How long a closing handshake may take (a vanished peer must not hold a connection, or shutdown, longer).
+CLOSE_TIMEOUT_S = 2.0
 
 
 class ServerError(Pi0Error):
@@ -381,6 +383,7 @@ class PolicyServer:
             server = await serve(
                 self._handler, self.host, self.port, compression=None, max_size=self.max_message_bytes,
                 max_queue=self.max_buffered_frames, process_request=self._process_request, server_header="pi0",
+                close_timeout=CLOSE_TIMEOUT_S,
             )
         except OSError as exc:
             raise ServerError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
@@ -398,8 +401,13 @@ class PolicyServer:
             watcher.cancel()
         finally:
             server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5.0)
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+            except (TimeoutError, Exception):  # noqa: BLE001 - e.g. a peer that vanished while we paused reading
+                for connection in list(server.connections):
+                    connection.transport.abort()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 2.0)
             self.batcher.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.recorder is not None:
@@ -444,9 +452,11 @@ class ServerThread:
         self._listening.wait(timeout)
         if self._error is not None:
             raise self._error
-        if wait_ready and not self.server.batcher.ready.wait(timeout):
-            raise ServerError(f"the model was not ready after {timeout} s")
-        if self.server.batcher.failed is not None:
+        deadline = time.monotonic() + timeout
+        while wait_ready and not self.server.batcher.ready.wait(0.05) and self.server.batcher.failed is None:
+            if time.monotonic() > deadline:
+                raise ServerError(f"the model was not ready after {timeout} s")
+        if wait_ready and self.server.batcher.failed is not None:
             raise ServerError(f"the model failed to start: {self.server.batcher.failed}")
         return self
 

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from net_helpers import free_port  # noqa: F401  (re-exported for the serving tests)
 
 from pi0cli.transforms import PadStatesAndActions, compose

@@ -62,6 +62,9 @@ def test_pi0_serve_with_openpi_client_and_pi0_client(tiny_checkpoint, tmp_path):
         thread.start()
         wait_until_ready("127.0.0.1", port, timeout=240)
         assert _health(port) == 200
+        metrics = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Api-Key k3y"})
+        with urllib.request.urlopen(metrics, timeout=10) as r:
+            assert r.status == 200 and b"pi0_ready 1.0" in r.read()
         thread.join(60)
         ours = early["client"]
         assert ours.get_server_metadata() == {}
@@ -128,6 +131,16 @@ def test_default_checkpoint_without_network_fails_with_one_clear_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert "gs://openpi-assets/checkpoints/pi0_aloha_sim" in lines[0]
     assert str(tmp_path / "cache") in lines[0] and "--checkpoint" in lines[0]
+
+
+def test_record_dir_that_cannot_be_created_is_one_line(tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = subprocess.run([PI0, "serve", "--embodiment", "aloha_sim", "--checkpoint", str(tiny_checkpoint),
+                             "--record", str(blocker / "rec"), "--port", str(free_port())],
+                            env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "cannot record to" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_bad_checkpoint_path_is_one_line(tmp_path):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from serving_helpers import sim_obs
 
+from pi0cli.checkpoint import CheckpointError, config_from_dict, save_policy_checkpoint
 from pi0cli.errors import ObservationError
 from pi0cli.normstats import load_norm_stats
-from pi0cli.checkpoint import CheckpointError, config_from_dict, save_policy_checkpoint
 from pi0cli.policy import load_policy
 
 
@@ -99,3 +99,24 @@ def test_save_refuses_to_overwrite(tiny_checkpoint, aloha_sim):
     with pytest.raises(CheckpointError, match="already exists"):
         save_policy_checkpoint(tiny_checkpoint, params={}, model_config=None, embodiment="aloha_sim",
                                norm_stats={}, asset_id="x")
+
+
+def test_non_finite_actions_are_never_returned(policy, monkeypatch):
+    """Issue 14: a finite but huge state came back as NaN actions; now an error names the likely cause and the
+    request's batchmates are still served. (This tiny model stays finite, so its output is made to overflow.)"""
+    from pi0cli.policy.policy import NonFiniteActionsError
+
+    sample = policy._sample
+
+    def overflowing(rng, batch):
+        actions = np.asarray(sample(rng, batch))
+        huge = np.abs(np.asarray(batch["state"])).max(axis=-1) > 1e6
+        return np.where(huge[:, None, None], np.float32(np.nan), actions)
+
+    monkeypatch.setattr(policy, "_sample", overflowing)
+    state = np.zeros(14, np.float32)
+    state[3] = 1e37
+    huge, fine = policy.infer_batch([sim_obs() | {"state": state}, sim_obs()], return_exceptions=True)
+    assert isinstance(huge, NonFiniteActionsError), huge
+    assert "norm stats" in str(huge) and "dimension 3" in str(huge)
+    assert np.isfinite(fine["actions"]).all()

@@ -94,15 +94,43 @@ def test_strict_decoding(frame, words):
         protocol.unpackb(frame)
 
 
+class _Trap:
+    """Unpickling this object records it: the payload a pickle-based decoder would run."""
+
+    fired: list[str] = []
+
+    def __reduce__(self):
+        return (_Trap.fired.append, ("unpickled",))
+
+
 def test_decoding_never_unpickles(monkeypatch):
     import pickle
 
-    def boom(*args, **kwargs):
+    payload = pickle.dumps(_Trap())
+    used = []
+
+    def spy(*args, **kwargs):
+        used.append(args)
         raise AssertionError("pickle used")
 
-    monkeypatch.setattr(pickle, "loads", boom)
-    monkeypatch.setattr(np, "load", boom)
-    protocol.unpackb(protocol.packb({"x": np.zeros(3)}))
+    for name in ("loads", "load", "Unpickler"):
+        monkeypatch.setattr(pickle, name, spy)
+    monkeypatch.setattr(np, "load", spy)
+    # What msgpack-numpy-style decoders unpickle: object arrays and object scalars carrying a pickle.
+    frames = [
+        msgpack.packb({"x": _nd(data=payload, dtype="|O", shape=(1,))}),
+        msgpack.packb({"x": _nd(data=payload, dtype="O", shape=())}),
+        msgpack.packb({"x": _nd(data=payload, dtype="|O8", shape=(1,))}),
+        msgpack.packb({"x": {b"__npgeneric__": True, b"data": payload, b"dtype": "|O"}}),
+        msgpack.packb([{"x": _nd(data=payload, dtype="|V" + str(len(payload)), shape=(1,))}]),
+        msgpack.packb({"x": msgpack.ExtType(1, payload)}),
+        payload,
+    ]
+    for frame in frames:
+        with pytest.raises(ProtocolError):
+            protocol.unpackb(frame)
+    assert not used and not _Trap.fired
+    assert protocol.unpackb(protocol.packb({"x": np.zeros(3)}))["x"].shape == (3,)
 
 
 def test_text_frames_are_rejected():

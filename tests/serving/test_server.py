@@ -135,7 +135,8 @@ def test_oversized_message_closes_only_that_connection(fake_server):
 
 
 _json_like = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20)
+    | st.binary(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
@@ -268,7 +269,7 @@ def test_record_saves_every_request_and_reply(aloha_sim, tmp_path):
         ws.close()
     records = list(load_records(tmp_path / "rec"))
     assert len(records) == 3  # rejected requests are not recorded
-    for rec, obs, reply in zip(records, sent, replies):
+    for rec, obs, reply in zip(records, sent, replies, strict=True):
         np.testing.assert_array_equal(rec["inputs"]["images"]["cam_high"], obs["images"]["cam_high"])
         np.testing.assert_array_equal(rec["inputs"]["state"], obs["state"])
         assert rec["inputs"]["prompt"] == "Transfer cube"
