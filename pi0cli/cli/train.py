@@ -69,6 +69,13 @@ def train(
         "--wandb", help="Also log metrics to Weights & Biases (if installed).")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print parameter counts and the compiled memory of one step; train nothing.")] = False,
+    memory_budget: Annotated[str | None, typer.Option(
+        "--memory-budget", help="Memory per device (e.g. 24GiB): pick the fastest remat / accumulation / "
+        "precision plan that fits, from compiled memory analyses.")] = None,
+    allow_freeze_vision: Annotated[bool, typer.Option(
+        "--allow-freeze-vision", help="Let --memory-budget freeze the vision tower (changes the recipe).")] = False,
+    allow_no_ema: Annotated[bool, typer.Option(
+        "--allow-no-ema", help="Let --memory-budget turn the EMA off (changes the recipe).")] = False,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved configuration and exit.")] = False,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the training presets and exit.")] = False,
@@ -94,6 +101,12 @@ def train(
 
         raise Pi0Error("--resume and --overwrite contradict each other: pick one")
     launch.init_distributed(coordinator, num_processes, process_id)
+    if dry_run and config.dataset:
+        from pi0cli.data.lerobot import resolve_dataset
+
+        resolve_dataset(config.dataset)  # fail fast on a missing dataset, before a long compile
+    if memory_budget is not None:
+        config = _plan(config, memory_budget, allow_freeze_vision=allow_freeze_vision, allow_no_ema=allow_no_ema)
     if dry_run:
         _print_dry_run(config)
         return
@@ -129,6 +142,29 @@ def _print_summary(result: RunResult | None) -> None:
     console.out.print(f"checkpoint saved to {result.exp_dir / str(result.last_step)}")
 
 
+def _plan(config: TrainConfig, budget: str, *, allow_freeze_vision: bool, allow_no_ema: bool) -> TrainConfig:
+    """The memory planner's config for ``budget``, its plan printed."""
+    from rich.table import Table
+
+    from pi0cli.training.planner import format_bytes, parse_bytes, plan_memory, plan_rows
+
+    budget_bytes = parse_bytes(budget)
+    with console.err.status(f"planning {config.name} for {format_bytes(budget_bytes)} per device ...") as status:
+        result = plan_memory(
+            config, budget_bytes, allow_freeze_vision=allow_freeze_vision, allow_drop_ema=allow_no_ema,
+            on_compile=lambda plan, peak: status.update(f"planning {config.name}: a plan compiled to "
+                                                        f"{format_bytes(peak)} ..."),
+        )
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in plan_rows(result):
+        table.add_row(label, value)
+    console.out.print(f"memory plan for {config.name}:")
+    console.out.print(table)
+    return result.config
+
+
 def _print_dry_run(config: TrainConfig) -> None:
     from rich.table import Table
 
@@ -149,6 +185,7 @@ def _print_dry_run(config: TrainConfig) -> None:
         ("arguments / device", f"{report.argument_bytes / gib:.2f} GiB"),
         ("temporaries / device", f"{report.temp_bytes / gib:.2f} GiB"),
         ("peak memory / device", f"{report.peak_bytes / gib:.2f} GiB"),
+        ("backend", report.backend_note),
     ]:
         table.add_row(label, value)
     console.out.print(table)

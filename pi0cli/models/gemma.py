@@ -14,13 +14,64 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pi0cli.models.config import GemmaConfig
+from pi0cli.models.config import AttentionImpl, GemmaConfig, RematPolicy
 from pi0cli.models.lora import Einsum, FeedForward, _lecun
 
 #: Additive mask value of the reference (a large negative bfloat16-representable number, not -inf: no NaNs).
 MASK_VALUE = -2.3819763e38
 
 KVCache = tuple[jax.Array, jax.Array]  # (k, v), each [depth, B, S, num_kv_heads, head_dim]; k after RoPE
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Plain attention, float32 scores: q ``[B, T, K, G, H]``, k/v ``[B, S, K, H]``, mask ``[B, T, S]``."""
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, :, :], logits, MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    *,
+    impl: AttentionImpl = "chunked",
+    chunk: int = 128,
+) -> jax.Array:
+    """Softmax attention of pre-scaled ``q [B, T, N, H]`` over ``k, v [B, S, K, H]`` (``N`` a multiple of ``K``:
+    grouped queries), boolean ``mask [B, T, S]`` or None -> ``[B, T, N, H]``.
+
+    "chunked" runs query chunks of about ``chunk`` tokens under ``lax.map``, each rematerialised in the
+    backward pass, so only one chunk's float32 scores ``[B, N, chunk, S]`` are ever live (forward or backward);
+    each query row sees the same math as the whole-matrix form. "xla" and "cudnn" are
+    ``jax.nn.dot_product_attention``'s implementations (cuDNN: the fused flash kernel, GPU and bf16 only).
+    """
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    if impl in ("xla", "cudnn"):
+        m = None if mask is None else mask[:, None, :, :]
+        return jax.nn.dot_product_attention(q, k, v, mask=m, scale=1.0, implementation=impl)
+    qg = q.reshape(b, t, kv_heads, n // kv_heads, h)
+    if t <= chunk:
+        return _attend(qg, k, v, mask).reshape(b, t, n, h)
+    pieces = -(-t // chunk)
+    size = -(-t // pieces)  # balanced chunks: 867 tokens -> 7 x 124, not 7 x 128
+    pad = pieces * size - t
+    qg = jnp.pad(qg, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+    q_chunks = jnp.moveaxis(qg.reshape(b, pieces, size, *qg.shape[2:]), 1, 0)
+    attend = jax.checkpoint(_attend)
+    if mask is None:
+        out = jax.lax.map(lambda qc: attend(qc, k, v, None), q_chunks)
+    else:
+        # Padded query rows see nothing (uniform softmax); they are sliced off below.
+        m = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
+        m_chunks = jnp.moveaxis(m.reshape(b, pieces, size, m.shape[-1]), 1, 0)
+        out = jax.lax.map(lambda xs: attend(xs[0], k, v, xs[1]), (q_chunks, m_chunks))
+    out = jnp.moveaxis(out, 0, 1).reshape(b, pieces * size, n, h)
+    return out[:, :t]
 
 
 def suffix(i: int) -> str:
@@ -93,8 +144,17 @@ class Embedder(nnx.Module):
 class Attention(nnx.Module):
     """Joint multi-query attention over several token streams, each with its own q/kv/out projections."""
 
-    def __init__(self, configs: Sequence[GemmaConfig], *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        configs: Sequence[GemmaConfig],
+        *,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        impl: AttentionImpl = "chunked",
+        chunk: int = 128,
+    ):
         c0 = configs[0]
+        self.impl, self.chunk = impl, chunk
         self.num_heads, self.num_kv_heads, self.head_dim = c0.num_heads, c0.num_kv_heads, c0.head_dim
         self.num_experts = len(configs)
         n, k, h = c0.num_heads, c0.num_kv_heads, c0.head_dim
@@ -134,14 +194,9 @@ class Attention(nnx.Module):
             v = jnp.concatenate([kv_cache[1].astype(v.dtype), v], axis=1)
 
         b, t = q.shape[:2]
-        g = self.num_heads // self.num_kv_heads
-        q = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)
-        logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
         if mask.shape != (b, t, k.shape[1]):
             raise ValueError(f"attention mask has shape {mask.shape}, expected {(b, t, k.shape[1])}")
-        logits = jnp.where(mask[:, None, None, :, :], logits, MASK_VALUE)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, self.num_heads, self.head_dim)
+        encoded = dot_product_attention(q, k, v, mask, impl=self.impl, chunk=self.chunk)
 
         outs: list[jax.Array | None] = []
         start = 0
@@ -165,16 +220,18 @@ class Block(nnx.Module):
         *,
         param_dtype: jnp.dtype,
         rngs: nnx.Rngs,
+        attention_impl: AttentionImpl = "chunked",
+        attention_chunk: int = 128,
+        mlp_chunk: int | None = None,
     ):
         self.num_experts = len(configs)
         for i, (c, cd) in enumerate(zip(configs, cond_dims)):
             s = suffix(i)
             setattr(self, f"pre_attention_norm{s}", RMSNorm(c.width, cond_dim=cd, param_dtype=param_dtype, rngs=rngs))
             setattr(self, f"pre_ffw_norm{s}", RMSNorm(c.width, cond_dim=cd, param_dtype=param_dtype, rngs=rngs))
-            setattr(
-                self, f"mlp{s}", FeedForward(c.width, c.mlp_dim, lora=c.ffn_lora, param_dtype=param_dtype, rngs=rngs)
-            )
-        self.attn = Attention(configs, param_dtype=param_dtype, rngs=rngs)
+            mlp = FeedForward(c.width, c.mlp_dim, lora=c.ffn_lora, param_dtype=param_dtype, rngs=rngs, chunk=mlp_chunk)
+            setattr(self, f"mlp{s}", mlp)
+        self.attn = Attention(configs, param_dtype=param_dtype, rngs=rngs, impl=attention_impl, chunk=attention_chunk)
 
     def __call__(self, xs, positions, mask, conds, kv_cache=None):
         normed, gates = [], []
@@ -208,6 +265,19 @@ def stacked(make: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) 
     return nnx.merge(graphdef, states)
 
 
+def remat_policy(remat: bool | RematPolicy) -> Callable | None:
+    """The ``jax.checkpoint`` policy of a remat setting; None: no rematerialisation."""
+    match remat:
+        case False | "none":
+            return None
+        case "dots":
+            # Weight matmuls have no dot_general batch dims; attention's score/value products do (recomputed).
+            return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        case True | "nothing":
+            return jax.checkpoint_policies.nothing_saveable
+    raise ValueError(f"unknown remat policy {remat!r}; use none, dots or nothing")
+
+
 def run_stacked(
     layers: nnx.Module,
     depth: int,
@@ -216,12 +286,13 @@ def run_stacked(
     per_layer,
     *,
     scan: bool,
-    remat: bool,
+    remat: bool | RematPolicy,
 ):
     """Apply ``fn(layer, carry, per_layer_slice) -> (carry, out)`` over stacked ``layers``; outs are stacked.
 
     ``scan=True`` uses ``lax.scan``; otherwise a Python loop (same weights, same math; unrolled HLO).
-    ``remat`` saves nothing inside a layer for the backward pass (as the reference's ``nothing_saveable``).
+    ``remat`` is what a layer keeps for the backward pass: "none" (or False) everything, "dots" the outputs of
+    its weight matmuls only, "nothing" (or True) nothing (as the reference's ``nothing_saveable``).
     """
     graphdef, state = nnx.split(layers)
 
@@ -229,8 +300,9 @@ def run_stacked(
         layer_state, extra = xs
         return fn(nnx.merge(graphdef, layer_state), c, extra)
 
-    if remat:
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    policy = remat_policy(remat)
+    if policy is not None:
+        body = jax.checkpoint(body, policy=policy)
     if scan:
         return jax.lax.scan(body, carry, (state, per_layer))
     outs = []
@@ -255,7 +327,10 @@ class Gemma(nnx.Module):
         dtype: jnp.dtype = jnp.bfloat16,
         param_dtype: jnp.dtype = jnp.float32,
         scan: bool = True,
-        remat: bool = True,
+        remat: bool | RematPolicy = True,
+        attention_impl: AttentionImpl = "chunked",
+        attention_chunk: int = 128,
+        mlp_chunk: int | None = None,
         rngs: nnx.Rngs,
     ):
         configs = tuple(configs)
@@ -265,7 +340,12 @@ class Gemma(nnx.Module):
         cond_dims = tuple(c.width if a else None for c, a in zip(configs, adarms))
         self.embedder = Embedder(configs[0].vocab_size, configs[0].width, param_dtype=param_dtype, rngs=rngs)
         self.layers = stacked(
-            lambda r: Block(configs, cond_dims, param_dtype=param_dtype, rngs=r), self.depth, rngs
+            lambda r: Block(
+                configs, cond_dims, param_dtype=param_dtype, rngs=r, attention_impl=attention_impl,
+                attention_chunk=attention_chunk, mlp_chunk=mlp_chunk,
+            ),
+            self.depth,
+            rngs,
         )
         for i, (c, cd) in enumerate(zip(configs, cond_dims)):
             setattr(self, f"final_norm{suffix(i)}", RMSNorm(c.width, cond_dim=cd, param_dtype=param_dtype, rngs=rngs))

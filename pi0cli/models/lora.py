@@ -3,7 +3,8 @@
 ``Einsum`` holds ``w`` and, with LoRA, ``lora_a``/``lora_b``: the adapters factor the last two axes of ``w``
 (``w[..., i, o]`` gets ``a[..., i, r] @ b[..., r, o]``), scaled by ``alpha / rank``.
 ``FeedForward`` is the GeGLU MLP with ``gating_einsum [2, D, F]`` and ``linear [F, D]`` and, with LoRA,
-``{gating_einsum,linear}_lora_{a,b}`` whose update is added unscaled (as the reference does).
+``{gating_einsum,linear}_lora_{a,b}`` whose update is added unscaled (as the reference does); with ``chunk``
+it runs over token chunks, each rematerialised, so its ``[B, T, hidden]`` activations are never all live.
 """
 
 from __future__ import annotations
@@ -76,8 +77,16 @@ class FeedForward(nnx.Module):
     """GeGLU MLP: ``linear(gelu_tanh(x @ W_gate) * (x @ W_up))``; x ``[..., D]`` -> ``[..., D]``."""
 
     def __init__(
-        self, width: int, hidden: int, *, lora: LoRAConfig | None, param_dtype: jnp.dtype, rngs: nnx.Rngs
+        self,
+        width: int,
+        hidden: int,
+        *,
+        lora: LoRAConfig | None,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        chunk: int | None = None,
     ):
+        self.chunk = chunk
         gate_init = _lecun(in_axis=-2, out_axis=-1, batch_axis=(0,))
         lin_init = _lecun(in_axis=-2, out_axis=-1)
         self.gating_einsum = nnx.Param(gate_init(rngs.params(), (2, width, hidden), param_dtype))
@@ -91,6 +100,19 @@ class FeedForward(nnx.Module):
             self.linear_lora_b = nnx.Param(_LORA_INIT(rngs.params(), (r, width), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        t = x.shape[-2] if x.ndim >= 2 else 1
+        if self.chunk is None or t <= self.chunk:
+            return self._mlp(x)
+        pieces = -(-t // self.chunk)
+        size = -(-t // pieces)
+        pad = pieces * size - t
+        xp = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)])
+        xc = jnp.moveaxis(xp.reshape(*x.shape[:-2], pieces, size, x.shape[-1]), -3, 0)
+        out = jax.lax.map(jax.checkpoint(self._mlp), xc)
+        out = jnp.moveaxis(out, 0, -3).reshape(*x.shape[:-2], pieces * size, -1)
+        return out[..., :t, :]
+
+    def _mlp(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
         w = self.gating_einsum[...].astype(dt)
         gate, up = jnp.dot(x, w[0]), jnp.dot(x, w[1])

@@ -73,7 +73,10 @@ class Pi0(nnx.Module):
             dtype=dtype,
             param_dtype=pdtype,
             scan=config.scan,
-            remat=config.remat,
+            remat=config.llm_remat,
+            attention_impl=config.attention_impl,
+            attention_chunk=config.attention_chunk,
+            mlp_chunk=config.mlp_chunk,
             rngs=rngs,
         )
         img = SigLIP(
@@ -83,7 +86,9 @@ class Pi0(nnx.Module):
             dtype=dtype,
             param_dtype=pdtype,
             scan=config.scan,
-            remat=config.remat,
+            remat=config.vision_remat,
+            attention_impl=config.attention_impl,
+            attention_chunk=config.attention_chunk,
             rngs=rngs,
         )
         self.PaliGemma = PaliGemma(img, llm)
@@ -160,13 +165,16 @@ class Pi0(nnx.Module):
         noise: jax.Array | None = None,
         time: jax.Array | None = None,
         train: bool = False,
+        preprocessed: bool = False,
     ) -> jax.Array:
         """Flow-matching loss per example and step, ``[B, H]`` (mean over action dims, padded dims included).
 
         ``noise [B, H, A]`` and ``time [B]`` default to N(0, I) and ``Beta(1.5, 1) * 0.999 + 0.001``.
+        ``preprocessed``: ``obs`` already went through ``preprocess_observation`` (micro-batches of one batch).
         """
         pre_rng, noise_rng, time_rng = jax.random.split(rng, 3)
-        obs = self._preprocess(pre_rng, obs, train)
+        if not preprocessed:
+            obs = self._preprocess(pre_rng, obs, train)
         actions = actions.astype(jnp.float32)
         batch = actions.shape[:-2]
         if noise is None:

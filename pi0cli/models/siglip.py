@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pi0cli.models.config import SigLIPConfig
-from pi0cli.models.gemma import run_stacked, stacked
+from pi0cli.models.config import AttentionImpl, RematPolicy, SigLIPConfig
+from pi0cli.models.gemma import dot_product_attention, run_stacked, stacked
 from pi0cli.models.lora import _lecun
 
 
@@ -48,9 +48,18 @@ class Dense(nnx.Module):
 
 
 class MultiHeadDotProductAttention(nnx.Module):
-    def __init__(self, width: int, num_heads: int, *, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        *,
+        param_dtype,
+        rngs: nnx.Rngs,
+        impl: AttentionImpl = "chunked",
+        chunk: int = 128,
+    ):
         hd = width // num_heads
-        self.head_dim = hd
+        self.head_dim, self.impl, self.chunk = hd, impl, chunk
         for name in ("query", "key", "value"):
             setattr(self, name, Dense((width,), (num_heads, hd), param_dtype=param_dtype, rngs=rngs))
         self.out = Dense((num_heads, hd), (width,), param_dtype=param_dtype, rngs=rngs)
@@ -58,9 +67,7 @@ class MultiHeadDotProductAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, N, Hd]
         q = q / jnp.sqrt(jnp.asarray(self.head_dim, q.dtype))
-        logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        return self.out(jnp.einsum("BNTS,BSNH->BTNH", probs, v))
+        return self.out(dot_product_attention(q, k, v, None, impl=self.impl, chunk=self.chunk))
 
 
 class MlpBlock(nnx.Module):
@@ -73,10 +80,13 @@ class MlpBlock(nnx.Module):
 
 
 class EncoderBlock(nnx.Module):
-    def __init__(self, cfg: SigLIPConfig, *, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: SigLIPConfig, *, param_dtype, rngs: nnx.Rngs, attention_impl: AttentionImpl = "chunked",
+        attention_chunk: int = 128,
+    ):
         self.LayerNorm_0 = LayerNorm(cfg.width, param_dtype=param_dtype)
         self.MultiHeadDotProductAttention_0 = MultiHeadDotProductAttention(
-            cfg.width, cfg.num_heads, param_dtype=param_dtype, rngs=rngs
+            cfg.width, cfg.num_heads, param_dtype=param_dtype, rngs=rngs, impl=attention_impl, chunk=attention_chunk
         )
         self.LayerNorm_1 = LayerNorm(cfg.width, param_dtype=param_dtype)
         self.MlpBlock_0 = MlpBlock(cfg.width, cfg.mlp_dim, param_dtype=param_dtype, rngs=rngs)
@@ -87,9 +97,25 @@ class EncoderBlock(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    def __init__(self, cfg: SigLIPConfig, *, param_dtype, scan: bool, remat: bool, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: SigLIPConfig,
+        *,
+        param_dtype,
+        scan: bool,
+        remat: bool | RematPolicy,
+        rngs: nnx.Rngs,
+        attention_impl: AttentionImpl = "chunked",
+        attention_chunk: int = 128,
+    ):
         self.depth, self.scan, self.remat = cfg.depth, scan, remat
-        self.encoderblock = stacked(lambda r: EncoderBlock(cfg, param_dtype=param_dtype, rngs=r), cfg.depth, rngs)
+        self.encoderblock = stacked(
+            lambda r: EncoderBlock(
+                cfg, param_dtype=param_dtype, rngs=r, attention_impl=attention_impl, attention_chunk=attention_chunk
+            ),
+            cfg.depth,
+            rngs,
+        )
         self.encoder_norm = LayerNorm(cfg.width, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -111,7 +137,9 @@ class SigLIP(nnx.Module):
         dtype=jnp.bfloat16,
         param_dtype=jnp.float32,
         scan: bool = True,
-        remat: bool = False,
+        remat: bool | RematPolicy = False,
+        attention_impl: AttentionImpl = "chunked",
+        attention_chunk: int = 128,
         rngs: nnx.Rngs,
     ):
         p = cfg.patch_size
@@ -120,7 +148,10 @@ class SigLIP(nnx.Module):
         self.embedding = Dense((p, p, 3), (cfg.width,), param_dtype=param_dtype, rngs=rngs)  # conv kernel HWIO
         posemb_init = jax.nn.initializers.normal(stddev=cfg.width**-0.5)
         self.pos_embedding = nnx.Param(posemb_init(rngs.params(), (1, n_tokens, cfg.width), param_dtype))
-        self.Transformer = Encoder(cfg, param_dtype=param_dtype, scan=scan, remat=remat, rngs=rngs)
+        self.Transformer = Encoder(
+            cfg, param_dtype=param_dtype, scan=scan, remat=remat, rngs=rngs, attention_impl=attention_impl,
+            attention_chunk=attention_chunk,
+        )
         self.head = Dense((cfg.width,), (out_width,), param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, images: jax.Array) -> jax.Array:

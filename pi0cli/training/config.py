@@ -88,6 +88,11 @@ class TrainConfig:
     fsdp_devices: int = 1
     #: arrays smaller than this stay replicated under FSDP (tests lower it to shard tiny models).
     fsdp_min_bytes: int = 4 * 2**20
+    #: micro-batches per step: the same step as one whole batch (gradients averaged), less activation memory.
+    grad_accum_steps: int = 1
+    #: storage dtype of Adam's moments, and of the EMA (bfloat16: kept as an offset from the parameters).
+    moment_dtype: Literal["float32", "bfloat16"] = "float32"
+    ema_dtype: Literal["float32", "bfloat16"] = "float32"
     #: overrides the embodiment's delta mask (``()`` turns delta actions off).
     delta_action_mask: tuple[bool, ...] | None = None
     default_prompt: str | None = None
@@ -99,9 +104,15 @@ class TrainConfig:
         def fail(problem: str) -> None:
             raise TrainConfigError(f"train config {self.name!r}: {problem}")
 
-        for field in ("batch_size", "num_train_steps", "log_interval", "save_interval", "max_to_keep", "fsdp_devices"):
+        for field in ("batch_size", "num_train_steps", "log_interval", "save_interval", "max_to_keep", "fsdp_devices",
+                      "grad_accum_steps"):
             if getattr(self, field) <= 0:
                 fail(f"{field.replace('_', '-')} must be positive, got {getattr(self, field)}")
+        if self.batch_size % self.grad_accum_steps:
+            fail(f"batch-size {self.batch_size} is not a multiple of grad-accum-steps {self.grad_accum_steps}")
+        for field in ("moment_dtype", "ema_dtype"):
+            if getattr(self, field) not in ("float32", "bfloat16"):
+                fail(f"{field.replace('_', '-')} must be float32 or bfloat16, got {getattr(self, field)!r}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             fail(f"ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.freeze not in FREEZE_MODES:

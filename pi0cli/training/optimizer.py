@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from pi0cli.training.config import AdamW, ConstantSchedule, CosineDecaySchedule, RsqrtDecaySchedule, Schedule
@@ -31,12 +35,56 @@ def make_schedule(schedule: Schedule) -> optax.Schedule:
     raise TypeError(f"unknown schedule {schedule!r}")
 
 
-def make_optimizer(config: AdamW, schedule: Schedule) -> optax.GradientTransformation:
-    """Clip gradients by global norm, then AdamW with the schedule; weight decay applies to all parameters."""
+class LowPrecisionAdamState(NamedTuple):
+    steps: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_adam_stored_as(dtype: jnp.dtype, *, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """Adam's scaling with both moments stored in ``dtype`` (updated in float32, rounded once per step).
+
+    Rounding the moments is harmless where rounding the weights would not be: each step moves a moment by a
+    sizeable fraction ((1 - b1) and (1 - b2) of the new gradient), far above bfloat16's 2^-8 resolution.
+    """
+
+    def init(params: optax.Params) -> LowPrecisionAdamState:
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, dtype), params)
+        return LowPrecisionAdamState(steps=jnp.zeros((), jnp.int32), mu=zeros, nu=zeros)
+
+    def update(updates: optax.Updates, state: LowPrecisionAdamState, params: optax.Params | None = None):
+        del params
+        count = optax.safe_increment(state.steps)
+        f32 = jnp.float32
+        mu = jax.tree.map(lambda g, m: b1 * m.astype(f32) + (1 - b1) * g.astype(f32), updates, state.mu)
+        nu = jax.tree.map(lambda g, v: b2 * v.astype(f32) + (1 - b2) * jnp.square(g.astype(f32)), updates, state.nu)
+        c1 = 1 - jnp.asarray(b1, f32) ** count
+        c2 = 1 - jnp.asarray(b2, f32) ** count
+        out = jax.tree.map(lambda g, m, v: ((m / c1) / (jnp.sqrt(v / c2) + eps)).astype(g.dtype), updates, mu, nu)
+        cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
+        return out, LowPrecisionAdamState(steps=count, mu=cast(mu), nu=cast(nu))
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(
+    config: AdamW, schedule: Schedule, *, moment_dtype: Literal["float32", "bfloat16"] = "float32"
+) -> optax.GradientTransformation:
+    """Clip gradients by global norm, then AdamW with the schedule; weight decay applies to all parameters.
+
+    ``moment_dtype="bfloat16"`` stores Adam's two moments in bfloat16 (half their memory; same update rule).
+    """
+    clip = optax.clip_by_global_norm(config.clip_gradient_norm)
+    lr = make_schedule(schedule)
+    if moment_dtype == "float32":
+        adamw = optax.adamw(learning_rate=lr, b1=config.b1, b2=config.b2, eps=config.eps,
+                            weight_decay=config.weight_decay)
+        return optax.chain(clip, adamw)
     return optax.chain(
-        optax.clip_by_global_norm(config.clip_gradient_norm),
-        optax.adamw(
-            learning_rate=make_schedule(schedule), b1=config.b1, b2=config.b2, eps=config.eps,
-            weight_decay=config.weight_decay,
+        clip,
+        optax.chain(
+            scale_by_adam_stored_as(jnp.dtype(moment_dtype), b1=config.b1, b2=config.b2, eps=config.eps),
+            optax.add_decayed_weights(config.weight_decay),
+            optax.scale_by_learning_rate(lr),
         ),
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from pi0cli.models.config import preset as model_preset
 from pi0cli.training.config import CosineDecaySchedule, TrainConfig
+from pi0cli.training.planner import MLP_CHUNK, peak_note
 
 #: Tiny models train on a CPU in minutes; full-size ones need a GPU (see ``pi0 train --dry-run``).
 TINY_SCHEDULE = CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=3_000, decay_lr=1e-4)
@@ -29,13 +30,22 @@ def standard_presets(
     may be empty), a ``pi0_<robot>_small`` preset: a wider CPU model for about an hour of training."""
     configs = []
     for model in models:
-        configs.append(TrainConfig(name=f"{model}_{robot}", embodiment=embodiment, model=model_preset(model),
-                                   dataset=dataset, description=f"{model} full fine-tuning on {embodiment}", **common))
+        name = f"{model}_{robot}"
+        configs.append(TrainConfig(name=name, embodiment=embodiment, model=model_preset(model), dataset=dataset,
+                                   description=f"{model} full fine-tuning on {embodiment} ({peak_note(name)})",
+                                   **common))
+        # Token-chunked MLPs keep the 16k-wide Gemma hidden activations of one chunk live, not of the whole batch.
+        lora_model = dataclasses.replace(model_preset(f"{model}_lora"), mlp_chunk=MLP_CHUNK)
         configs.append(TrainConfig(
-            name=f"{model}_{robot}_lora", embodiment=embodiment, model=model_preset(f"{model}_lora"), dataset=dataset,
+            name=f"{name}_lora", embodiment=embodiment, model=lora_model, dataset=dataset,
             freeze="lora_both", ema_decay=None,
-            description=f"{model} LoRA fine-tuning on {embodiment} (fits 24 GB GPUs)",
-            **common,
+            description=f"{model} LoRA fine-tuning on {embodiment} ({peak_note(name + '_lora')})", **common,
+        ))
+        configs.append(TrainConfig(
+            name=f"{name}_lora_lowmem", embodiment=embodiment, model=lora_model, dataset=dataset,
+            freeze="lora_both", freeze_vision=True, ema_decay=None, moment_dtype="bfloat16",
+            description=f"{model} LoRA on {embodiment} with the vision tower frozen and bfloat16 Adam moments "
+                        f"({peak_note(name + '_lora_lowmem')})", **common,
         ))
     # Chunks of 10 cover every built-in robot's open-loop execution; action_dim 32 as the full-size models.
     # Prompts of a few words fit in 16 tokens.
@@ -45,7 +55,8 @@ def standard_presets(
     configs.append(TrainConfig(
         name=f"pi0_{robot}_tiny", embodiment=embodiment, model=tiny_model, dataset=dataset, batch_size=16,
         num_train_steps=3_000, lr_schedule=TINY_SCHEDULE, log_interval=50, save_interval=500, keep_period=None,
-        num_workers=2, description=f"tiny pi0 that trains on a CPU in minutes ({embodiment})",
+        num_workers=2,
+        description=f"tiny pi0 that trains on a CPU in minutes ({embodiment}; {peak_note(f'pi0_{robot}_tiny')})",
         **{k: v for k, v in common.items() if k not in ("batch_size", "num_train_steps", "lr_schedule")},
     ))
     if small is not None:
@@ -56,7 +67,8 @@ def standard_presets(
             name=f"pi0_{robot}_small", embodiment=embodiment, model=small_model, dataset=dataset, batch_size=16,
             num_train_steps=SMALL_SCHEDULE.decay_steps, lr_schedule=SMALL_SCHEDULE, log_interval=100,
             save_interval=1_000, keep_period=None, num_workers=2,
-            description=f"small pi0 (64-wide, 3 layers) for about an hour of CPU training ({embodiment})",
+            description=f"small pi0 (64-wide, 3 layers) for about an hour of CPU training ({embodiment}; "
+                        f"{peak_note(f'pi0_{robot}_small')})",
             **{k: v for k, v in common.items() if k not in ("batch_size", "num_train_steps", "lr_schedule")},
         ))
     return configs

@@ -6,6 +6,7 @@ Reproducibility: the step's rng is ``fold_in(seed key, step)`` and the data load
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -21,7 +22,7 @@ from flax import nnx
 from pi0cli.errors import Pi0Error
 from pi0cli.models.config import Pi0Config
 from pi0cli.models.freeze import trainable_filter
-from pi0cli.models.observation import Observation
+from pi0cli.models.observation import Observation, preprocess_observation
 from pi0cli.models.pi0 import Pi0
 from pi0cli.training import sharding
 from pi0cli.training.checkpoints import Assets, CheckpointManager
@@ -45,6 +46,7 @@ class TrainState:
     params: nnx.State  # trained parameters
     frozen: nnx.State  # frozen parameters and any other model variables
     opt_state: Any
+    #: EMA of ``params``; with ``Model.ema_offset`` stored as ``ema - params`` (a small number, fine in bfloat16).
     ema: nnx.State | None
     rng: jax.Array
 
@@ -55,9 +57,19 @@ class Model:
 
     graphdef: nnx.GraphDef
     config: Pi0Config
+    #: the train state's ``ema`` holds ``ema - params`` (bfloat16 EMA) rather than the average itself.
+    ema_offset: bool = False
 
     def merge(self, params: nnx.State, frozen: nnx.State) -> Pi0:
         return nnx.merge(self.graphdef, params, frozen)
+
+    def ema_params(self, state: TrainState) -> nnx.State | None:
+        """The EMA weights (float32, like the parameters), or None without an EMA."""
+        if state.ema is None:
+            return None
+        if not self.ema_offset:
+            return state.ema
+        return jax.tree.map(lambda p, d: p + d.astype(p.dtype), state.params, state.ema)
 
 
 def build_model(config: Pi0Config, seed: int) -> Pi0:
@@ -65,7 +77,8 @@ def build_model(config: Pi0Config, seed: int) -> Pi0:
 
 
 def split_model(model: Pi0, config: TrainConfig) -> tuple[Model, nnx.State, nnx.State]:
-    graphdef, params, frozen = nnx.split(model, trainable_filter(config.freeze, freeze_vision=config.freeze_vision), ...)
+    trainable = trainable_filter(config.freeze, freeze_vision=config.freeze_vision)
+    graphdef, params, frozen = nnx.split(model, trainable, ...)  # type: ignore[misc]
     if config.model.dtype == "bfloat16":
         # Frozen weights only feed bf16 computations: storing them in bf16 halves their memory, as the reference.
         frozen = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, frozen)
@@ -75,35 +88,84 @@ def split_model(model: Pi0, config: TrainConfig) -> tuple[Model, nnx.State, nnx.
 def init_train_state(config: TrainConfig, model: Pi0) -> tuple[Model, TrainState, optax.GradientTransformation]:
     """A fresh train state around ``model`` (whose weights may already be loaded)."""
     static, params, frozen = split_model(model, config)
-    tx = make_optimizer(config.optimizer, config.lr_schedule)
+    offset = config.ema_decay is not None and config.ema_dtype != "float32"
+    static = dataclasses.replace(static, ema_offset=offset)
+    tx = make_optimizer(config.optimizer, config.lr_schedule, moment_dtype=config.moment_dtype)
+    if config.ema_decay is None:
+        ema = None
+    elif offset:
+        ema = jax.tree.map(lambda p: jnp.zeros(p.shape, config.ema_dtype), params)
+    else:
+        ema = jax.tree.map(jnp.copy, params)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         frozen=frozen,
         opt_state=tx.init(params),
-        ema=None if config.ema_decay is None else jax.tree.map(jnp.copy, params),
+        ema=ema,
         rng=jax.random.PRNGKey(config.seed),
     )
     return static, state, tx
 
 
-def make_train_step(static: Model, tx: optax.GradientTransformation, ema_decay: float | None) -> Callable:
-    """``train_step(state, batch) -> (state, metrics)``, pure (jit it)."""
+def _micro_batches(tree: Any, n: int) -> Any:
+    """Split every array's batch axis into ``n`` strided micro-batches, stacked first: micro-batch ``i`` holds
+    examples ``i, i + n, ...``, so each device's share of a batch-sharded array stays on that device."""
+    return jax.tree.map(lambda x: jnp.moveaxis(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 1, 0), tree)
+
+
+def make_train_step(
+    static: Model, tx: optax.GradientTransformation, ema_decay: float | None, *, grad_accum_steps: int = 1
+) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``, pure (jit it).
+
+    With ``grad_accum_steps = n > 1`` the batch runs as ``n`` micro-batches under ``lax.scan`` whose gradients
+    are averaged: the noise, flow times and augmentation are drawn for the whole batch first, so the step is
+    the one-batch step up to float32 rounding, with ``1/n`` of its activation memory.
+    """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
         obs = Observation.from_dict(batch)
         actions = batch["actions"]
 
-        def loss_fn(params: nnx.State) -> jax.Array:
+        def loss_fn(params: nnx.State, obs: Observation, actions: jax.Array, **draws: Any) -> jax.Array:
             model = static.merge(params, state.frozen)
-            return jnp.mean(model.compute_loss(rng, obs, actions, train=True))
+            return jnp.mean(model.compute_loss(rng, obs, actions, train=True, **draws))
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        if grad_accum_steps == 1:
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, obs, actions)
+        else:
+            # The draws compute_loss would make for the whole batch, from the same keys.
+            pre_rng, noise_rng, time_rng = jax.random.split(rng, 3)
+            cfg = static.config
+            obs = preprocess_observation(
+                pre_rng, obs, train=True, image_keys=cfg.image_keys, image_resolution=cfg.image_resolution,
+                augment_geometric=cfg.augment_geometric, state_dropout=cfg.state_dropout,
+            )
+            actions = actions.astype(jnp.float32)
+            noise = jax.random.normal(noise_rng, actions.shape)
+            times = jax.random.beta(time_rng, 1.5, 1.0, actions.shape[:-2]) * 0.999 + 0.001
+
+            def micro(carry, xs):
+                obs_i, actions_i, noise_i, time_i = xs
+                loss_i, grads_i = jax.value_and_grad(loss_fn)(
+                    state.params, obs_i, actions_i, noise=noise_i, time=time_i, preprocessed=True
+                )
+                return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+            micro_batches = _micro_batches((obs, actions, noise, times), grad_accum_steps)
+            (loss, grads), _ = jax.lax.scan(micro, zeros, micro_batches)
+            loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
-        if ema_decay is not None:
+        if ema_decay is not None and static.ema_offset:
+            # offset' = ema' - p' = d * (p + offset) + (1 - d) * p' - p' = d * (p - p' + offset), exact in float32.
+            ema = jax.tree.map(lambda d, p_old, p: (ema_decay * (p_old - p + d.astype(p.dtype))).astype(d.dtype),
+                               state.ema, state.params, params)
+        elif ema_decay is not None:
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
         kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
                    if "kernel" in jax.tree_util.keystr(path) or jax.tree_util.keystr(path).endswith("'w']")]
@@ -113,12 +175,23 @@ def make_train_step(static: Model, tx: optax.GradientTransformation, ema_decay: 
     return train_step
 
 
+def check_micro_batch(config: TrainConfig) -> None:
+    """The batch (and each micro-batch of it) must split evenly over the devices."""
+    sharding.check_batch_size(config.batch_size)
+    n, devices = config.grad_accum_steps, jax.device_count()
+    if (config.batch_size // n) % devices:
+        raise TrainingError(
+            f"--batch-size {config.batch_size} in {n} micro-batches does not split over {devices} devices: "
+            f"use a multiple of {n * devices} or fewer micro-batches"
+        )
+
+
 def export_checkpoint_params(static: Model, state: TrainState) -> dict[str, Any]:
     """The reference-named parameter tree a policy is served from (EMA weights when EMA is on)."""
     from pi0cli.models.params import export_params
 
-    params = state.ema if state.ema is not None else state.params
-    return export_params(static.merge(params, state.frozen))
+    ema = static.ema_params(state)
+    return export_params(static.merge(ema if ema is not None else state.params, state.frozen))
 
 
 @dataclasses.dataclass
@@ -132,7 +205,8 @@ def metrics_log(exp_dir: Path, start_step: int) -> Path:
     """The JSON-lines metrics file, with entries after ``start_step`` dropped (a resumed run rewrites them)."""
     path = exp_dir / METRICS_FILENAME
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= start_step]
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line and json.loads(line).get("step", 0) <= start_step]
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(path)
@@ -159,9 +233,9 @@ def run(
     """
     exp_dir = Path(exp_dir).absolute()
     mesh = sharding.make_mesh(config.fsdp_devices)
-    sharding.check_batch_size(config.batch_size)
+    check_micro_batch(config)
     checkpoints = CheckpointManager(exp_dir, max_to_keep=config.max_to_keep, keep_period=config.keep_period)
-    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else _nullcontext():
+    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else contextlib.nullcontext():
         model = build_model(config.model, config.seed)
         if init_params is not None:
             init_params(model)
@@ -174,11 +248,12 @@ def run(
             latest = checkpoints.latest_step()
             if latest is None:
                 raise TrainingError(f"--resume: {exp_dir} has no complete checkpoint to resume from; drop --resume")
-            target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+            target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                                  state_shardings)
             state = checkpoints.restore_train_state(latest, target)
             start = int(state.step)
         step_fn = jax.jit(
-            make_train_step(static, tx, config.ema_decay),
+            make_train_step(static, tx, config.ema_decay, grad_accum_steps=config.grad_accum_steps),
             in_shardings=(state_shardings, sharding.data_sharding(mesh)),
             out_shardings=(state_shardings, sharding.replicated(mesh)),
             donate_argnums=0,
@@ -213,11 +288,3 @@ def run(
                                      assets=assets)
         checkpoints.close()
     return RunResult(exp_dir=exp_dir, last_step=end, losses=losses)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
