@@ -10,6 +10,7 @@ set -euo pipefail
 EPISODES=${EPISODES:-4}
 STEPS=${STEPS:-300}
 EVAL_EPISODES=${EVAL_EPISODES:-4}
+HELDOUT_EPISODES=${HELDOUT_EPISODES:-2}
 BATCH_SIZE=${BATCH_SIZE:-16}
 PRESET=${PRESET:-pi0_aloha_sim_tiny}
 # Norm stats over the preset's action chunks (the small preset predicts 50 steps, the tiny one 10); the small
@@ -27,13 +28,21 @@ mkdir -p "$WORK"
 cd "$WORK"
 export HF_HUB_OFFLINE=1 HF_LEROBOT_HOME="$PWD/lerobot-home" MUJOCO_GL="${MUJOCO_GL:-egl}"
 
-echo "== 1/4 record $EPISODES scripted demonstrations"
+echo "== 1/5 record $EPISODES scripted demonstrations"
 "$pi0" record aloha_sim --scripted --episodes "$EPISODES" --out demos --overwrite
-echo "== 2/4 norm stats"
-"$pi0" norm-stats aloha_sim --dataset demos --horizon "$HORIZON" --out assets
-echo "== 3/4 train $PRESET for $STEPS steps"
+echo "== 2/5 norm stats"
+"$pi0" norm-stats aloha_sim --dataset demos --horizon "$HORIZON" --preset "$PRESET" --out assets
+echo "== 3/5 train $PRESET for $STEPS steps"
 "$pi0" train "$PRESET" --dataset demos --steps "$STEPS" --batch-size "$BATCH_SIZE" --exp demo --overwrite \
   --log-interval 25
-echo "== 4/4 evaluate $EVAL_EPISODES episodes closed-loop"
+echo "== 4/5 evaluate $EVAL_EPISODES episodes closed-loop"
 "$pi0" eval aloha_sim --checkpoint "checkpoints/$PRESET/demo/$STEPS" --episodes "$EVAL_EPISODES" \
   --open-loop-steps "$OPEN_LOOP_STEPS" --out eval
+# Closed-loop success needs the longer setting; the action error on scenes it never saw, beside the error of
+# holding the current position, says where the quick run stands.
+echo "== 5/5 action error on $HELDOUT_EPISODES held-out demonstrations (seeds 1000-, not trained on)"
+"$pi0" record aloha_sim --scripted --episodes "$HELDOUT_EPISODES" --seed 1000 --out heldout --overwrite
+"$pi0" eval --dataset heldout --checkpoint "checkpoints/$PRESET/demo/$STEPS" --stride 5
+echo "The quick defaults show every stage working and the loss falling; they are too short to beat holding"
+echo "still on held-out scenes or to succeed closed-loop. The longer setting (README.md: PRESET=pi0_aloha_sim_small" \
+  "EPISODES=50 STEPS=5000 EVAL_EPISODES=50, about 1.3 h on 2 cores) reached 15/50 closed-loop successes (30%)."

@@ -1,6 +1,7 @@
 """Third-party chatter the CLI silences unless ``pi0 -v``/``--verbose``: the SVT-AV1 encoder's banner and
 thread-priority warnings, FFmpeg's muxer lines (``[mp4 @ 0x...]``), and the ``datasets`` library's ``Map:``
-progress bars, all printed while LeRobot writes a dataset. Errors still come through.
+progress bars, all printed while LeRobot writes a dataset, and absl's warnings (orbax's notes on every
+checkpoint read). Errors still come through.
 
 Environment switches are read by those libraries when they start (an encoder, an import), so they are set
 before any command runs; FFmpeg's level goes through PyAV, imported only for commands that touch video.
@@ -27,8 +28,15 @@ def quiet_third_party(command: str | None, *, verbose_output: bool = False) -> N
         return
     if verbose():
         return
+    import logging
+    import warnings
+
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # LeRobot re-enables the bars after its own quiet sections; with the variable set, datasets warns instead.
+    warnings.filterwarnings("ignore", message="Cannot enable progress bars", category=UserWarning)
+    # orbax logs through absl, e.g. "Metadata file does not exist" for every checkpoint it reads.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     if command in VIDEO_COMMANDS:
         quiet_ffmpeg()
 
