@@ -8,6 +8,8 @@ t = 1 is pure noise, t = 0 the data; ``x_t = t * noise + (1 - t) * actions``, ve
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -93,7 +95,7 @@ class Pi0(nnx.Module):
         )
         self.PaliGemma = PaliGemma(img, llm)
         w = expert.width
-        lin = dict(param_dtype=pdtype, rngs=rngs)
+        lin: dict[str, Any] = dict(param_dtype=pdtype, rngs=rngs)
         self.action_in_proj = nnx.Linear(config.action_dim, w, **lin)
         if config.pi05:
             self.time_mlp_in = nnx.Linear(w, w, **lin)
@@ -107,15 +109,18 @@ class Pi0(nnx.Module):
     # ----------------------------------------------------------------------------------------------- embedding
     def embed_prefix(self, obs: Observation) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Image and prompt tokens: ``(tokens [B, S, D_vlm], input_mask [B, S], ar_mask [S])``; all bidirectional."""
-        tokens, masks = [], []
+        parts, masks = [], []
         for key in self.config.image_keys:
             t = self.PaliGemma.img(obs.images[key])  # [B, n, D]
-            tokens.append(t.astype(self.PaliGemma.llm.dtype))
+            parts.append(t.astype(self.PaliGemma.llm.dtype))
             masks.append(jnp.broadcast_to(obs.image_masks[key][:, None], t.shape[:2]))
         if obs.tokenized_prompt is not None:
-            tokens.append(self.PaliGemma.llm.embed(obs.tokenized_prompt))
-            masks.append(obs.tokenized_prompt_mask.astype(bool))
-        tokens = jnp.concatenate(tokens, axis=1)
+            parts.append(self.PaliGemma.llm.embed(obs.tokenized_prompt))
+            prompt_mask = obs.tokenized_prompt_mask
+            if prompt_mask is None:
+                prompt_mask = jnp.ones(obs.tokenized_prompt.shape, bool)
+            masks.append(prompt_mask.astype(bool))
+        tokens = jnp.concatenate(parts, axis=1)
         mask = jnp.concatenate(masks, axis=1)
         return tokens, mask, jnp.zeros(tokens.shape[1], dtype=bool)
 
@@ -129,7 +134,7 @@ class Pi0(nnx.Module):
         w = cfg.expert.width
         time_emb = posemb_sincos(timestep, w, min_period=4e-3, max_period=4.0)
         action_tokens = self.action_in_proj(noisy_actions)
-        tokens, ar = [], []
+        parts, ar = [], []
         if cfg.pi05:
             cond = nnx.swish(self.time_mlp_out(nnx.swish(self.time_mlp_in(time_emb))))
             action_expert_tokens = action_tokens
@@ -138,15 +143,15 @@ class Pi0(nnx.Module):
             state = obs.state
             if state.shape[-1] != cfg.action_dim:
                 raise ModelInputError(f"state has {state.shape[-1]} dims; pad it to action_dim={cfg.action_dim}")
-            tokens.append(self.state_proj(state)[:, None, :])
+            parts.append(self.state_proj(state)[:, None, :])
             ar.append(jnp.ones(1, dtype=bool))  # the state token does not let the prefix see it
             time_tokens = jnp.broadcast_to(time_emb[:, None, :], (b, h, w))
             x = jnp.concatenate([action_tokens, time_tokens], axis=-1)
             action_expert_tokens = self.action_time_mlp_out(nnx.swish(self.action_time_mlp_in(x)))
-        tokens.append(action_expert_tokens)
+        parts.append(action_expert_tokens)
         # The first action token opens a new block: state (and prefix) cannot see actions.
         ar.append(jnp.arange(h) == 0)
-        tokens = jnp.concatenate(tokens, axis=1)
+        tokens = jnp.concatenate(parts, axis=1)
         return tokens, jnp.ones(tokens.shape[:2], dtype=bool), jnp.concatenate(ar), cond
 
     # ------------------------------------------------------------------------------------------------ training
@@ -194,10 +199,16 @@ class Pi0(nnx.Module):
         (_, suffix_out), _ = self.PaliGemma.llm(
             [prefix, suffix], mask=mask, positions=positions, adarms_cond=[None, cond]
         )
-        v_t = self.action_out_proj(suffix_out[:, -self.config.action_horizon :].astype(jnp.float32))
+        v_t = self._actions_out(suffix_out)
         return jnp.mean(jnp.square(v_t - u_t), axis=-1)
 
     # ------------------------------------------------------------------------------------------------ sampling
+    def _actions_out(self, expert_out: jax.Array | None) -> jax.Array:
+        """The action expert's outputs at the action tokens -> velocities ``[B, H, A]`` (float32)."""
+        if expert_out is None:
+            raise ModelInputError("the action expert produced no output (no suffix tokens)")
+        return self.action_out_proj(expert_out[:, -self.config.action_horizon :].astype(jnp.float32))
+
     def _velocity_cached(self, obs, prefix_mask, kv_cache: KVCache, x_t, time) -> jax.Array:
         """One denoising velocity with the prefix held in ``kv_cache``; only the action expert runs."""
         b = x_t.shape[0]
@@ -208,7 +219,7 @@ class Pi0(nnx.Module):
         positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
         (_, out), _ = self.PaliGemma.llm([None, suffix], mask=mask, positions=positions, kv_cache=kv_cache,
                                          adarms_cond=[None, cond])
-        return self.action_out_proj(out[:, -self.config.action_horizon :].astype(jnp.float32))
+        return self._actions_out(out)
 
     def _velocity_full(self, obs, prefix, prefix_mask, prefix_ar, x_t, time) -> jax.Array:
         """The same velocity from one joint prefix+suffix forward (no cache), as in training."""
@@ -218,7 +229,7 @@ class Pi0(nnx.Module):
         mask = make_attn_mask(input_mask, jnp.concatenate([prefix_ar, suffix_ar]))
         positions = jnp.cumsum(input_mask, axis=1) - 1
         (_, out), _ = self.PaliGemma.llm([prefix, suffix], mask=mask, positions=positions, adarms_cond=[None, cond])
-        return self.action_out_proj(out[:, -self.config.action_horizon :].astype(jnp.float32))
+        return self._actions_out(out)
 
     def prefill(self, obs: Observation) -> tuple[jax.Array, KVCache]:
         """Run the prefix through the VLM once: ``(prefix_mask [B, S], kv_cache)``. obs must be preprocessed."""
