@@ -64,3 +64,22 @@ def test_cache_rows_follow_the_environment(tmp_path):
 def test_offline_switch_skips_the_network_probe():
     (row,) = check_network(env={"HF_HUB_OFFLINE": "1"}, host="192.0.2.1")
     assert row == Row("network", "info", row.detail) and "offline" in row.detail
+
+
+def test_gpu_rows_show_memory_and_no_accelerator_warning(monkeypatch):
+    import jax
+
+    from pi0cli.doctor import check_jax
+
+    class FakeGpu:
+        id, platform, device_kind = 0, "gpu", "NVIDIA H200"
+
+        def memory_stats(self):
+            return {"bytes_limit": 140 * 2**30}
+
+    monkeypatch.setattr(jax, "devices", lambda: [FakeGpu()])
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    rows = {row.check: row for row in check_jax()}
+    assert "backend gpu, 1 device(s)" in rows["jax"].detail
+    assert rows["  device 0"].detail == "gpu NVIDIA H200, 140.0 GiB usable"
+    assert "accelerator" not in rows
