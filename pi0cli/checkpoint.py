@@ -140,20 +140,9 @@ def read_tokenizer(directory: Path) -> bytes | None:
     return None
 
 
-def write_checkpoint_config(
-    path: Path,
-    *,
-    model_config: Pi0Config,
-    embodiment: str | None,
-    asset_id: str | None,
-    default_prompt: str | None = None,
-    delta_action_mask: Sequence[bool] | None | str = "embodiment",
-    metadata: Mapping[str, Any] | None = None,
-) -> None:
-    """Write ``pi0_config.json`` (the format documented at the top of this module)."""
-    path.write_text(json.dumps(checkpoint_config(
-        model_config=model_config, embodiment=embodiment, asset_id=asset_id, default_prompt=default_prompt,
-        delta_action_mask=delta_action_mask, metadata=metadata), indent=2, sort_keys=True))
+def write_checkpoint_config(path: Path, config: Mapping[str, Any]) -> None:
+    """Write ``pi0_config.json`` (``config`` as :func:`checkpoint_config` builds it)."""
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def checkpoint_config(
@@ -272,9 +261,9 @@ def save_policy_checkpoint(
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         write_params(tmp / "params", params)
         save_norm_stats(norm_stats, tmp / "assets" / asset_id)
-        write_checkpoint_config(tmp / CONFIG_FILENAME, model_config=model_config, embodiment=embodiment,
-                                asset_id=asset_id, default_prompt=default_prompt,
-                                delta_action_mask=delta_action_mask, metadata=metadata)
+        write_checkpoint_config(tmp / CONFIG_FILENAME, checkpoint_config(
+            model_config=model_config, embodiment=embodiment, asset_id=asset_id, default_prompt=default_prompt,
+            delta_action_mask=delta_action_mask, metadata=metadata))
         if tokenizer is not None:
             (tmp / TOKENIZER_FILENAME).write_bytes(tokenizer)
     return Path(directory).absolute()

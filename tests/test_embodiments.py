@@ -33,7 +33,8 @@ def test_reference_contract_values(installed):
     assert (ur5.state_dim, ur5.action_dim, ur5.asset_id) == (7, 7, "ur5e")
     assert ur5.delta_action_mask == (True,) * 6 + (False,)
     model = droid.inputs(droid.example_observation(0))
-    assert [bool(model["image_mask"][s]) for s in ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")] == [True, True, False]
+    slots = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+    assert [bool(model["image_mask"][s]) for s in slots] == [True, True, False]
     assert droid.outputs({"actions": np.ones((10, 32))})["actions"].shape == (10, 8)
 
 

@@ -1,7 +1,7 @@
 """The layering rule, read from the source with ``ast`` (no imports run):
 
-- nothing under ``pi0cli/`` except ``pi0cli/cli/`` (and ``pi0cli/__main__.py``) imports ``pi0cli.cli`` (the library never reaches up into
-  the CLI: it reports progress through callbacks and takes objects, not names);
+- nothing under ``pi0cli/`` except ``pi0cli/cli/`` (and ``pi0cli/__main__.py``) imports ``pi0cli.cli`` (the
+  library never reaches up into the CLI: it reports progress through callbacks and takes objects, not names);
 - no core module imports a robot plugin (``pi0_embodiment_*``): built-in robots are plugins like any other;
 - the module-level imports of ``pi0cli`` have no cycle (imports inside functions and under ``TYPE_CHECKING``
   are deliberate deferrals and are not counted).
@@ -133,7 +133,8 @@ def test_the_checks_can_fail(tmp_path):
         (pkg / name).write_text("")
     (pkg / "training.py").write_text("def f():\n    from pi0cli.cli import console\n")
     (pkg / "sim.py").write_text("import pi0_embodiment_aloha\n")
-    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nfrom pi0cli import b\nif TYPE_CHECKING:\n    import x\n")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nfrom pi0cli import b\n"
+                              "if TYPE_CHECKING:\n    import x\n")
     (pkg / "b.py").write_text("from . import a\n")
     (pkg / "c.py").write_text("def g():\n    import pi0cli.a\n")  # deferred: no edge
     problems = upward_imports(pkg)

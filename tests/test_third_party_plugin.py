@@ -9,6 +9,7 @@ import sysconfig
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from plugin_helpers import run_pi0, toy_plugin_source
 
@@ -96,3 +97,19 @@ def test_pip_install_adds_the_robot_and_uninstall_removes_it(demo_package, venv)
 
     _pip(venv, "uninstall", "-y", "pi0-embodiment-demo")
     assert "demo" not in _listed(venv)
+
+
+@pytest.mark.slow
+def test_a_plugin_author_gets_a_tiny_checkpoint_for_their_robot(tmp_path):
+    """pi0cli.testing.make_tiny_checkpoint(path, embodiment): a random-weight checkpoint a third party's robot
+    loads and serves, without pi0's own tests or any download."""
+    from pi0cli.policy import load_policy
+    from pi0cli.testing import make_tiny_checkpoint
+
+    namespace: dict[str, object] = {}
+    exec(textwrap.dedent(toy_plugin_source("demo")), namespace)
+    robot = namespace["ROBOT"]
+    directory = make_tiny_checkpoint(tmp_path / "tiny", robot)
+    policy = load_policy(directory, embodiment=robot)
+    actions = policy.infer({**robot.example_observation(0), "prompt": "wave"})["actions"]
+    assert actions.shape == (10, robot.action_dim) and actions.dtype == np.float32

@@ -159,7 +159,8 @@ def test_resize_with_pad_batches_and_floats():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 40), st.floats(0, 0.9), st.floats(0, 0.9), st.floats(0.01, 1), st.floats(0.01, 1))
+@given(st.integers(1, 40), st.integers(1, 40), st.floats(0, 0.9), st.floats(0, 0.9), st.floats(0.01, 1),
+       st.floats(0.01, 1))
 def test_crop_fraction_cuts_the_window(h, w, top, left, height, width):
     height, width = min(height, 1 - top), min(width, 1 - left)
     image = np.arange(h * w * 3, dtype=np.int64).reshape(h, w, 3)
@@ -221,7 +222,8 @@ def test_flatten_keeps_order_and_leaves_no_reference_cycle():
 def test_stack_trees_stacks_or_concatenates():
     trees = [{"x": np.full((2,), i), "n": {"y": np.array(i)}, "s": f"p{i}"} for i in range(3)]
     stacked = stack_trees(trees)
-    assert stacked["x"].shape == (3, 2) and stacked["n"]["y"].tolist() == [0, 1, 2] and stacked["s"] == ["p0", "p1", "p2"]
+    assert stacked["x"].shape == (3, 2) and stacked["n"]["y"].tolist() == [0, 1, 2]
+    assert stacked["s"] == ["p0", "p1", "p2"]
     joined = stack_trees([stacked, stacked], concatenate=True)
     assert joined["x"].shape == (6, 2) and joined["n"]["y"].tolist() == [0, 1, 2] * 2 and len(joined["s"]) == 6
 
@@ -235,7 +237,8 @@ def test_lookup_reads_flat_and_nested_paths():
 
 def test_repack_renames_and_reports_missing_keys():
     row = {"observation.state": np.ones(2), "action": np.zeros((3, 2)), "extra": 1}
-    out = Repack({"state": "observation.state", "actions": "action", "images/cam": "cam"}, optional=frozenset({"images/cam"}))(row)
+    out = Repack({"state": "observation.state", "actions": "action", "images/cam": "cam"},
+                 optional=frozenset({"images/cam"}))(row)
     assert set(out) == {"state", "actions"}
     with pytest.raises(ObservationError, match="'cam'.*available keys: action, extra, observation.state"):
         Repack({"images/cam": "cam"})(row)

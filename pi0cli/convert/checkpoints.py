@@ -33,6 +33,7 @@ from pi0cli.checkpoint import (
     CONFIG_FILENAME,
     TOKENIZER_FILENAME,
     atomic_directory,
+    checkpoint_config,
     model_config_of,
     read_checkpoint_config,
     read_params,
@@ -142,10 +143,10 @@ def write_checkpoint(ckpt: Checkpoint, out: str | Path, to: str, *, dtype: str |
         # openpi reads only params/ and assets/<id>/: our config and tokenizer go inside assets/ there.
         side = tmp / "assets" if to == "openpi" else tmp
         side.mkdir(exist_ok=True)
-        write_checkpoint_config(side / CONFIG_FILENAME, model_config=ckpt.model_config, embodiment=ckpt.embodiment,
-                                asset_id=ckpt.asset_id, default_prompt=ckpt.default_prompt,
-                                delta_action_mask=ckpt.delta_action_mask,
-                                metadata={**ckpt.metadata, "converted_from": f"{ckpt.format}:{ckpt.source}"})
+        write_checkpoint_config(side / CONFIG_FILENAME, checkpoint_config(
+            model_config=ckpt.model_config, embodiment=ckpt.embodiment, asset_id=ckpt.asset_id,
+            default_prompt=ckpt.default_prompt, delta_action_mask=ckpt.delta_action_mask,
+            metadata={**ckpt.metadata, "converted_from": f"{ckpt.format}:{ckpt.source}"}))
         if ckpt.tokenizer is not None:
             (side / TOKENIZER_FILENAME).write_bytes(ckpt.tokenizer)
         if to == "lerobot":

@@ -141,7 +141,7 @@ def test_bad_inputs_get_one_line(tmp_path, aloha):
     _paligemma_npz(tmp_path / "shape.npz", preset("pi0_tiny"), reshape="PaliGemma/img/head/bias")
     (tmp_path / "empty").mkdir()
     cases = {
-        ("convert", "checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "o1")): "neither a checkpoint",
+        ("convert", "checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "o1")): "nothing does not exist",
         ("convert", "checkpoint", str(tmp_path / "empty"), "--out", str(tmp_path / "o2")): "has no params/",
         ("convert", "checkpoint", str(tmp_path / "missing.npz"), "--model", "pi0_tiny", "--out", str(tmp_path / "o3")):
             "llm/layers/mlp/linear",

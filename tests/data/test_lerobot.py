@@ -7,11 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
+from datahelpers import HORIZON, LENGTHS, embodiment
 
 from pi0cli.data.lerobot import DatasetError, LeRobotFrames, read_numeric, read_tasks, resolve_dataset
 from pi0cli.data.synthetic import DEFAULT_TASKS, synthetic_frames
-
-from datahelpers import HORIZON, LENGTHS, embodiment
 
 pytestmark = pytest.mark.slow
 

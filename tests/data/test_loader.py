@@ -45,7 +45,8 @@ def test_shards_partition_the_global_batch():
     order = BatchOrder(50, 8, seed=0)
     shards = [BatchOrder(50, 8, seed=0, shard=Shard(p, 2, 2)).local_indices(3) for p in range(2)]
     assert np.concatenate(shards).tolist() == order.global_indices(3).tolist()
-    loaders = [DataLoader(CountingDataset(50), None, batch_size=8, shard=Shard(p, 4, 1), num_workers=0) for p in range(4)]
+    loaders = [DataLoader(CountingDataset(50), None, batch_size=8, shard=Shard(p, 4, 1), num_workers=0)
+               for p in range(4)]
     parts = [next(iter(loader))["x"][:, 0] for loader in loaders]
     assert np.concatenate(parts).tolist() == order.global_indices(0).tolist()
     with pytest.raises(LoaderError, match="do not split over its 3 devices"):

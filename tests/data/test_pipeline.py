@@ -41,7 +41,7 @@ def test_round_trip_every_embodiment(name, model_type, datasets, sp_model_bytes)
     transform = pipe.training_inputs()
     rows = [0, LENGTHS[0] - 1, LENGTHS[0] + 3]
     examples = [transform(frames[i]) for i in rows]
-    for row, ex in zip(rows, examples):
+    for row, ex in zip(rows, examples, strict=True):
         assert set(ex) == {"image", "image_mask", "state", "actions", "actions_is_pad", "tokenized_prompt",
                            "tokenized_prompt_mask"}
         assert list(ex["image"]) == list(MODEL_IMAGE_SLOTS)
@@ -82,6 +82,7 @@ def test_round_trip_every_embodiment(name, model_type, datasets, sp_model_bytes)
 @pytest.mark.slow
 def test_batch_builds_a_model_observation(datasets, sp_model_bytes):
     import jax
+
     from pi0cli.models.observation import Observation
 
     emb = embodiment("aloha")
@@ -127,9 +128,9 @@ def test_inference_round_trip_with_default_prompt(model_type, sp_model_bytes):
 
 
 def test_image_crop_cuts_non_wrist_cameras_before_the_resize(sp_model_bytes):
+    from pi0cli.checkpoint import config_from_dict, config_to_dict
     from pi0cli.models.config import ModelConfigError
     from pi0cli.pipeline import ModelInputs
-    from pi0cli.checkpoint import config_from_dict, config_to_dict
 
     image = np.zeros((100, 100, 3), np.uint8)
     image[40:60, 50:70] = 255  # a 20x20 square: the whole (0.4, 0.5, 0.2, 0.2) window

@@ -40,7 +40,8 @@ def fake_batches(config: TrainConfig, seed: int = 0, process: int = 0, processes
                 "tokenized_prompt_mask": np.ones((b, m.token_len), bool),
                 "actions": np.tile(np.linspace(-1, 1, m.action_dim, dtype=np.float32), (b, m.action_horizon, 1)),
             }
-            yield {k: ({s: x[rows] for s, x in v.items()} if isinstance(v, dict) else v[rows]) for k, v in batch.items()}
+            yield {k: ({s: x[rows] for s, x in v.items()} if isinstance(v, dict) else v[rows])
+                   for k, v in batch.items()}
             step += 1
 
     return batches

@@ -41,6 +41,10 @@ def test_tiny_preset_trains_on_a_lerobot_dataset_and_loads_back(workdir):
                   "--batch-size", "8", "--lr", "3e-3", "--log-interval", "5", "--save-interval", "30", "--exp", "e2e",
                   cwd=workdir)
     assert result.returncode == 0, result.stderr
+    # stdout is a pipe, not a terminal (as in `pi0 train > log`): one plain progress line per logged step.
+    logged = [line for line in result.stdout.splitlines() if line.startswith("pi0_aloha_sim_tiny: ")]
+    assert [line.split()[1] for line in logged] == [f"{s}/60" for s in range(5, 61, 5)], result.stdout
+    assert all(" loss " in line for line in logged), logged
     exp = workdir / "checkpoints" / "pi0_aloha_sim_tiny" / "e2e"
     rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]
