@@ -86,6 +86,11 @@ class Pi0FAST(nnx.Module):
         dtype, pdtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
         vlm = config.vlm
         llm = Gemma([vlm], dtype=dtype, param_dtype=pdtype, scan=config.scan, remat=config.remat, rngs=rngs)
+        # The tied LM head reads the embedding table. Gemma's init (std 1, meant to be overwritten by loaded
+        # weights) gives random logits of std sqrt(width); 1/sqrt(width) makes a model trained from scratch
+        # start near the uniform distribution (embedded tokens keep unit scale through the sqrt(width) factor).
+        table = llm.embedder.input_embedding
+        table[...] = table[...] * jnp.asarray(vlm.width**-0.5, table.dtype)
         img = SigLIP(
             config.siglip,
             image_resolution=config.image_resolution,
