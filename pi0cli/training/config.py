@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pi0cli.errors import Pi0Error
 from pi0cli.models.config import FREEZE_MODES, FreezeMode, Pi0Config
