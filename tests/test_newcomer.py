@@ -343,3 +343,16 @@ def _first_stderr_line_with(needle: str, *args: str, cwd, timeout: float = 120.0
 def test_serve_record_and_eval_take_an_experiment_folder_and_say_which_step(command, experiment, tmp_path):
     line = _first_stderr_line_with("latest complete step", *command, "--checkpoint", str(experiment), cwd=tmp_path)
     assert line is not None and f"step, 60 ({experiment / '60'})" in line
+
+
+@pytest.mark.parametrize("command", [("eval", "aloha_sim"), ("record", "aloha_sim", "--out", "demos")])
+def test_the_model_flag_the_hint_names_exists(command, experiment, tmp_path):
+    import shutil
+
+    bare = tmp_path / "openpi_like"
+    shutil.copytree(experiment / "60", bare)
+    next(bare.rglob("pi0_config.json")).unlink()  # a reference checkpoint records no model config
+    result = _pi0_in(tmp_path, *command, "--checkpoint", str(bare))
+    assert result.returncode == 1 and "--model" in result.stderr, result.stderr
+    accepted = _pi0_in(tmp_path, *command, "--checkpoint", str(tmp_path / "missing"), "--model", "pi0")
+    assert accepted.returncode == 1 and "does not exist" in accepted.stderr, accepted.stderr  # not a usage error
