@@ -73,14 +73,14 @@ def run(checkpoint: Path, *, embodiment: str | None, task: str | None, latencies
                    "success_rate": report["success_rate"], "success_rate_ci95": report["success_rate_ci95"],
                    "mean_return": report["mean_return"], "mean_boundary_jump": report["mean_boundary_jump"],
                    "max_boundary_jump": report["max_boundary_jump"], "mean_step": report["mean_step"],
-                   "mean_jerk": report["mean_jerk"], "mean_simulated_seconds": report["mean_simulated_seconds"],
+                   "mean_jerk": report["mean_jerk"], "mean_control_seconds": report["mean_control_seconds"],
                    "starved_steps": report["starved_steps"], "wall_s": round(time.perf_counter() - start, 1),
                    "actions_sha256": [e["actions_sha256"] for e in report["per_episode"]]}
             rows.append(row)
             print(f"{latency:>5g} ms {strategy:<8} success {row['success_rate']:.0%}  "
                   f"jump {row['mean_boundary_jump']:.3g} (max {row['max_boundary_jump']:.3g})  "
                   f"jerk {row['mean_jerk']:.3g}  "
-                  f"{row['mean_simulated_seconds']:.2f} s/episode  [{row['wall_s']} s]", file=sys.stderr, flush=True)
+                  f"{row['mean_control_seconds']:.2f} s/episode  [{row['wall_s']} s]", file=sys.stderr, flush=True)
     return {"checkpoint": str(checkpoint), "embodiment": emb.name, "task": sim_task.name, "control_hz": emb.control_hz,
             "open_loop_steps": steps, "seeds": seeds, "max_steps": max_steps, "rows": rows,
             "targets": targets(rows)}
@@ -110,7 +110,7 @@ def markdown(result: dict[str, Any]) -> str:
         low, high = r["success_rate_ci95"]
         lines.append(f"| {r['latency_ms']:g} ms | {r['strategy']} | {r['success_rate']:.0%} ({low:.0%}-{high:.0%}) | "
                      f"{r['mean_boundary_jump']:.3g} / {r['max_boundary_jump']:.3g} | {r['mean_step']:.3g} | "
-                     f"{r['mean_jerk']:.3g} | {r['mean_simulated_seconds']:.2f} |")
+                     f"{r['mean_jerk']:.3g} | {r['mean_control_seconds']:.2f} |")
     ratios = [f"{t['latency_ms']:g} ms: {t['rtc_over_naive_jump']:.2f}" for t in result["targets"]
               if "rtc_over_naive_jump" in t]
     if ratios:

@@ -55,6 +55,9 @@ def evaluate(
     latency_ms: Annotated[float, typer.Option(
         "--latency-ms", min=0, metavar="MS", help="With --execution: the policy's simulated inference latency; the "
                                                   "simulator keeps stepping meanwhile (deterministic).")] = 0.0,
+    real_time: Annotated[bool, typer.Option(
+        "--real-time", help="With --execution: no simulated latency; the policy (e.g. a live --server) thinks on a "
+                            "worker thread while the simulator steps at the control rate in wall-clock time.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
@@ -66,11 +69,12 @@ def evaluate(
         raise typer.BadParameter("name the simulated embodiment (e.g. aloha_sim), or pass --dataset",
                                  param_hint="EMBODIMENT")
     episodes = 10 if episodes is None else episodes
-    if latency_ms and execution is None:
-        raise typer.BadParameter("--latency-ms needs --execution sync|naive|ensemble|rtc", param_hint="--latency-ms")
+    if (latency_ms or real_time) and execution is None:
+        raise typer.BadParameter("--latency-ms and --real-time need --execution sync|naive|ensemble|rtc",
+                                 param_hint="--execution")
     from pi0cli.evaluation.realtime import Execution
 
-    setting = None if execution is None else Execution(execution, latency_ms)
+    setting = None if execution is None else Execution(execution, latency_ms, real_time=real_time)
     from pi0cli.cli.sim_common import open_policy, simulated, task_of
     from pi0cli.evaluation.closed_loop import EpisodeResult
     from pi0cli.evaluation.closed_loop import evaluate as run
@@ -97,10 +101,11 @@ def evaluate(
                       f"95% CI {low:.0%}-{high:.0%}; mean return {report['mean_return']:.1f}"
                       + (f"; report {Path(out) / 'report.json'}" if out else ""))
     if setting is not None:
-        console.out.print(f"{setting.strategy} at {setting.latency_ms:g} ms: boundary jump mean "
+        latency = "real latency" if setting.real_time else f"{setting.latency_ms:g} ms"
+        console.out.print(f"{setting.strategy} at {latency}: boundary jump mean "
                           f"{report['mean_boundary_jump']:.3g} (max {report['max_boundary_jump']:.3g}), mean step "
                           f"{report['mean_step']:.3g}, jerk {report['mean_jerk']:.3g}; "
-                          f"{report['mean_simulated_seconds']:.1f} simulated s per episode")
+                          f"{report['mean_control_seconds']:.1f} s per episode on the control clock")
 
 
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,

@@ -7,7 +7,9 @@ meanwhile (``sync`` pauses the simulator, ``naive``, ``ensemble`` and ``rtc`` ke
 adds smoothness to the usual result: the largest and mean action jump ``||a_k - a_{k-1}||`` at the steps a
 new chunk took over, the mean step ``||a_k - a_{k-1}||`` over the episode for scale, and the mean jerk
 ``||a_{k+3} - 3 a_{k+2} + 3 a_{k+1} - a_k||`` (robot units per step^3), plus the episode's simulated
-duration (sync's pauses included).
+duration on the control loop's clock (sync's pauses included). With ``real_time`` the latency is real
+instead: the policy (in-process or a live ``pi0 serve``) runs on a worker thread while the simulator is paced
+to the control rate in wall-clock time.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pi0cli.client.clock import SimulatedClock
-from pi0cli.client.realtime import STRATEGIES, RealtimeAgent, RealtimeError, SimulatedLatency
+from pi0cli.client.clock import Clock, MonotonicClock, SimulatedClock
+from pi0cli.client.realtime import (
+    STRATEGIES,
+    RealtimeAgent,
+    RealtimeError,
+    Requester,
+    SimulatedLatency,
+    ThreadedRequester,
+)
 from pi0cli.evaluation.closed_loop import EpisodeResult, play
 
 if TYPE_CHECKING:
@@ -32,17 +41,22 @@ if TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True)
 class Execution:
     """How chunks are executed: a strategy of :data:`~pi0cli.client.realtime.STRATEGIES`, the simulated
-    inference latency, and the execution horizon (``None``: the evaluation's open-loop steps)."""
+    inference latency, and the execution horizon (``None``: the evaluation's open-loop steps). ``real_time``:
+    no simulated latency; the policy runs on a worker thread while the simulator steps at the control rate in
+    wall-clock time, so the delay is whatever the real round trip takes (not deterministic)."""
 
     strategy: str
     latency_ms: float = 0.0
     execution_horizon: int | None = None
+    real_time: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise RealtimeError(f"unknown execution strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if not self.latency_ms >= 0:
             raise RealtimeError(f"--latency-ms must not be negative, got {self.latency_ms}")
+        if self.real_time and self.latency_ms:
+            raise RealtimeError("real-time execution measures the latency; do not also simulate one (--latency-ms)")
         if self.execution_horizon is not None and self.execution_horizon < 1:
             raise RealtimeError(f"the execution horizon must be at least 1, got {self.execution_horizon}")
 
@@ -50,14 +64,15 @@ class Execution:
 @dataclasses.dataclass(frozen=True)
 class RealtimeEpisodeResult(EpisodeResult):
     strategy: str
-    latency_ms: float
+    latency_ms: float  # simulated (0 with real_time: see the measured ones)
+    measured_latency_ms: list[float]  # per chunk, on the control loop's clock
     max_boundary_jump: float
     mean_boundary_jump: float
     mean_step: float
     mean_jerk: float
     chunk_switches: int
     starved_steps: int
-    simulated_seconds: float
+    control_seconds: float
 
 
 def smoothness(actions: np.ndarray, switch_steps: Sequence[int]) -> dict[str, float]:
@@ -78,26 +93,43 @@ def run_realtime_episode(simulator: Simulator, embodiment: Embodiment, task: str
                          execution: Execution, *, open_loop_steps: int, video: Path | None = None,
                          shadows: bool = False, max_steps: int | None = None) -> RealtimeEpisodeResult:
     """One closed-loop episode at the embodiment's control rate with ``execution``'s strategy and latency."""
-    clock = SimulatedClock()
     period = 1.0 / embodiment.control_hz
-    agent = RealtimeAgent(SimulatedLatency(policy, clock, execution.latency_ms / 1000.0), strategy=execution.strategy,
+    simulated = SimulatedClock()
+    clock: Clock = MonotonicClock() if execution.real_time else simulated
+    threaded = ThreadedRequester(policy, clock) if execution.real_time else None
+    requester: Requester = threaded or SimulatedLatency(policy, clock, execution.latency_ms / 1000.0)
+    agent = RealtimeAgent(requester, strategy=execution.strategy,
                           execution_horizon=execution.execution_horizon or open_loop_steps,
                           control_hz=embodiment.control_hz)
+    started = clock.now()
+    next_tick = started
     executed: list[np.ndarray] = []
 
     def act(obs: dict[str, Any]) -> np.ndarray:
+        nonlocal next_tick
         action = np.asarray(agent.get_action(obs)["actions"], dtype=np.float32)
         executed.append(action)
-        clock.advance(period)  # the simulator steps once per control period
+        if threaded is not None:  # pace the simulator to the control rate (a late step holds a full period)
+            next_tick = max(next_tick + period, clock.now())
+            clock.sleep_until(next_tick)
+        else:
+            simulated.advance(period)  # the simulator steps once per control period
         return action
 
-    played = play(simulator, embodiment, task, seed, act, video=video, shadows=shadows, max_steps=max_steps)
+    try:
+        played = play(simulator, embodiment, task, seed, act, video=video, shadows=shadows, max_steps=max_steps)
+    finally:
+        if threaded is not None:
+            threaded.cancel()
+            threaded.close()
     smooth = smoothness(np.stack(executed) if executed else np.zeros((0, 1)), [s.tick for s in agent.switches])
     return RealtimeEpisodeResult(
         played.seed, played.success, played.episode_return, played.max_reward, played.steps, played.seconds,
         played.video, played.actions_sha256,
-        strategy=execution.strategy, latency_ms=execution.latency_ms, chunk_switches=len(agent.switches),
-        starved_steps=agent.starved_ticks, simulated_seconds=clock.now(), **smooth)
+        strategy=execution.strategy, latency_ms=execution.latency_ms,
+        measured_latency_ms=[round(1000.0 * s.latency_s, 3) for s in agent.switches],
+        chunk_switches=len(agent.switches), starved_steps=agent.starved_ticks, control_seconds=clock.now() - started,
+        **smooth)
 
 
 def summary(results: Sequence[EpisodeResult], execution: Execution, open_loop_steps: int) -> dict[str, Any]:
@@ -109,11 +141,12 @@ def summary(results: Sequence[EpisodeResult], execution: Execution, open_loop_st
 
     return {
         "execution": {"strategy": execution.strategy, "latency_ms": execution.latency_ms,
-                      "execution_horizon": execution.execution_horizon or open_loop_steps},
+                      "execution_horizon": execution.execution_horizon or open_loop_steps,
+                      "real_time": execution.real_time},
         "max_boundary_jump": max((r.max_boundary_jump for r in realtime), default=0.0),
         "mean_boundary_jump": mean("mean_boundary_jump"),
         "mean_step": mean("mean_step"),
         "mean_jerk": mean("mean_jerk"),
-        "mean_simulated_seconds": mean("simulated_seconds"),
+        "mean_control_seconds": mean("control_seconds"),
         "starved_steps": int(sum(r.starved_steps for r in realtime)),
     }

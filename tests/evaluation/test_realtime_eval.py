@@ -55,16 +55,16 @@ def test_sync_without_latency_is_the_chunk_broker_and_latency_costs_sync_time(al
     plain = run_episode(sim, emb, "transfer_cube", 3, StatePolicy(), open_loop_steps=5)
     sync = run_realtime_episode(sim, emb, "transfer_cube", 3, StatePolicy(), Execution("sync"), open_loop_steps=5)
     assert sync.actions_sha256 == plain.actions_sha256 and sync.steps == plain.steps
-    assert sync.simulated_seconds == pytest.approx(plain.steps / emb.control_hz)
+    assert sync.control_seconds == pytest.approx(plain.steps / emb.control_hz)
     slow = StatePolicy()
     paused = run_realtime_episode(sim, emb, "transfer_cube", 3, slow, Execution("sync", 100.0), open_loop_steps=5,
                                   max_steps=50)
     assert slow.calls == 10 and paused.chunk_switches == 10
-    assert paused.simulated_seconds == pytest.approx(50 / emb.control_hz + 10 * 0.1)  # the robot waited
+    assert paused.control_seconds == pytest.approx(50 / emb.control_hz + 10 * 0.1)  # the robot waited
     naive = run_realtime_episode(sim, emb, "transfer_cube", 3, StatePolicy(), Execution("naive", 100.0),
                                  open_loop_steps=5, max_steps=50)
     # 100 ms = 5 steps at 50 Hz: only the first request paused the robot; the rest overlapped execution
-    assert naive.simulated_seconds == pytest.approx(50 / emb.control_hz + 0.1)
+    assert naive.control_seconds == pytest.approx(50 / emb.control_hz + 0.1)
     assert naive.actions_sha256 != paused.actions_sha256
 
 
@@ -92,3 +92,38 @@ def test_served_rtc_equals_in_process_rtc(aloha, tmp_path):
     naive = run_realtime_episode(sim, emb, "transfer_cube", 7, load_policy(checkpoint, embodiment=emb),
                                  Execution("naive", 100.0), open_loop_steps=5, max_steps=40)
     assert naive.actions_sha256 != direct.actions_sha256  # the RTC fields reached the model
+
+
+class SleepyPolicy(StatePolicy):
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        import time
+
+        time.sleep(0.05)
+        return super().infer(obs)
+
+
+@pytest.mark.slow
+def test_real_time_execution_measures_the_latency(aloha):
+    from pi0cli.evaluation.realtime import run_realtime_episode
+
+    emb, sim = aloha
+    policy = SleepyPolicy()
+    result = run_realtime_episode(sim, emb, "transfer_cube", 3, policy, Execution("rtc", real_time=True),
+                                  open_loop_steps=5, max_steps=30)
+    assert result.steps == 30 and policy.calls == result.chunk_switches >= 2
+    assert min(result.measured_latency_ms) >= 50.0
+    assert result.control_seconds >= 30 / emb.control_hz  # paced to the control rate in wall-clock time
+    with pytest.raises(RealtimeError, match="measures the latency"):
+        Execution("rtc", 100.0, real_time=True)
+
+
+def test_cli_latency_needs_an_execution_strategy(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pi0cli", "eval", "aloha_sim", "--checkpoint", "x",
+                             "--latency-ms", "100"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and "need --execution" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "pi0cli", "eval", "aloha_sim", "--checkpoint", "x",
+                             "--execution", "fast"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1 and "choose one of sync, naive, ensemble, rtc" in result.stderr
