@@ -5,6 +5,7 @@ Submodules import JAX; this package module does not, so ``import pi0cli.models``
 - ``config``: frozen model configs and named presets.
 - ``gemma``, ``siglip``, ``lora``: the building blocks.
 - ``pi0``: the ``Pi0`` model (pi0 and pi0.5), ``make_attn_mask``, ``posemb_sincos``.
+- ``rtc``: real-time chunking for ``Pi0.sample_actions`` (``RTCInputs``, the soft mask, the guidance weight).
 - ``pi0_fast``: the autoregressive ``Pi0FAST`` (``model_type="pi0_fast"``).
 - ``fast_tokenizer``: the FAST action tokenizer (DCT + BPE; fit, save, load); ``tokenizer``: prompt formats.
 - ``observation``: ``Observation`` container and preprocessing.
