@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,10 @@ from pi0cli.transforms import (
     pad_to_dim,
     resize_with_pad,
 )
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.models.config import Pi0Config
 
 #: The action padding mask in pipeline data (lerobot calls it ``<action column>_is_pad``).
 PAD_KEY = "actions_is_pad"
@@ -151,15 +155,15 @@ class ModelInputs:
 class Pipeline:
     """Every transform between one embodiment and one model configuration (see the module docstring)."""
 
-    embodiment: Any
-    model: Any  # pi0cli.models.config.Pi0Config
+    embodiment: Embodiment
+    model: Pi0Config
     norm_stats: Mapping[str, NormStats] | None
     tokenizer: Any | None = None
     delta_action_mask: tuple[bool, ...] | None = None
     default_prompt: str | None = None
 
     @classmethod
-    def create(cls, embodiment: Any, model: Any, norm_stats: Mapping[str, NormStats] | None, *,
+    def create(cls, embodiment: Embodiment, model: Pi0Config, norm_stats: Mapping[str, NormStats] | None, *,
                tokenizer: Any | None = None, delta_action_mask: tuple[bool, ...] | None = None,
                default_prompt: str | None = None) -> Pipeline:
         """Check that the pieces fit; ``delta_action_mask`` overrides the embodiment's (``()`` turns it off)."""
@@ -204,7 +208,8 @@ class Pipeline:
 
     def _model_inputs(self) -> ModelInputs:
         m = self.model
-        return ModelInputs(tuple(m.image_resolution), m.action_dim, m.action_horizon, self.tokenizer,
+        height, width = m.image_resolution  # a JSON-loaded config may hold a list
+        return ModelInputs((height, width), m.action_dim, m.action_horizon, self.tokenizer,
                            bool(m.uses_discrete_state), self.default_prompt, m.image_crop)
 
     def robot_inputs(self) -> Compose:

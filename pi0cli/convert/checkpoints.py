@@ -58,7 +58,7 @@ class Checkpoint:
     """A checkpoint in memory: flat reference-named params plus everything that travels with them."""
 
     params: dict[str, np.ndarray]
-    model_config: Any
+    model_config: Pi0Config
     source: Path
     format: str
     embodiment: str | None = None
@@ -106,7 +106,7 @@ def _saved_fields(saved: Mapping[str, Any] | None, directory: Path) -> dict[str,
     )
 
 
-def read_checkpoint(path: str | Path, *, model: Any = None, seed: int = 0) -> Checkpoint:
+def read_checkpoint(path: str | Path, *, model: str | Pi0Config | None = None, seed: int = 0) -> Checkpoint:
     """Read any supported checkpoint. ``model`` (preset name or ``Pi0Config``) is needed where the source does
     not record its config (openpi's own checkpoints, PaliGemma ``.npz``) and overrides it otherwise."""
     from pi0cli.models.params import flatten
@@ -171,7 +171,7 @@ def _cast(params: Mapping[str, np.ndarray], dtype: str | None) -> dict[str, np.n
 # ---------------------------------------------------------------------------------------------- LeRobot
 
 
-def lerobot_config(model_config: Any) -> Any:
+def lerobot_config(model_config: Pi0Config) -> Any:
     """LeRobot's ``PI0Config`` / ``PI05Config`` describing ``model_config`` (full-size variants only)."""
     from lerobot.configs.types import FeatureType, PolicyFeature
 
@@ -194,13 +194,13 @@ def lerobot_config(model_config: Any) -> Any:
     )
 
 
-def is_full_size(model_config: Any) -> bool:
+def is_full_size(model_config: Pi0Config) -> bool:
     """Whether LeRobot's own config can describe this model (it knows only the full-size Gemma variants)."""
     return ({model_config.paligemma_variant, model_config.action_expert_variant} <= FULL_SIZE_VARIANTS
             and model_config.siglip_variant == "So400m/14")
 
 
-def write_lerobot(directory: Path, params: Mapping[str, np.ndarray], model_config: Any) -> None:
+def write_lerobot(directory: Path, params: Mapping[str, np.ndarray], model_config: Pi0Config) -> None:
     """``model.safetensors`` (+ LeRobot's ``config.json`` for full-size models) into ``directory``."""
     import torch
     from safetensors.torch import save_file
@@ -218,7 +218,7 @@ def write_lerobot(directory: Path, params: Mapping[str, np.ndarray], model_confi
         lerobot_config(model_config)._save_pretrained(directory)
 
 
-def read_lerobot_params(directory: Path, model_config: Any) -> dict[str, np.ndarray]:
+def read_lerobot_params(directory: Path, model_config: Pi0Config) -> dict[str, np.ndarray]:
     """The flat reference-named params in a LeRobot policy directory's ``model.safetensors``."""
     import ml_dtypes
     import torch
@@ -242,7 +242,7 @@ def read_lerobot_params(directory: Path, model_config: Any) -> dict[str, np.ndar
         raise ConversionError(f"{directory}: {exc}") from None
 
 
-def _config_from_lerobot(directory: Path) -> Any:
+def _config_from_lerobot(directory: Path) -> Pi0Config:
     """A ``Pi0Config`` from LeRobot's ``config.json`` (policies written by LeRobot itself)."""
     from pi0cli.models.config import preset
 
@@ -270,7 +270,7 @@ def _config_from_lerobot(directory: Path) -> Any:
 # -------------------------------------------------------------------------------------------- PaliGemma
 
 
-def paligemma_params(npz: Path, model_config: Any, *, seed: int = 0) -> dict[str, np.ndarray]:
+def paligemma_params(npz: Path, model_config: Pi0Config, *, seed: int = 0) -> dict[str, np.ndarray]:
     """A fresh model's flat params (``seed``) with every ``PaliGemma`` weight of the VLM taken from ``npz``.
 
     big_vision keys are ``params/img/...`` and ``params/llm/...``; they must cover exactly the backbone

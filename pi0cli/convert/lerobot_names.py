@@ -14,11 +14,14 @@ counterpart; it is written as zeros (its vocabulary is fixed at 257,152) so that
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pi0cli.errors import Pi0Error
+
+if TYPE_CHECKING:
+    from pi0cli.models.config import GemmaConfig, Pi0Config, SigLIPConfig
 
 #: LeRobot's policies keep the model under ``self.model``; their state dicts carry this prefix.
 PREFIX = "model."
@@ -66,7 +69,7 @@ def _same(ours: str, theirs: str) -> _Rule:
     return (ours, (theirs,), lambda a: [a], lambda t: t[0])
 
 
-def _gemma_layer_rules(cfg: Any, s: str, prefix: str, adaptive: bool) -> list[_Rule]:
+def _gemma_layer_rules(cfg: GemmaConfig, s: str, prefix: str, adaptive: bool) -> list[_Rule]:
     """Per-layer rules (``ours`` arrays are one layer's slice) for expert suffix ``s`` ('' or '_1')."""
     n, k, hd, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.width
     att = f"{_LLM}/layers/attn"
@@ -90,7 +93,7 @@ def _gemma_layer_rules(cfg: Any, s: str, prefix: str, adaptive: bool) -> list[_R
     return rules
 
 
-def _siglip_layer_rules(cfg: Any, prefix: str) -> list[_Rule]:
+def _siglip_layer_rules(cfg: SigLIPConfig, prefix: str) -> list[_Rule]:
     w = cfg.width
     att = f"{_BLOCK}/MultiHeadDotProductAttention_0"
     heads, hd = cfg.num_heads, cfg.width // cfg.num_heads
@@ -109,7 +112,7 @@ def _siglip_layer_rules(cfg: Any, prefix: str) -> list[_Rule]:
     return rules
 
 
-def _rules(config: Any) -> tuple[list[_Rule], list[tuple[list[_Rule], int]]]:
+def _rules(config: Pi0Config) -> tuple[list[_Rule], list[tuple[list[_Rule], int]]]:
     """(global rules, [(per-layer rules with '{i}' in their names, depth)]) for a ``Pi0Config``."""
     vlm, expert, img = config.vlm, config.expert, config.siglip
     flat: list[_Rule] = [
@@ -141,7 +144,7 @@ def _rules(config: Any) -> tuple[list[_Rule], list[tuple[list[_Rule], int]]]:
     return flat, layered
 
 
-def _extra_weights(flat_params: Mapping[str, Array], config: Any) -> dict[str, Array]:
+def _extra_weights(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[str, Array]:
     embedding = flat_params[f"{_LLM}/embedder/input_embedding"]
     shape = (LEROBOT_EXPERT_VOCAB, config.expert.width)
     if isinstance(embedding, np.ndarray):
@@ -151,7 +154,7 @@ def _extra_weights(flat_params: Mapping[str, Array], config: Any) -> dict[str, A
     return {EXPERT_LM_HEAD: jnp.zeros(shape, embedding.dtype)}
 
 
-def to_lerobot(flat_params: Mapping[str, Any], config: Any, *, prefix: str = PREFIX) -> dict[str, Array]:
+def to_lerobot(flat_params: Mapping[str, Any], config: Pi0Config, *, prefix: str = PREFIX) -> dict[str, Array]:
     """Flat reference-named params (``a/b/c`` keys) -> LeRobot state dict (``model.``-prefixed by default).
 
     Values are views where a transpose allows it; make them contiguous before handing them to torch.
@@ -183,7 +186,7 @@ def to_lerobot(flat_params: Mapping[str, Any], config: Any, *, prefix: str = PRE
     return {prefix + k: v for k, v in out.items()}
 
 
-def from_lerobot(state_dict: Mapping[str, Any], config: Any) -> dict[str, Array]:
+def from_lerobot(state_dict: Mapping[str, Any], config: Pi0Config) -> dict[str, Array]:
     """LeRobot state dict (with or without the ``model.`` prefix) -> flat reference-named params."""
     sd = {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in state_dict.items()}
     if EMBED_TOKENS in sd:  # tied with lm_head; exports may keep either name (or both)

@@ -18,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pi0cli.convert.checkpoints import Checkpoint, is_full_size, lerobot_config
 from pi0cli.errors import ConversionError
+
+if TYPE_CHECKING:
+    from pi0cli.models.config import Pi0Config
 
 NUM_STEPS = 10
 LEROBOT_HEADS = 8
@@ -44,7 +47,7 @@ class VerifyResult:
         return all(self.differences[name] <= self.tolerance for name in self.gated)
 
 
-def example_inputs(model_config: Any, *, batch: int = 2, seed: int = 0) -> tuple[Any, np.ndarray]:
+def example_inputs(model_config: Pi0Config, *, batch: int = 2, seed: int = 0) -> tuple[Any, np.ndarray]:
     """A deterministic model-level observation (images in [-1, 1], a padded prompt, the last camera masked when
     there are several) and the flow-matching noise for it."""
     import jax.numpy as jnp
@@ -66,7 +69,7 @@ def example_inputs(model_config: Any, *, batch: int = 2, seed: int = 0) -> tuple
     return obs, noise
 
 
-def _float32(model_config: Any) -> Any:
+def _float32(model_config: Pi0Config) -> Pi0Config:
     return dataclasses.replace(model_config, dtype="float32", param_dtype="float32")
 
 
@@ -106,7 +109,7 @@ def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
         setattr(module, name, original)
 
 
-def _lerobot_module(model_config: Any) -> Any:
+def _lerobot_module(model_config: Pi0Config) -> Any:
     try:
         import transformers  # noqa: F401  (LeRobot's pi0 needs it; lerobot does not install it by default)
 
@@ -167,7 +170,7 @@ def build_lerobot_model(ckpt: Checkpoint) -> Any:
     return model.float().eval()
 
 
-def lerobot_actions(model: Any, model_config: Any, obs: Any, noise: np.ndarray, *,
+def lerobot_actions(model: Any, model_config: Pi0Config, obs: Any, noise: np.ndarray, *,
                     float32_time_embedding: bool) -> np.ndarray:
     """Actions of LeRobot's PyTorch model for the same observation and noise."""
     import torch

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from pi0cli.data.lerobot import DatasetError, check_dataset_fits, read_info, rea
 from pi0cli.normstats import ExactStats, NormStats
 from pi0cli.pipeline import KeepKeys
 from pi0cli.transforms import NORM_EPS, DeltaActions, compose
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
 
 BLOCK_FRAMES = 4096
 
@@ -29,7 +32,7 @@ class DatasetColumns:
     """The numeric columns an embodiment needs, checked against its contract."""
 
     root: Path
-    embodiment: Any
+    embodiment: Embodiment
     columns: dict[str, np.ndarray]
     episode_end: np.ndarray  # per row: index one past the last row of its episode
 
@@ -42,7 +45,7 @@ class DatasetColumns:
         return int(len(np.unique(self.columns["episode_index"])))
 
 
-def load_columns(embodiment: Any, source: str | Path) -> DatasetColumns:
+def load_columns(embodiment: Embodiment, source: str | Path) -> DatasetColumns:
     """Read and validate the state and action columns of ``embodiment`` (one clear error per problem)."""
     _, root = resolve_dataset(source)
     if not root.is_dir():
@@ -122,7 +125,7 @@ class RobotBlocks:
             yield state, actions
 
 
-def compute_norm_stats(embodiment: Any, source: str | Path, *, horizon: int,
+def compute_norm_stats(embodiment: Embodiment, source: str | Path, *, horizon: int,
                        delta_action_mask: tuple[bool, ...] | None = None,
                        progress: Callable[[int], None] | None = None,
                        data: DatasetColumns | None = None) -> dict[str, NormStats]:
@@ -159,7 +162,7 @@ class DimReport:
         return self.drift > 1.0
 
 
-def check_norm_stats(embodiment: Any, source: str | Path, stats: Mapping[str, NormStats], *, horizon: int,
+def check_norm_stats(embodiment: Embodiment, source: str | Path, stats: Mapping[str, NormStats], *, horizon: int,
                      delta_action_mask: tuple[bool, ...] | None = None,
                      progress: Callable[[int], None] | None = None,
                      near_constant_range: float = 1e-3,

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
 
 DEFAULT_TASKS = ("pick up the cube", "fold_the towel", "open the drawer\nslowly")
 
 
-def synthetic_frames(embodiment: Any, length: int, rng: np.random.Generator,
+def synthetic_frames(embodiment: Embodiment, length: int, rng: np.random.Generator,
                      image_size: tuple[int, int], cameras: Sequence[Any]) -> list[dict[str, np.ndarray]]:
     """One episode of dataset rows (column -> array) for ``embodiment``."""
     state_dim, action_dim = embodiment.state_dim, embodiment.action_dim
@@ -48,7 +51,7 @@ def synthetic_frames(embodiment: Any, length: int, rng: np.random.Generator,
 
 def write_synthetic_dataset(
     root: str | Path,
-    embodiment: Any,
+    embodiment: Embodiment,
     *,
     episodes: int = 3,
     frames: int | Sequence[int] = 12,

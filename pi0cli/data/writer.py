@@ -13,19 +13,23 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pi0cli.errors import Pi0Error
 from pi0cli.transforms import lookup, to_uint8_hwc
 
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
+
 
 class DatasetWriteError(Pi0Error):
     """A dataset that cannot be written where or as asked."""
 
 
-def embodiment_features(embodiment: Any, image_shapes: Mapping[str, tuple[int, int]] | None = None) -> dict[str, dict]:
+def embodiment_features(embodiment: Embodiment,
+                        image_shapes: Mapping[str, tuple[int, int]] | None = None) -> dict[str, dict]:
     """LeRobot feature specs for an embodiment's dataset columns (cameras as video, state fields and actions
     as float32 vectors). ``image_shapes`` overrides a camera's native ``(height, width)``, by camera key."""
     features: dict[str, dict] = {}
@@ -41,7 +45,7 @@ def embodiment_features(embodiment: Any, image_shapes: Mapping[str, tuple[int, i
     return features
 
 
-def frame_from_observation(embodiment: Any, obs: Mapping[str, Any], action: np.ndarray) -> dict[str, np.ndarray]:
+def frame_from_observation(embodiment: Embodiment, obs: Mapping[str, Any], action: np.ndarray) -> dict[str, np.ndarray]:
     """One dataset row from a robot observation and the action taken (columns named by the key map)."""
     frame: dict[str, np.ndarray] = {}
     for cam in embodiment.cameras:

@@ -10,12 +10,15 @@ the wrong shape is an error naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pi0cli.errors import Pi0Error
 from pi0cli.models.params import ParamTreeError, export_flat, flatten, import_params, unflatten
+
+if TYPE_CHECKING:
+    from pi0cli.models.pi0 import Pi0
 
 
 class WeightsError(Pi0Error):
@@ -59,7 +62,7 @@ def read_paligemma_npz(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_initial_weights(model: Any, source: str | Path) -> None:
+def load_initial_weights(model: Pi0, source: str | Path) -> None:
     """Load ``source`` into ``model`` in place (see the module docstring for what may be missing)."""
     source = Path(source)
     if not source.exists():
