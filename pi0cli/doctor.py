@@ -281,15 +281,12 @@ def check_plugins(registry: Registry) -> list[Row]:
 
 def cache_directories(env: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Where pi0 and its libraries read and write caches (the environment's overrides applied)."""
+    from pi0cli.data.lerobot import lerobot_home
+    from pi0cli.downloads import cache_dir, hf_home, openpi_cache_dir
+
     env = os.environ if env is None else env
-    home = Path(env.get("HOME", str(Path.home())))
-    hf_home = Path(env.get("HF_HOME", str(Path(env.get("XDG_CACHE_HOME", str(home / ".cache"))) / "huggingface")))
-    dirs = {
-        "HF_HOME": hf_home,
-        "HF_LEROBOT_HOME": Path(env.get("HF_LEROBOT_HOME", str(hf_home / "lerobot"))),
-        "PI0_CACHE_DIR": Path(env.get("PI0_CACHE_DIR") or str(home / ".cache" / "pi0")),
-        "OPENPI_DATA_HOME": Path(env.get("OPENPI_DATA_HOME") or str(home / ".cache" / "openpi")),
-    }
+    dirs = {"HF_HOME": hf_home(env), "HF_LEROBOT_HOME": lerobot_home(env), "PI0_CACHE_DIR": cache_dir(env),
+            "OPENPI_DATA_HOME": openpi_cache_dir(env)}
     if env.get("JAX_COMPILATION_CACHE_DIR"):
         dirs["JAX_COMPILATION_CACHE_DIR"] = Path(env["JAX_COMPILATION_CACHE_DIR"])
     return dirs

@@ -30,14 +30,28 @@ def offline(environ: Mapping[str, str] | None = None) -> bool:
     return any(env.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_ENV)
 
 
-def cache_dir() -> Path:
+def _home_cache(env: Mapping[str, str]) -> Path:
+    """``~/.cache`` of ``env``'s ``$HOME``."""
+    return (Path(env["HOME"]) if env.get("HOME") else Path.home()) / ".cache"
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The pi0 download cache (``$PI0_CACHE_DIR`` or ``~/.cache/pi0``)."""
-    return Path(os.environ.get("PI0_CACHE_DIR") or Path.home() / ".cache" / "pi0")
+    env = os.environ if environ is None else environ
+    return Path(env.get("PI0_CACHE_DIR") or _home_cache(env) / "pi0")
 
 
-def openpi_cache_dir() -> Path:
+def openpi_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The reference's cache (``$OPENPI_DATA_HOME`` or ``~/.cache/openpi``), read but never written."""
-    return Path(os.environ.get("OPENPI_DATA_HOME") or Path.home() / ".cache" / "openpi")
+    env = os.environ if environ is None else environ
+    return Path(env.get("OPENPI_DATA_HOME") or _home_cache(env) / "openpi")
+
+
+def hf_home(environ: Mapping[str, str] | None = None) -> Path:
+    """Hugging Face's cache (``$HF_HOME``, else ``$XDG_CACHE_HOME/huggingface`` or ``~/.cache/huggingface``),
+    where lerobot keeps datasets."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or _home_cache(env)) / "huggingface").expanduser()
 
 
 def checkpoint_cache_dirs() -> list[Path]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pi0cli.downloads import offline
+from pi0cli.downloads import hf_home, offline
 from pi0cli.errors import Pi0Error
 
 if TYPE_CHECKING:
@@ -44,13 +44,12 @@ class DatasetError(Pi0Error):
     """A dataset that cannot be found, read, or does not fit the embodiment."""
 
 
-def lerobot_home() -> Path:
+def lerobot_home(environ: Mapping[str, str] | None = None) -> Path:
     """Where lerobot keeps datasets by repo id (``$HF_LEROBOT_HOME``, else ``$HF_HOME/lerobot``)."""
-    if os.environ.get("HF_LEROBOT_HOME"):
-        return Path(os.environ["HF_LEROBOT_HOME"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    hf_home = os.environ.get("HF_HOME") or cache / "huggingface"
-    return Path(hf_home).expanduser() / "lerobot"
+    env = os.environ if environ is None else environ
+    if env.get("HF_LEROBOT_HOME"):
+        return Path(env["HF_LEROBOT_HOME"]).expanduser()
+    return hf_home(env) / "lerobot"
 
 
 def resolve_dataset(source: str | os.PathLike[str]) -> tuple[str, Path]:
