@@ -21,7 +21,6 @@ def doctor(
 ) -> None:
     """Check Python, JAX devices, video encoding, headless rendering, LeRobot/torch, plugins, caches and the
     network; exit 1 when something blocking is wrong (each failing row names its fix)."""
-    from rich.markup import escape
     from rich.table import Table
 
     from pi0cli.doctor import run_checks
@@ -37,6 +36,7 @@ def doctor(
     else:
         table = Table("check", "status", "found", "fix", box=None, pad_edge=False)
         for row in rows:
+            escape = console.escape
             table.add_row(escape(row.check), _STYLE[row.status], escape(row.detail), escape(row.fix))
         console.out.print(table)
         warnings = sum(row.status == "warn" for row in rows)

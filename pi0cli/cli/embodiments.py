@@ -80,7 +80,6 @@ def show_embodiment(
     if as_json:
         console.out.print_json(json.dumps(info))
         return
-    from rich.markup import escape
     from rich.table import Table
 
     summary = Table.grid(padding=(0, 2))
@@ -106,7 +105,7 @@ def show_embodiment(
         ("outputs", info["outputs"]),
         ("observation adapter", info["observation_adapter"] or "-"),
     ]:
-        summary.add_row(label, escape(str(value)))
+        summary.add_row(label, console.escape(str(value)))
     console.out.print(summary)
 
     cameras = Table("camera key", "model slot", "required", "native size", "layout", title="Cameras",
