@@ -38,13 +38,16 @@ STRATEGIES = ("sync", "naive", "ensemble", "rtc")
 
 def run(checkpoint: Path, *, embodiment: str | None, task: str | None, latencies: list[float], strategies: list[str],
         episodes: int, seed: int, open_loop_steps: int | None, max_steps: int | None) -> dict[str, Any]:
+    from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.evaluation import closed_loop
     from pi0cli.evaluation.realtime import Execution
     from pi0cli.plugins.manager import load_registry
     from pi0cli.policy import load_policy
 
     registry = load_registry({})
-    name = embodiment or json.loads((checkpoint / "pi0_config.json").read_text())["embodiment"]
+    name = embodiment or (read_checkpoint_config(checkpoint) or {}).get("embodiment")
+    if name is None:
+        raise SystemExit(f"{checkpoint} does not say which robot it drives; pass --embodiment")
     emb = registry.embodiment(name)
     policy: Any = load_policy(checkpoint, embodiment=emb, batch_sizes=(1,))  # a Policy: infer() like a client
     simulator = registry.simulator_for(emb.name)
