@@ -123,7 +123,6 @@ def fixed_latency_policy(model_ms: float, max_batch: int):
     """The real Policy (ALOHA-sim input/output transforms, padding to compiled sizes) around a model whose call
     takes ``model_ms`` whatever the batch size, as a batch of up to 8 does on a GPU."""
     from pi0_embodiment_aloha import ALOHA_SIM
-
     from pi0cli.policy.policy import Policy, batch_sizes_up_to
     from pi0cli.transforms import PadStatesAndActions, compose
 
@@ -186,14 +185,16 @@ def speedups(rows: list[dict], counts: list[int]) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def pi0_serve(checkpoint: Path, max_batch: int, window_ms: float, env: dict, timeout: float = 600.0):
+def pi0_serve(checkpoint: Path, max_batch: int, window_ms: float, env: dict, timeout: float = 600.0,
+              extra: list[str] | None = None):
+    """``pi0 serve`` of ``checkpoint`` in a subprocess (``extra``: more flags); yields (port, process)."""
     from pi0cli.client.policy import wait_until_ready
 
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
         [PI0, "serve", "--checkpoint", str(checkpoint), "--embodiment", "aloha_sim", "--port", str(port),
-         "--max-batch", str(max_batch), "--batch-window-ms", str(window_ms)],
+         "--max-batch", str(max_batch), "--batch-window-ms", str(window_ms), *(extra or [])],
         env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -260,7 +261,6 @@ def load_test(port: int, clients: int, seconds: float, warmup_requests: int = 3)
 
 def make_checkpoint(directory: Path) -> Path:
     from pi0_embodiment_aloha import ALOHA_SIM
-
     from pi0cli.testing import make_tiny_checkpoint
 
     return make_tiny_checkpoint(directory / "tiny_aloha_sim", ALOHA_SIM)
@@ -305,15 +305,14 @@ def main(argv: list[str] | None = None) -> int:
           f"of which in the server {codec['server_p50_ms']:.2f} ms "
           f"(target p50 <= 2 ms: {'PASS' if codec['roundtrip_p50_ms'] <= 2.0 else 'FAIL'})", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="pi0-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="pi0-bench-") as tmpdir:
+        tmp = Path(tmpdir)
         checkpoint = args.checkpoint or make_checkpoint(tmp)
         env = server_env(tmp / "jax-cache")
         rows = []
         for label, max_batch in (("batching on", max(counts)), ("batching off", 1)):
             print(f"{label}: starting pi0 serve --max-batch {max_batch} (compiling) ...", flush=True)
             with pi0_serve(checkpoint, max_batch, args.window_ms, env) as (port, _):
-                pass
                 for n in counts:
                     row = load_test(port, n, seconds) | {"mode": label}
                     rows.append(row)

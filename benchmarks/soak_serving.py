@@ -1,6 +1,12 @@
 """Soak test of `pi0 serve`: 16 clients for 60 s against a tiny pi0, zero errors, memory flat.
 
-    python benchmarks/soak_serving.py [--seconds 60] [--clients 16] [--checkpoint DIR]
+    python benchmarks/soak_serving.py [--seconds 60] [--clients 16] [--no-record] [--extra-kb 2048] [--checkpoint DIR]
+
+With ``--record`` (the default) the server records every request (``pi0 serve --record``) and every 10th
+request of each client carries an extra key the embodiment does not know (``--extra-kb`` KiB, over the
+recorder's default 1 MiB cap for such keys, so it is left out of the record): memory must stay flat all the
+same (before issue 14 each recorded request stayed alive until a full garbage collection). At the end the
+record files and the server's /metrics record counters are reported.
 
 The server runs in a subprocess (`pi0 serve --max-batch 8`); its resident memory (VmRSS) is sampled every
 second. Memory is "flat" when the mean RSS of the last fifth of the run exceeds that of the second fifth
@@ -17,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the server with --record (default: on)")
+    parser.add_argument("--extra-kb", type=int, default=2048, help="size of the unknown key of every 10th request")
     args = parser.parse_args(argv)
 
     from pi0cli.client import PolicyServerError, WebsocketClientPolicy
 
-    with tempfile.TemporaryDirectory(prefix="pi0-soak-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="pi0-soak-") as tmpdir:
+        tmp = Path(tmpdir)
         checkpoint = args.checkpoint or make_checkpoint(tmp)
-        print(f"starting pi0 serve (tiny pi0, --max-batch 8) for {args.clients} clients x {args.seconds:g} s ...",
-              flush=True)
-        with pi0_serve(checkpoint, 8, 10.0, server_env(tmp / "jax-cache")) as (port, proc):
+        record_dir = tmp / "records"
+        extra = ["--record", str(record_dir)] if args.record else []
+        print(f"starting pi0 serve (tiny pi0, --max-batch 8{', --record' if args.record else ''}) for "
+              f"{args.clients} clients x {args.seconds:g} s ...", flush=True)
+        with pi0_serve(checkpoint, 8, 10.0, server_env(tmp / "jax-cache"), extra=extra) as (port, proc):
+            blob = np.zeros(args.extra_kb * 1024, np.uint8)
             observations = [sim_obs(i) for i in range(32)]
             bad = {"state": np.zeros(3, np.float32)}
             counts = {"ok": 0, "rejected_as_expected": 0}
@@ -75,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                                     counts["rejected_as_expected"] += 1
                             continue
                         start = time.perf_counter()
-                        reply = conn.infer(observations[(i + k) % len(observations)])
+                        obs = observations[(i + k) % len(observations)]
+                        if args.record and k % 10 == 0:
+                            obs = obs | {"debug": {"blob": blob}}
+                        reply = conn.infer(obs)
                         elapsed = (time.perf_counter() - start) * 1000
                         if reply["actions"].shape != (10, 14) or not np.isfinite(reply["actions"]).all():
                             errors.append(f"bad reply {reply['actions'].shape}")
@@ -98,16 +114,21 @@ def main(argv: list[str] | None = None) -> int:
             for t in threads:
                 t.join(120)
             elapsed = time.perf_counter() - begin
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                metrics = [line for line in r.read().decode().splitlines() if line.startswith("pi0_record_")]
+        files = len(list(record_dir.glob("request_*.npz"))) if args.record else 0
 
     rss = np.array([r for _, r in samples])
     fifth = max(1, len(rss) // 5)
     early, late = float(rss[fifth : 2 * fifth].mean()), float(rss[-fifth:].mean())
     flat = late <= early * 1.05 + 16
-    print(f"{counts['ok']} requests served ({counts['ok'] / elapsed:.1f} req/s), p50 {percentile(latencies, 50):.1f} ms, "
-          f"p99 {percentile(latencies, 99):.1f} ms; {counts['rejected_as_expected']} malformed requests rejected as "
-          "expected")
-    print(f"server RSS: start {rss[0]:.0f} MiB, after warm-up {early:.0f} MiB, end {late:.0f} MiB, max {rss.max():.0f} MiB "
-          f"-> {'flat' if flat else 'GROWING'}")
+    print(f"{counts['ok']} requests served ({counts['ok'] / elapsed:.1f} req/s), "
+          f"p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms; "
+          f"{counts['rejected_as_expected']} malformed requests rejected as expected")
+    print(f"server RSS: start {rss[0]:.0f} MiB, after warm-up {early:.0f} MiB, end {late:.0f} MiB, "
+          f"max {rss.max():.0f} MiB -> {'flat' if flat else 'GROWING'}")
+    if args.record:
+        print(f"--record: {files} files written; " + ", ".join(metrics))
     print(f"unexpected errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
     return 0 if flat and not errors else 1
 

@@ -67,6 +67,11 @@ def serve(
         "--max-buffered-frames", min=1,
         help="Frames buffered per connection while its request is served (the socket is not read further).",
     )] = 2,
+    rejected_mb_per_s: Annotated[float, typer.Option(
+        "--rejected-mb-per-s", min=0.0,
+        help="Server-wide budget for refused frames over 64 KiB: a client whose large frame was refused waits "
+             "until it is paid for before its next frame is read (0: off).",
+    )] = 4.0,
     max_input_std: Annotated[float | None, typer.Option(
         "--max-input-std", min=0.0,
         help="Refuse requests whose normalised state is further than this from the norm stats' centre (std "
@@ -137,7 +142,8 @@ def serve(
         policy, embodiment=emb, host=host, port=port, api_key=api_key, max_batch=max_batch,
         batch_window_ms=batch_window_ms, max_message_bytes=int(max_message_mb * 2**20),
         max_elements=max_message_elements, max_connections=max_connections, idle_timeout_s=idle_timeout_s or None,
-        max_buffered_frames=max_buffered_frames, recorder=recorder,
+        max_buffered_frames=max_buffered_frames, rejected_bytes_per_s=rejected_mb_per_s * 2**20 or None,
+        recorder=recorder,
     )
 
     def listening(srv: PolicyServer) -> None:

@@ -222,7 +222,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise _HookError(f"msgpack extension type {code} is not allowed")
 
 
-def unpackb(message: bytes | bytearray | memoryview, *, max_elements: int = MAX_ELEMENTS) -> Any:
+def unpackb(message: bytes | bytearray | memoryview | str, *, max_elements: int = MAX_ELEMENTS) -> Any:
     """Deserialise one message; raises :class:`DecodeError` for anything that is not plain msgpack-numpy
     within the limits (at most ``max_elements`` msgpack elements, :data:`MAX_DEPTH` levels, str map keys).
 

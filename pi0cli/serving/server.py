@@ -13,6 +13,8 @@ Bounded work per client: decoding (at most ``max_elements`` msgpack elements), v
 transforms run on a small thread pool, the model on the batcher's thread (:mod:`pi0cli.serving.batching`),
 so the event loop only moves frames and answers health checks. Each connection has at most one request in
 flight and at most ``max_buffered_frames`` frames buffered (the socket is not read further meanwhile).
+Large frames that are refused draw on a server-wide budget of ``rejected_bytes_per_s``
+(:class:`RejectedBytesBudget`), so hostile clients cannot keep the event loop busy receiving them.
 Beyond ``max_connections`` a new connection is closed at once with code 1013 (try again later); a
 connection that sends nothing for ``idle_timeout_s`` is closed with code 1000. Only connections that asked
 within the last few seconds count as active clients for the batcher's window.
@@ -100,6 +102,29 @@ class RateLimitedLog:
         self._logger.warning(message, *args, exc_info=exc_info)
 
 
+class RejectedBytesBudget:
+    """A token bucket shared by every connection for the bytes of *rejected* frames larger than ``min_bytes``.
+
+    Receiving a frame costs the event loop about 2-3 ms per MiB inside the websockets library (copies and
+    unmasking) before any of our code runs. A client whose large frames are refused waits, before its next
+    frame is read, until the bucket has paid for them at ``bytes_per_s``: together, hostile connections can
+    then spend only a small, bounded share of the event loop. Clients sending valid requests never wait.
+    """
+
+    def __init__(self, bytes_per_s: float, min_bytes: int = 64 * 1024):
+        self.bytes_per_s = float(bytes_per_s)
+        self.min_bytes = min_bytes
+        self._free_at = 0.0
+
+    def delay(self, nbytes: int) -> float:
+        """Seconds the sender of a rejected frame of ``nbytes`` waits (0 for small frames)."""
+        if nbytes < self.min_bytes:
+            return 0.0
+        now = time.monotonic()
+        self._free_at = max(now, self._free_at) + nbytes / self.bytes_per_s
+        return self._free_at - now
+
+
 @dataclasses.dataclass(eq=False)
 class _Connection:
     peer: str
@@ -117,7 +142,8 @@ class PolicyServer:
     ``embodiment`` (optional) validates every request before it is queued. ``recorder`` (optional) gets
     ``record(request, reply, nbytes)`` for every served request. Limits: ``max_message_bytes`` (frame size),
     ``max_elements`` (msgpack elements per frame), ``max_connections``, ``idle_timeout_s`` (None or 0: none),
-    ``max_buffered_frames`` (per connection).
+    ``max_buffered_frames`` (per connection), ``rejected_bytes_per_s`` (see :class:`RejectedBytesBudget`;
+    None: off).
     """
 
     def __init__(
@@ -135,6 +161,7 @@ class PolicyServer:
         max_connections: int = 64,
         idle_timeout_s: float | None = 600.0,
         max_buffered_frames: int = 2,
+        rejected_bytes_per_s: float | None = 4 * 2**20,
         recorder: Recorder | None = None,
         metadata: Mapping[str, Any] | None = None,
         warmup: bool = True,
@@ -154,6 +181,7 @@ class PolicyServer:
         self.max_connections = int(max_connections)
         self.idle_timeout_s = idle_timeout_s or None
         self.max_buffered_frames = max(1, int(max_buffered_frames))
+        self._rejected = RejectedBytesBudget(rejected_bytes_per_s) if rejected_bytes_per_s else None
         self.recorder = recorder
         self.metadata = dict(metadata if metadata is not None else getattr(policy, "metadata", {}) or {})
         self._metadata_frame = protocol.packb(self.metadata)
@@ -338,6 +366,8 @@ class PolicyServer:
         self.metrics.decode_seconds.observe(time.perf_counter() - start)
         if isinstance(admitted, BaseException):
             await self._send_error(ws, admitted)
+            if self._rejected is not None and (delay := self._rejected.delay(len(message))) > 0:
+                await asyncio.sleep(delay)  # read nothing more from this client until its frame is paid for
             return prev_total_ms
         item, obs = admitted
         del admitted

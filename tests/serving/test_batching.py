@@ -74,8 +74,13 @@ def test_window_is_skipped_when_every_client_is_waiting():
 
 
 def test_warmup_runs_first_and_its_failure_is_reported():
-    order = []
-    batcher = DynamicBatcher(lambda items: order.append("batch") or list(items), warmup=lambda: order.append("warm"))
+    order: list[str] = []
+
+    def process(items):
+        order.append("batch")
+        return list(items)
+
+    batcher = DynamicBatcher(process, warmup=lambda: order.append("warm"))
     batcher.start()
 
     async def main():

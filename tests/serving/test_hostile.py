@@ -133,6 +133,25 @@ def test_worst_case_frames_do_not_stall_health_checks_or_other_clients(aloha_sim
         assert sorted(replies)[len(replies) // 2] < 0.5, replies
 
 
+def test_large_refused_frames_draw_on_a_shared_budget(aloha_sim):
+    with serve(fake_policy(aloha_sim), aloha_sim, rejected_bytes_per_s=2**19) as thread:
+        hostile, normal = open_ws(thread, None), open_ws(thread, None)
+        junk = b"\xc1" * (2**20)  # 1 MiB, refused
+        hostile.send(junk)
+        assert hostile.recv(timeout=10).startswith("Error: ")
+        start = time.perf_counter()
+        normal.send(protocol.packb(sim_obs()))  # valid requests never wait
+        assert isinstance(normal.recv(timeout=10), bytes)
+        normal_s = time.perf_counter() - start
+        hostile.send(junk)  # read only once the first one is paid for (2 s at 512 KiB/s)
+        assert hostile.recv(timeout=10).startswith("Error: ")
+        assert time.perf_counter() - start > 1.6 > normal_s
+        normal.send(b"\xc1")  # nor do small refused frames
+        normal.recv(timeout=10)
+        hostile.close()
+        normal.close()
+
+
 # ----------------------------------------------------------------------------- 2. never a NaN action
 
 

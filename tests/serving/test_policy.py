@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def test_training_step_layout_loads(tiny_checkpoint, tmp_path):
 
 def test_save_refuses_to_overwrite(tiny_checkpoint, aloha_sim):
     with pytest.raises(CheckpointError, match="already exists"):
-        save_policy_checkpoint(tiny_checkpoint, params={}, model_config=None, embodiment="aloha_sim",
+        save_policy_checkpoint(tiny_checkpoint, params={}, model_config=cast(Any, None), embodiment="aloha_sim",
                                norm_stats={}, asset_id="x")
 
 

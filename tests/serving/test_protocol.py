@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import numpy as np
 import pytest
@@ -51,8 +53,8 @@ def test_numpy_scalars_round_trip(dtype, value):
 
 def test_compatible_with_openpi_client_both_ways():
     msgpack_numpy = pytest.importorskip("openpi_client.msgpack_numpy")
-    obs = {"images": {"cam": np.zeros((3, 4, 5), np.uint8)}, "state": np.ones(14, np.float32), "prompt": "go",
-           "step": np.int64(3), "flag": True, "list": [1, 2.5, "x"]}
+    obs: dict[str, Any] = {"images": {"cam": np.zeros((3, 4, 5), np.uint8)}, "state": np.ones(14, np.float32),
+                           "prompt": "go", "step": np.int64(3), "flag": True, "list": [1, 2.5, "x"]}
     ours = protocol.unpackb(msgpack_numpy.Packer().pack(obs))
     np.testing.assert_array_equal(ours["images"]["cam"], obs["images"]["cam"])
     assert ours["prompt"] == "go" and ours["step"] == 3 and ours["list"] == [1, 2.5, "x"]
