@@ -51,10 +51,10 @@ def main() -> None:
     from pi0cli.data.synthetic import write_synthetic_dataset
     from pi0cli.models.config import preset
     from pi0cli.models.tokenizer import PaligemmaTokenizer
-    from pi0cli.training.tiny_tokenizer import train_tiny_tokenizer
     from pi0cli.pipeline import Pipeline
-    from pi0cli.transforms import stack_trees
     from pi0cli.plugins.manager import get_registry
+    from pi0cli.training.tiny_tokenizer import train_tiny_tokenizer
+    from pi0cli.transforms import stack_trees
 
     emb = get_registry().embodiment(args.embodiment)
     model = dataclasses.replace(preset("pi0"), action_horizon=args.horizon)  # 224x224, action_dim 32
@@ -93,7 +93,8 @@ def main() -> None:
                 sizes.append(len(b["state"]))
             rate = sum(sizes[warm:]) / (stamps[-1] - stamps[warm - 1])
             results[workers] = rate
-            extra = f"; worker peak RSS {peak_rss_mib(resource.RUSAGE_CHILDREN):.0f} MiB" if workers == "process" else ""
+            rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
+            extra = f"; worker peak RSS {rss:.0f} MiB" if workers == "process" else ""
             print(f"loader, {args.workers} {workers} workers: {rate:.1f} samples/s = {rate / base:.2f}x baseline; "
                   f"peak RSS {peak_rss_mib():.0f} MiB{extra}")
         image_mib = 3 * model.image_resolution[0] * model.image_resolution[1] * 3 * batch / 2**20

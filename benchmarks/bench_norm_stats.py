@@ -49,7 +49,8 @@ def main() -> None:
             t0 = time.perf_counter()
             root = write_synthetic_dataset(Path(tmp) / "ds", emb, episodes=episodes, frames=frames,
                                            image_size=(args.image_size, args.image_size), seed=0)
-            print(f"wrote {episodes} episodes x {frames} frames ({len([c for c in emb.cameras if c.key in emb.dataset_keys])}"
+            cameras = len([c for c in emb.cameras if c.key in emb.dataset_keys])
+            print(f"wrote {episodes} episodes x {frames} frames ({cameras}"
                   f" video cameras, {args.image_size}px) in {time.perf_counter() - t0:.1f} s", flush=True)
 
         # pi0 norm-stats: two exact passes over the parquet columns.

@@ -32,7 +32,8 @@ def toy_plugin_source(name: str = "demo") -> str:
     return TOY_PLUGIN.format(name=name)
 
 
-def fake_distribution(root: Path, dist: str, entry_point: str, module: str, source: str, version: str = "0.1.0") -> Path:
+def fake_distribution(root: Path, dist: str, entry_point: str, module: str, source: str,
+                      version: str = "0.1.0") -> Path:
     """An installed-looking distribution (module + ``.dist-info`` with a ``pi0`` entry point) under ``root``;
     put ``root`` on ``PYTHONPATH`` and importlib.metadata finds it like a pip-installed one."""
     root.mkdir(parents=True, exist_ok=True)

@@ -204,7 +204,7 @@ def test_scan_remat_and_unrolled_layers_agree():
     la, ga = loss_and_grad(a)
     lb, gb = loss_and_grad(b)
     np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
-    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
