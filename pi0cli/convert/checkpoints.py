@@ -175,7 +175,12 @@ def lerobot_config(model_config: Pi0Config) -> Any:
     """LeRobot's ``PI0Config`` / ``PI05Config`` describing ``model_config`` (full-size variants only)."""
     from lerobot.configs.types import FeatureType, PolicyFeature
 
-    if model_config.pi05:
+    extra: dict[str, Any] = {}
+    if model_config.fast:
+        from lerobot.policies.pi0_fast.configuration_pi0_fast import PI0FastConfig as LeRobotConfig
+
+        extra["max_decoding_steps"] = 256
+    elif model_config.pi05:
         from lerobot.policies.pi05.configuration_pi05 import PI05Config as LeRobotConfig
     else:
         from lerobot.policies.pi0.configuration_pi0 import PI0Config as LeRobotConfig
@@ -190,7 +195,7 @@ def lerobot_config(model_config: Pi0Config) -> Any:
         image_resolution=tuple(model_config.image_resolution), tokenizer_max_length=model_config.token_len,
         input_features=inputs,
         output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(model_config.action_dim,))},
-        device="cpu",
+        device="cpu", **extra,
     )
 
 
@@ -255,13 +260,14 @@ def _config_from_lerobot(directory: Path) -> Pi0Config:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConversionError(f"{file} is not valid JSON ({exc})") from None
     kind = data.get("type")
-    if kind not in ("pi0", "pi05"):
-        raise ConversionError(f"{file} describes a {kind!r} policy; only LeRobot pi0 and pi05 policies convert")
+    if kind not in ("pi0", "pi05", "pi0_fast"):
+        raise ConversionError(f"{file} describes a {kind!r} policy; only LeRobot pi0, pi05 and pi0_fast policies "
+                              "convert")
     fields = dict(paligemma_variant=data.get("paligemma_variant", "gemma_2b"),
                   action_expert_variant=data.get("action_expert_variant", "gemma_300m"),
                   action_dim=int(data.get("max_action_dim", 32)), action_horizon=int(data.get("chunk_size", 50)),
                   image_resolution=tuple(data.get("image_resolution", (224, 224))),
-                  max_token_len=int(data.get("tokenizer_max_length", 200 if kind == "pi05" else 48)))
+                  max_token_len=int(data.get("tokenizer_max_length", 48 if kind == "pi0" else 200)))
     if data.get("dtype") in ("float32", "bfloat16"):
         fields["dtype"] = data["dtype"]
     return preset(kind, **fields)

@@ -126,9 +126,11 @@ def _rules(config: Pi0Config) -> tuple[list[_Rule], list[tuple[list[_Rule], int]
         _same(f"{_IMG}/Transformer/encoder_norm/scale", f"{_VISION}.post_layernorm.weight"),
         _same(f"{_IMG}/Transformer/encoder_norm/bias", f"{_VISION}.post_layernorm.bias"),
         *_linear(f"{_IMG}/head", f"{_PG}.model.multi_modal_projector.linear"),
-        *_linear("action_in_proj", "action_in_proj"),
-        *_linear("action_out_proj", "action_out_proj"),
     ]
+    if config.fast:  # LeRobot's pi0_fast: the same PaliGemma names, no action expert, no projections
+        return flat, [(_gemma_layer_rules(vlm, "", f"{_VLM}.layers.{{i}}", False), vlm.depth),
+                      (_siglip_layer_rules(img, f"{_VISION}.encoder.layers.{{i}}"), img.depth)]
+    flat += [*_linear("action_in_proj", "action_in_proj"), *_linear("action_out_proj", "action_out_proj")]
     if config.pi05:
         flat += _linear(f"{_LLM}/final_norm_1/Dense_0", f"{_EXPERT}.norm.dense")
         flat += _linear("time_mlp_in", "time_mlp_in") + _linear("time_mlp_out", "time_mlp_out")
@@ -145,6 +147,8 @@ def _rules(config: Pi0Config) -> tuple[list[_Rule], list[tuple[list[_Rule], int]
 
 
 def _extra_weights(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[str, Array]:
+    if config.fast:
+        return {}  # no action expert, so no expert LM head
     embedding = flat_params[f"{_LLM}/embedder/input_embedding"]
     shape = (LEROBOT_EXPERT_VOCAB, config.expert.width)
     if isinstance(embedding, np.ndarray):

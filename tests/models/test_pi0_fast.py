@@ -367,3 +367,41 @@ def test_build_any_model_holds_the_params():
     np.testing.assert_array_equal(np.asarray(_token_logits(built, obs)), np.asarray(_token_logits(model, obs)))
     with pytest.raises(ParamTreeError, match="build_any_model"):
         build_model(model.config, flat)
+
+
+@pytest.mark.slow
+def test_lerobot_round_trip_and_names(tmp_path):
+    """pi0 -> LeRobot (model.safetensors in LeRobot's pi0_fast names: its PaliGemma, no expert) -> pi0, bit-exact;
+    the full-size names are pi0's PaliGemma names, which the pi0 parity test checks against LeRobot."""
+    pytest.importorskip("safetensors")
+    from pi0cli.convert.checkpoints import Checkpoint, read_checkpoint, write_checkpoint
+    from pi0cli.convert.lerobot_names import to_lerobot
+    from pi0cli.errors import ConversionError
+    from pi0cli.models.pi0 import Pi0
+
+    model = tiny()
+    params = {k: np.asarray(v) for k, v in export_flat(model).items()}
+    ckpt = Checkpoint(params=params, model_config=model.config, source=tmp_path, format="pi0")
+    back = read_checkpoint(write_checkpoint(ckpt, tmp_path / "lerobot", "lerobot"))
+    assert back.model_config == model.config
+    assert all(np.array_equal(back.params[k], v) for k, v in params.items()) and set(back.params) == set(params)
+
+    full = C.preset("pi0_fast")
+    names = set(jax.eval_shape(lambda p: to_lerobot(p, full),
+                               export_flat(nnx.eval_shape(lambda: Pi0FAST(full, nnx.Rngs(0))))))
+    pi0 = C.preset("pi0")
+    pi0_names = set(jax.eval_shape(lambda p: to_lerobot(p, pi0),
+                                   export_flat(nnx.eval_shape(lambda: Pi0(pi0, nnx.Rngs(0))))))
+    assert names == {n for n in pi0_names if ".paligemma." in n}
+
+    from pi0cli.convert.checkpoints import _config_from_lerobot, lerobot_config
+
+    droid = C.preset("pi0_fast", action_dim=8, action_horizon=10)
+    lerobot_config(droid)._save_pretrained(tmp_path / "full")  # LeRobot's own config.json (type pi0_fast)
+    read = _config_from_lerobot(tmp_path / "full")
+    assert (read.model_type, read.action_dim, read.action_horizon, read.token_len) == ("pi0_fast", 8, 10, 250)
+
+    from pi0cli.convert.verify import verify
+
+    with pytest.raises(ConversionError, match="pi0-FAST"):
+        verify(ckpt, back)
