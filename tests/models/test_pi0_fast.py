@@ -397,6 +397,7 @@ def test_lerobot_round_trip_and_names(tmp_path):
     from pi0cli.convert.checkpoints import _config_from_lerobot, lerobot_config
 
     droid = C.preset("pi0_fast", action_dim=8, action_horizon=10)
+    (tmp_path / "full").mkdir()
     lerobot_config(droid)._save_pretrained(tmp_path / "full")  # LeRobot's own config.json (type pi0_fast)
     read = _config_from_lerobot(tmp_path / "full")
     assert (read.model_type, read.action_dim, read.action_horizon, read.token_len) == ("pi0_fast", 8, 10, 250)
