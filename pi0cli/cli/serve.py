@@ -69,8 +69,8 @@ def serve(
     )] = 2,
     rejected_mb_per_s: Annotated[float, typer.Option(
         "--rejected-mb-per-s", min=0.0,
-        help="Server-wide budget for refused frames over 64 KiB: a client whose large frame was refused waits "
-             "until it is paid for before its next frame is read (0: off).",
+        help="Server-wide budget for costly refused frames (over 64 KiB or 2 ms of decoding): their sender's "
+             "next frame is read once they are paid for, at this rate plus 4x their decoding time (0: off).",
     )] = 4.0,
     max_input_std: Annotated[float | None, typer.Option(
         "--max-input-std", min=0.0,

@@ -13,8 +13,8 @@ Bounded work per client: decoding (at most ``max_elements`` msgpack elements), v
 transforms run on a small thread pool, the model on the batcher's thread (:mod:`pi0cli.serving.batching`),
 so the event loop only moves frames and answers health checks. Each connection has at most one request in
 flight and at most ``max_buffered_frames`` frames buffered (the socket is not read further meanwhile).
-Large frames that are refused draw on a server-wide budget of ``rejected_bytes_per_s``
-(:class:`RejectedBytesBudget`), so hostile clients cannot keep the event loop busy receiving them.
+Large or costly frames that are refused draw on a server-wide budget (:class:`RejectedBytesBudget`), so
+hostile clients cannot keep the event loop or the workers busy with them.
 Beyond ``max_connections`` a new connection is closed at once with code 1013 (try again later); a
 connection that sends nothing for ``idle_timeout_s`` is closed with code 1000. Only connections that asked
 within the last few seconds count as active clients for the batcher's window.
@@ -103,25 +103,31 @@ class RateLimitedLog:
 
 
 class RejectedBytesBudget:
-    """A token bucket shared by every connection for the bytes of *rejected* frames larger than ``min_bytes``.
+    """A token bucket shared by every connection for *rejected* frames that were costly: at least
+    ``min_bytes`` long, or at least ``min_work_s`` of decoding and validation on the worker pool.
 
     Receiving a frame costs the event loop about 2-3 ms per MiB inside the websockets library (copies and
-    unmasking) before any of our code runs. A client whose large frames are refused waits, before its next
-    frame is read, until the bucket has paid for them at ``bytes_per_s``: together, hostile connections can
-    then spend only a small, bounded share of the event loop. Clients sending valid requests never wait.
+    unmasking) before any of our code runs, and a frame that fills the element budget costs a worker a few
+    ms. A client whose costly frame is refused waits, before its next frame is read, until the bucket has
+    paid for it: its bytes at ``bytes_per_s`` plus ``work_factor`` times its worker time. Together, hostile
+    connections can then spend only a small, bounded share of the event loop and of the workers. Clients
+    sending valid requests, or cheap invalid ones, never wait.
     """
 
-    def __init__(self, bytes_per_s: float, min_bytes: int = 64 * 1024):
+    def __init__(self, bytes_per_s: float, min_bytes: int = 64 * 1024, min_work_s: float = 0.002,
+                 work_factor: float = 4.0):
         self.bytes_per_s = float(bytes_per_s)
         self.min_bytes = min_bytes
+        self.min_work_s = min_work_s
+        self.work_factor = work_factor
         self._free_at = 0.0
 
-    def delay(self, nbytes: int) -> float:
-        """Seconds the sender of a rejected frame of ``nbytes`` waits (0 for small frames)."""
-        if nbytes < self.min_bytes:
+    def delay(self, nbytes: int, work_s: float = 0.0) -> float:
+        """Seconds the sender of a rejected frame of ``nbytes`` (``work_s`` on a worker) waits."""
+        if nbytes < self.min_bytes and work_s < self.min_work_s:
             return 0.0
         now = time.monotonic()
-        self._free_at = max(now, self._free_at) + nbytes / self.bytes_per_s
+        self._free_at = max(now, self._free_at) + nbytes / self.bytes_per_s + work_s * self.work_factor
         return self._free_at - now
 
 
@@ -327,8 +333,13 @@ class PolicyServer:
             await ws.close(CLOSE_NORMAL, f"idle for {self.idle_timeout_s:g} s (--idle-timeout-s); reconnect")
             return None
 
-    def _admit(self, message: Any, request_id: str, peer: str) -> tuple[Any, Any] | BaseException:
-        """Decode, validate and transform one frame (on the pool): ``(model item, request)`` or the error."""
+    def _admit(self, message: Any, request_id: str, peer: str) -> tuple[tuple[Any, Any] | BaseException, float]:
+        """Decode, validate and transform one frame (on the pool): ``(model item, request)`` or the error, and
+        the seconds it took."""
+        start = time.perf_counter()
+        return self._admit_one(message, request_id, peer), time.perf_counter() - start
+
+    def _admit_one(self, message: Any, request_id: str, peer: str) -> tuple[Any, Any] | BaseException:
         try:
             obs = protocol.decode_request(message, self.embodiment, max_elements=self.max_elements)
             if self._prepare is None:
@@ -361,12 +372,12 @@ class PolicyServer:
         self.requests += 1
         self.metrics.requests.inc()
         request_id = f"{next(self._ids):x}"
-        admitted = await asyncio.get_running_loop().run_in_executor(self._pool, self._admit, message, request_id,
-                                                                    conn.peer)
+        admitted, work_s = await asyncio.get_running_loop().run_in_executor(self._pool, self._admit, message,
+                                                                            request_id, conn.peer)
         self.metrics.decode_seconds.observe(time.perf_counter() - start)
         if isinstance(admitted, BaseException):
             await self._send_error(ws, admitted)
-            if self._rejected is not None and (delay := self._rejected.delay(len(message))) > 0:
+            if self._rejected is not None and (delay := self._rejected.delay(len(message), work_s)) > 0:
                 await asyncio.sleep(delay)  # read nothing more from this client until its frame is paid for
             return prev_total_ms
         item, obs = admitted

@@ -152,6 +152,33 @@ def test_large_refused_frames_draw_on_a_shared_budget(aloha_sim):
         normal.close()
 
 
+def test_refused_frames_that_cost_worker_time_draw_on_the_budget_too(aloha_sim):
+    """Frames that fill the element budget are small (32 KiB) but cost a worker milliseconds each: their
+    sender pays 4x that time from the shared budget, so many connections cannot keep the workers busy."""
+    from pi0cli.serving.server import RejectedBytesBudget
+
+    budget = RejectedBytesBudget(2**20)
+    assert budget.delay(1000, 0.0001) == 0.0  # cheap and small: free
+    assert budget.delay(1000, 0.1) == pytest.approx(0.4, abs=0.01)
+    assert budget.delay(2**20, 0.0) == pytest.approx(1.4, abs=0.02)  # shared: queued behind the first
+    with serve(fake_policy(aloha_sim), aloha_sim) as thread:
+        real_admit = thread.server._admit
+
+        def slow_admit(message, request_id, peer):
+            result, _ = real_admit(message, request_id, peer)
+            return result, 0.5  # as if decoding had taken 0.5 s
+
+        setattr(thread.server, "_admit", slow_admit)  # noqa: B010 - a slow worker
+        ws = open_ws(thread, None)
+        ws.send(empty_lists(32_000))
+        assert "elements" in ws.recv(timeout=10)
+        start = time.perf_counter()
+        ws.send(empty_lists(32_000))
+        ws.recv(timeout=10)
+        assert time.perf_counter() - start > 1.6  # read after 4 x 0.5 s
+        ws.close()
+
+
 # ----------------------------------------------------------------------------- 2. never a NaN action
 
 
