@@ -109,7 +109,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, width: int, *, cond_dim: int | None = None, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         self.adaptive = cond_dim is not None
-        if self.adaptive:
+        if cond_dim is not None:
             self.Dense_0 = nnx.Linear(
                 cond_dim, 3 * width, kernel_init=nnx.initializers.zeros, param_dtype=param_dtype, rngs=rngs
             )
@@ -163,10 +163,12 @@ class Attention(nnx.Module):
             q_init = _lecun(in_axis=-2, out_axis=-1, batch_axis=(0,))
             kv_init = _lecun(in_axis=-2, out_axis=-1, batch_axis=(0, 1))
             o_init = _lecun(in_axis=(-3, -2), out_axis=-1)
-            common = dict(lora=c.attn_lora, param_dtype=param_dtype, rngs=rngs)
-            setattr(self, f"q_einsum{s}", Einsum("BTD,NDH->BTNH", (n, c.width, h), init=q_init, **common))
-            setattr(self, f"kv_einsum{s}", Einsum("BSD,CKDH->CBSKH", (2, k, c.width, h), init=kv_init, **common))
-            setattr(self, f"attn_vec_einsum{s}", Einsum("BTNH,NHD->BTD", (n, h, c.width), init=o_init, **common))
+            def einsum(eqn: str, shape: tuple[int, ...], init: Callable, c: GemmaConfig = c) -> Einsum:
+                return Einsum(eqn, shape, init=init, lora=c.attn_lora, param_dtype=param_dtype, rngs=rngs)
+
+            setattr(self, f"q_einsum{s}", einsum("BTD,NDH->BTNH", (n, c.width, h), q_init))
+            setattr(self, f"kv_einsum{s}", einsum("BSD,CKDH->CBSKH", (2, k, c.width, h), kv_init))
+            setattr(self, f"attn_vec_einsum{s}", einsum("BTNH,NHD->BTD", (n, h, c.width), o_init))
 
     def __call__(
         self,
@@ -225,7 +227,7 @@ class Block(nnx.Module):
         mlp_chunk: int | None = None,
     ):
         self.num_experts = len(configs)
-        for i, (c, cd) in enumerate(zip(configs, cond_dims)):
+        for i, (c, cd) in enumerate(zip(configs, cond_dims, strict=True)):
             s = suffix(i)
             setattr(self, f"pre_attention_norm{s}", RMSNorm(c.width, cond_dim=cd, param_dtype=param_dtype, rngs=rngs))
             setattr(self, f"pre_ffw_norm{s}", RMSNorm(c.width, cond_dim=cd, param_dtype=param_dtype, rngs=rngs))
@@ -234,7 +236,8 @@ class Block(nnx.Module):
         self.attn = Attention(configs, param_dtype=param_dtype, rngs=rngs, impl=attention_impl, chunk=attention_chunk)
 
     def __call__(self, xs, positions, mask, conds, kv_cache=None):
-        normed, gates = [], []
+        normed: list[jax.Array | None] = []
+        gates: list[jax.Array | None] = []
         for i, x in enumerate(xs):
             if x is None:
                 normed.append(None)
@@ -244,9 +247,9 @@ class Block(nnx.Module):
             normed.append(y)
             gates.append(gate)
         attn_out, kv = self.attn(normed, positions, mask, kv_cache)
-        out = []
-        for i, (x, a, gate) in enumerate(zip(xs, attn_out, gates)):
-            if x is None:
+        out: list[jax.Array | None] = []
+        for i, (x, a, gate) in enumerate(zip(xs, attn_out, gates, strict=True)):
+            if x is None or a is None:
                 out.append(None)
                 continue
             x = x + (a if gate is None else a * gate)  # adaRMS gates the residual branch
@@ -307,7 +310,7 @@ def run_stacked(
         return jax.lax.scan(body, carry, (state, per_layer))
     outs = []
     for i in range(depth):
-        carry, out = body(carry, jax.tree.map(lambda a: a[i], (state, per_layer)))
+        carry, out = body(carry, jax.tree.map(lambda a, i=i: a[i], (state, per_layer)))
         outs.append(out)
     return carry, jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
@@ -324,8 +327,8 @@ class Gemma(nnx.Module):
         configs: Sequence[GemmaConfig],
         *,
         adarms: Sequence[bool] | None = None,
-        dtype: jnp.dtype = jnp.bfloat16,
-        param_dtype: jnp.dtype = jnp.float32,
+        dtype: jnp.dtype = jnp.dtype(jnp.bfloat16),
+        param_dtype: jnp.dtype = jnp.dtype(jnp.float32),
         scan: bool = True,
         remat: bool | RematPolicy = True,
         attention_impl: AttentionImpl = "chunked",
@@ -337,7 +340,7 @@ class Gemma(nnx.Module):
         adarms = tuple(adarms or (False,) * len(configs))
         self.configs, self.dtype, self.scan, self.remat = configs, dtype, scan, remat
         self.depth = configs[0].depth
-        cond_dims = tuple(c.width if a else None for c, a in zip(configs, adarms))
+        cond_dims = tuple(c.width if a else None for c, a in zip(configs, adarms, strict=True))
         self.embedder = Embedder(configs[0].vocab_size, configs[0].width, param_dtype=param_dtype, rngs=rngs)
         self.layers = stacked(
             lambda r: Block(
@@ -347,7 +350,7 @@ class Gemma(nnx.Module):
             self.depth,
             rngs,
         )
-        for i, (c, cd) in enumerate(zip(configs, cond_dims)):
+        for i, (c, cd) in enumerate(zip(configs, cond_dims, strict=True)):
             setattr(self, f"final_norm{suffix(i)}", RMSNorm(c.width, cond_dim=cd, param_dtype=param_dtype, rngs=rngs))
 
     def embed(self, ids: jax.Array) -> jax.Array:

@@ -65,7 +65,7 @@ class MultiHeadDotProductAttention(nnx.Module):
         self.out = Dense((num_heads, hd), (width,), param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, N, Hd]
+        q, k, v = (getattr(self, name)(x) for name in ("query", "key", "value"))  # [B, T, N, Hd]
         q = q / jnp.sqrt(jnp.asarray(self.head_dim, q.dtype))
         return self.out(dot_product_attention(q, k, v, None, impl=self.impl, chunk=self.chunk))
 

@@ -56,13 +56,22 @@ def scale_by_adam_stored_as(dtype: jnp.dtype, *, b1: float, b2: float, eps: floa
         del params
         count = optax.safe_increment(state.steps)
         f32 = jnp.float32
-        mu = jax.tree.map(lambda g, m: b1 * m.astype(f32) + (1 - b1) * g.astype(f32), updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * v.astype(f32) + (1 - b2) * jnp.square(g.astype(f32)), updates, state.nu)
         c1 = 1 - jnp.asarray(b1, f32) ** count
         c2 = 1 - jnp.asarray(b2, f32) ** count
-        out = jax.tree.map(lambda g, m, v: ((m / c1) / (jnp.sqrt(v / c2) + eps)).astype(g.dtype), updates, mu, nu)
-        cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
-        return out, LowPrecisionAdamState(steps=count, mu=cast(mu), nu=cast(nu))
+
+        def leaf(g: jax.Array, m: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+            # The update reads the rounded moments it stores: no float32 copy of either moment outlives a leaf.
+            g32 = g.astype(f32)
+            m = (b1 * m.astype(f32) + (1 - b1) * g32).astype(dtype)
+            v = (b2 * v.astype(f32) + (1 - b2) * jnp.square(g32)).astype(dtype)
+            u = (m.astype(f32) / c1) / (jnp.sqrt(v.astype(f32) / c2) + eps)
+            return u.astype(g.dtype), m, v
+
+        leaves, treedef = jax.tree.flatten(updates)
+        done = [leaf(g, m, v) for g, m, v in zip(leaves, jax.tree.leaves(state.mu), jax.tree.leaves(state.nu),
+                                                  strict=True)]
+        u, mu, nu = (jax.tree.unflatten(treedef, [t[i] for t in done]) for i in range(3))
+        return u, LowPrecisionAdamState(steps=count, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init, update)
 

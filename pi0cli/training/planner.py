@@ -4,8 +4,9 @@ A plan is a set of memory-for-compute trades: FSDP over the devices present, bfl
 gradient accumulation (exact: the same step in micro-batches), token-chunked MLPs, remat per module (none,
 dots, nothing) and, only when the user allows it because they change the recipe, a frozen vision tower and
 no EMA. The trades are tried as a ladder, each rung keeping every trade below it and adding the next one
-(so memory only falls along it, and compute only rises); the planner compiles rungs (abstractly: nothing is
-allocated) and binary-searches for the first that fits. Each rung's extra FLOPs come from an analytic count
+(so compute only rises along it, and memory falls up to the accumulation rungs, which come last because
+they keep a second gradient buffer); the planner compiles rungs (abstractly: nothing is allocated),
+binary-searches the monotone part for the first that fits and walks the accumulation rungs after it. Each rung's extra FLOPs come from an analytic count
 of the model's matmuls (the compiled cost analysis does not see inside ``lax.scan``).
 
 With ``measure_steps`` the planner also times a few fitting variants (layers unrolled, remat everywhere) on
@@ -191,19 +192,19 @@ def ladder(
     add(moment_dtype="bfloat16")
     if allow_freeze_vision:
         add(freeze_vision=True)
-    accum_options = [n for n in (2, 4, 8, 16, 32, 64) if config.batch_size % (n * devices) == 0]
-    if accum_options:
-        add(grad_accum_steps=accum_options[0])
+    if allow_drop_ema and plan.ema:
+        add(ema=False)
     add(mlp_chunk=MLP_CHUNK)
     if not plan.freeze_vision:
         add(remat_vision="dots")
         add(remat_vision="nothing")
     add(remat_llm="dots")
     add(remat_llm="nothing")
-    for n in accum_options[1:]:
-        add(grad_accum_steps=n)
-    if allow_drop_ema and plan.ema:
-        add(ema=False)
+    # Accumulation comes last: it keeps a second gradient buffer (a whole model's worth in a full fine-tune),
+    # so it saves memory only once the activations outweigh the gradients.
+    for n in (2, 4, 8, 16, 32, 64):
+        if config.batch_size % (n * devices) == 0:
+            add(grad_accum_steps=n)
     return rungs
 
 
@@ -246,18 +247,13 @@ def plan_memory(
                 on_compile(rungs[i], peaks[i])
         return peaks[i]
 
+    # Memory falls monotonically up to the first accumulation rung: binary search there, then walk the rest.
+    monotone = next((i for i, r in enumerate(rungs) if r.grad_accum_steps > 1), len(rungs)) - 1
+    chosen = -1
     if peak(0) <= budget_bytes:
         chosen = 0
-    elif peak(len(rungs) - 1) > budget_bytes:
-        hints = [] if allow_freeze_vision else ["--allow-freeze-vision"]
-        hints += [] if allow_drop_ema or config.ema_decay is None else ["--allow-no-ema"]
-        raise PlanError(
-            f"{config.name}: no plan fits {format_bytes(budget_bytes)} per device; the leanest "
-            f"({len(rungs)} trades, every one taken) needs {format_bytes(peaks[len(rungs) - 1])}. Use a smaller "
-            "--batch-size, more devices" + (f", or allow {' / '.join(hints)}" if hints else "")
-        )
-    else:
-        lo, hi = 0, len(rungs) - 1  # peak(lo) > budget >= peak(hi)
+    elif peak(monotone) <= budget_bytes:
+        lo, hi = 0, monotone  # peak(lo) > budget >= peak(hi)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if peak(mid) <= budget_bytes:
@@ -265,6 +261,17 @@ def plan_memory(
             else:
                 lo = mid
         chosen = hi
+    else:
+        chosen = next((i for i in range(monotone + 1, len(rungs)) if peak(i) <= budget_bytes), -1)
+    if chosen < 0:
+        hints = [] if allow_freeze_vision or config.freeze_vision else ["--allow-freeze-vision"]
+        hints += [] if allow_drop_ema or config.ema_decay is None else ["--allow-no-ema"]
+        leanest = min(peaks.values())
+        raise PlanError(
+            f"{config.name}: no plan fits {format_bytes(budget_bytes)} per device; the leanest of {len(peaks)} "
+            f"compiled needs {format_bytes(leanest)}. Use a smaller --batch-size, more devices"
+            + (f", or allow {' / '.join(hints)}" if hints else "")
+        )
     plan = rungs[chosen]
     measured: tuple[tuple[Plan, float], ...] = ()
     if measure_steps > 0:
