@@ -154,8 +154,8 @@ def phase(port: int, seconds: float, attackers: int, kinds: str = "all") -> dict
             "health_max_ms": max(health, default=float("nan")), "health_errors": health_errors[0], "attack": attack}
 
 
-def fixed_server(port: int, model_ms: float) -> None:
-    """``--fixed-server PORT MS``: the real server (default limits) around a fixed-latency model."""
+def fixed_server(port: int, model_ms: float, budget: bool) -> None:
+    """``--fixed-server PORT MS BUDGET``: the real server (default limits) around a fixed-latency model."""
     import asyncio
 
     from bench_serving import fixed_latency_policy
@@ -163,15 +163,17 @@ def fixed_server(port: int, model_ms: float) -> None:
     from pi0cli.serving.server import PolicyServer
 
     policy, embodiment = fixed_latency_policy(model_ms, 8)
-    asyncio.run(PolicyServer(policy, embodiment=embodiment, port=port, max_batch=8, batch_window_ms=10).serve())
+    server = PolicyServer(policy, embodiment=embodiment, port=port, max_batch=8, batch_window_ms=10,
+                          rejected_bytes_per_s=4 * 2**20 if budget else None)
+    asyncio.run(server.serve())
 
 
 @contextlib.contextmanager
-def fixed_latency_serve(model_ms: float):
+def fixed_latency_serve(model_ms: float, budget: bool):
     from pi0cli.client.policy import wait_until_ready
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--fixed-server", str(port), str(model_ms)])
+    proc = subprocess.Popen([sys.executable, __file__, "--fixed-server", str(port), str(model_ms), str(int(budget))])
     try:
         wait_until_ready("127.0.0.1", port, timeout=120)
         yield port, proc
@@ -187,27 +189,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-ms", type=float, default=0.0,
                         help="serve a fixed-latency model of this many ms instead of the tiny pi0 (0: tiny pi0)")
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--no-budget", action="store_true",
+                        help="serve with --rejected-mb-per-s 0 (to see what the refused-frame budget buys)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--kinds", default="all", help="comma-separated attack frames (default: all, in turn)")
     parser.add_argument("--per-kind", action="store_true", help="also one attack phase per kind of frame")
     parser.add_argument("--hostile", nargs=3, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--fixed-server", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fixed-server", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.hostile is not None:
         hostile(int(args.hostile[0]), float(args.hostile[1]), args.hostile[2])
         return 0
     if args.fixed_server is not None:
-        fixed_server(int(args.fixed_server[0]), float(args.fixed_server[1]))
+        fixed_server(int(args.fixed_server[0]), float(args.fixed_server[1]), args.fixed_server[2] == "1")
         return 0
 
     with tempfile.TemporaryDirectory(prefix="pi0-hostile-") as tmp:
         if args.model_ms > 0:
             label = f"fixed-latency model ({args.model_ms:g} ms per call)"
-            server = fixed_latency_serve(args.model_ms)
+            server = fixed_latency_serve(args.model_ms, not args.no_budget)
         else:
             label = "tiny pi0 (CPU), pi0 serve"
             checkpoint = args.checkpoint or make_checkpoint(Path(tmp))
-            server = pi0_serve(checkpoint, 8, 10.0, server_env(Path(tmp) / "jax-cache"))
+            server = pi0_serve(checkpoint, 8, 10.0, server_env(Path(tmp) / "jax-cache"),
+                               extra=["--rejected-mb-per-s", "0"] if args.no_budget else None)
+        label += " without the refused-frame budget" if args.no_budget else ""
         print(f"{label}; {args.seconds:g} s per phase; {os.cpu_count()} CPUs", flush=True)
         with server as (port, _):
             base = phase(port, args.seconds, 0)
