@@ -204,6 +204,42 @@ def test_offline_eval_warns_about_training_episodes(tmp_path, sim_dataset):
     assert "training episodes" not in result.stderr
 
 
+@pytest.mark.slow
+def test_offline_eval_against_the_runs_initial_weights(tmp_path, sim_dataset):
+    """--vs-initial evaluates the weights training started from (the run's seed) on the same frames and says
+    whether training lowered the error; a checkpoint that records no seed gets one clear error instead."""
+    import json
+
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt", load_registry({}).embodiment("aloha_sim"))
+    args = ("eval", "--dataset", str(sim_dataset), "--checkpoint", str(ckpt), "--episodes", "1", "--stride", "8",
+            "--vs-initial")
+    result = _pi0_in(tmp_path, *args)
+    assert result.returncode == 1 and "does not record the seed its training run started from" in result.stderr
+
+    config_file = next(ckpt.rglob("pi0_config.json"))
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "train_config": {"seed": 3, "init_from": None}}))
+    result = _pi0_in(tmp_path, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    # make_tiny_checkpoint's weights are not the model's own initialisation: the two errors differ.
+    assert report["initial_weights"]["mae"] > 0 and report["initial_weights"]["mae"] != report["mae"]
+    result = _pi0_in(tmp_path, *args)
+    assert "held-out action MAE with the run's initial weights" in result.stdout, result.stderr
+
+
+def test_learning_verdict_says_what_the_numbers_show():
+    from pi0cli.cli.evaluate import _learning_verdict
+
+    assert "1.3x lower: training learned" in _learning_verdict(0.31, 0.24, 0.07)
+    assert "holding still (0.0700) is still better" in _learning_verdict(0.31, 0.24, 0.07)
+    assert "it also beats holding still" in _learning_verdict(0.31, 0.05, 0.07)
+    assert "not lower" in _learning_verdict(0.2, 0.24, None)
+
+
 # ------------------------------------------------------------------------------- third-party noise
 
 

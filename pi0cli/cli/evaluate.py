@@ -32,6 +32,9 @@ def evaluate(
         "--first-episode", min=0, help="With --dataset: the first episode to compare (default: the last --episodes "
                                        "of the dataset).")] = None,
     stride: Annotated[int, typer.Option("--stride", min=1, help="With --dataset: compare every Nth frame.")] = 5,
+    vs_initial: Annotated[bool, typer.Option(
+        "--vs-initial", help="With --dataset: also evaluate the weights the checkpoint's training run started from "
+                             "(re-created from its seed), to show what training changed.")] = False,
     seed: Annotated[int, typer.Option(
         "--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the simulator's).")] = None,
@@ -63,7 +66,8 @@ def evaluate(
     """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
     report the action error per dimension and horizon step on recorded episodes, with plots."""
     if dataset is not None:
-        _offline(embodiment, checkpoint, server, dataset, episodes, first_episode, stride, out, as_json, model)
+        _offline(embodiment, checkpoint, server, dataset, episodes, first_episode, stride, out, as_json, model,
+                 vs_initial)
         return
     if embodiment is None:
         raise typer.BadParameter("name the simulated embodiment (e.g. aloha_sim), or pass --dataset",
@@ -110,7 +114,7 @@ def evaluate(
 
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,
              episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool,
-             model: str | None = None) -> None:
+             model: str | None = None, vs_initial: bool = False) -> None:
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
     from pi0cli.errors import Pi0Error
@@ -141,6 +145,8 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
         require_matplotlib()
     with console.err.status(f"loading {checkpoint}"):
         policy = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8))
+        initial = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8),
+                              initial_weights=True) if vs_initial else None
     horizon = len(policy.infer(emb.example_observation(0))["actions"])
     frames = open_frames(dataset, emb, horizon, chosen)
     with console.Progress("offline eval", unit="frames") as progress:
@@ -149,6 +155,11 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
             provenance={"checkpoint": str(Path(checkpoint).absolute()), "dataset": str(root), "embodiment": emb.name,
                         "episodes": chosen, "config": saved},
             on_progress=lambda done, total: progress.update(done, total=total))
+    if initial is not None:
+        with console.Progress("offline eval, initial weights", unit="frames") as progress:
+            before = evaluate_offline(frames, initial, emb, stride=stride,
+                                      on_progress=lambda done, total: progress.update(done, total=total))
+        report["initial_weights"] = {k: before[k] for k in ("mae", "rmse", "mae_per_dim", "mae_per_step")}
     if as_json:
         console.out.print_json(json.dumps(report, default=str))
         return
@@ -162,6 +173,21 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
     if held:
         console.out.print(f"holding the current position instead: action MAE {held:.4f} (the policy's error is "
                           f"{report['mae'] / held:.0%} of it)")
+    if "initial_weights" in report:
+        console.out.print(_learning_verdict(report["initial_weights"]["mae"], report["mae"], held))
+
+
+def _learning_verdict(initial: float, trained: float, held: float | None) -> str:
+    """One line a newcomer can trust: the held-out error before and after training, and where it stands."""
+    line = f"held-out action MAE with the run's initial weights {initial:.4f} -> trained {trained:.4f}"
+    if trained < initial:
+        line += f" ({initial / trained:.1f}x lower: training learned from the demonstrations)"
+    else:
+        line += " (not lower: training has not improved on these episodes)"
+    if held:
+        line += ("; it also beats holding still" if trained < held else
+                 f"; holding still ({held:.4f}) is still better: closed-loop success needs longer training")
+    return line
 
 
 def _trained_on(saved: dict, root: Path) -> bool:

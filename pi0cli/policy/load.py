@@ -39,12 +39,17 @@ def load_policy(
     num_steps: int = 10,
     seed: int = 0,
     asset_id: str | None = None,
+    initial_weights: bool = False,
 ) -> Policy:
     """Load a policy for ``embodiment`` from a checkpoint directory.
 
     ``model``: a model preset name or ``Pi0Config``; required for reference checkpoints (no pi0_config.json),
     otherwise it replaces the checkpoint's. The CLI resolves the embodiment's name (``checkpoint_embodiment``
     reads the one the checkpoint was trained for).
+
+    ``initial_weights``: the weights the checkpoint's training run started from instead of its trained ones,
+    re-created from the run's seed exactly as the trainer draws them (same transforms and norm stats), so
+    that what training changed can be measured on the same data.
     """
     from pi0cli.models.params import build_model
     from pi0cli.policy.policy import Policy, make_transforms
@@ -60,7 +65,7 @@ def load_policy(
         )
     norm_stats = _norm_stats(directory, asset_id or saved.get("asset_id") or embodiment.asset_id, asset_id is None)
 
-    params = read_params(params_dir)
+    params = _initial_params(directory, saved, model_config) if initial_weights else read_params(params_dir)
     if model_config.dtype == "bfloat16" and model_config.param_dtype == "float32":
         model_config = dataclasses.replace(model_config, param_dtype="bfloat16")  # inference: bf16 weights
     module = build_model(model_config, params)
@@ -91,6 +96,21 @@ def checkpoint_embodiment(directory: str | os.PathLike[str]) -> str:
     if not name:
         raise CheckpointError(f"{directory} does not say which robot it drives; pass --embodiment")
     return str(name)
+
+
+def _initial_params(directory: Path, saved: dict, model_config: Pi0Config) -> dict:
+    """The parameters a training run from scratch started from (its seed's draw; see ``trainer.build_model``)."""
+    from pi0cli.models.params import export_params
+    from pi0cli.training.trainer import build_model as initial_model
+
+    train = saved.get("train_config") or {}
+    if train.get("init_from"):
+        raise CheckpointError(f"{directory} was trained from {train['init_from']}: its initial weights are that "
+                              "checkpoint's; evaluate that checkpoint instead")
+    if "seed" not in train:
+        raise CheckpointError(f"{directory} does not record the seed its training run started from (not a "
+                              "checkpoint `pi0 train` wrote?); its initial weights cannot be re-created")
+    return export_params(initial_model(model_config, int(train["seed"])))
 
 
 def _params_dir(directory: Path) -> Path:
