@@ -77,10 +77,18 @@ def imports(path: Path, module: str, *, module_level_only: bool,
 
 def upward_imports(root: Path = PACKAGE) -> list[str]:
     problems = []
-    for module, path in modules(root).items():
+    known = modules(root)
+    names = frozenset(known)
+    for module, path in known.items():
         # ``python -m pi0cli`` is the CLI's second entry point, not library code.
         in_cli = module in ("pi0cli.cli", "pi0cli.__main__") or module.startswith("pi0cli.cli.")
-        for target, line in imports(path, module, module_level_only=False):
+        # Plugins named in a string (importlib.import_module, entry-point names) count too: the core names none.
+        for line_no, text in enumerate(path.read_text().splitlines(), 1):
+            if "pi0_embodiment_" in text:
+                problems.append(f"{path.relative_to(root.parent)}:{line_no} names the robot plugin package "
+                                "pi0_embodiment_*: the core names no plugin")
+        # ``known``: ``from pi0cli import cli`` (or ``from .. import cli``) imports pi0cli.cli, not just pi0cli.
+        for target, line in imports(path, module, module_level_only=False, known=names):
             where = f"{path.relative_to(root.parent)}:{line}"
             if not in_cli and (target == "pi0cli.cli" or target.startswith("pi0cli.cli.")):
                 problems.append(f"{where} imports {target}: only pi0cli/cli may import the CLI")
@@ -137,7 +145,14 @@ def test_the_checks_can_fail(tmp_path):
                               "if TYPE_CHECKING:\n    import x\n")
     (pkg / "b.py").write_text("from . import a\n")
     (pkg / "c.py").write_text("def g():\n    import pi0cli.a\n")  # deferred: no edge
+    (pkg / "sub").mkdir()
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "d.py").write_text("class C:\n    def m(self):\n        from .. import cli\n")
+    (pkg / "e.py").write_text("import importlib\nimportlib.import_module('pi0_embodiment_libero')\n")
     problems = upward_imports(pkg)
     assert any("training.py:2 imports pi0cli.cli" in p for p in problems), problems
+    assert any("sub/d.py:3 imports pi0cli.cli" in p for p in problems), problems
     assert any("sim.py:1 imports the robot plugin" in p for p in problems), problems
+    assert any("e.py:2 names the robot plugin" in p for p in problems), problems
+    assert not any("c.py" in p or "a.py" in p for p in problems), problems
     assert import_cycles(pkg) == [["pi0cli.a", "pi0cli.b", "pi0cli.a"]]
