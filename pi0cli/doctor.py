@@ -312,8 +312,11 @@ def check_caches(env: Mapping[str, str] | None = None) -> list[Row]:
 def check_network(host: str = "huggingface.co", timeout: float = 3.0,
                   env: Mapping[str, str] | None = None) -> list[Row]:
     """Offline switches and whether the Hugging Face Hub answers (datasets and checkpoints by repo id)."""
+    from pi0cli.downloads import OFFLINE_ENV, offline
+
     env = os.environ if env is None else env
-    switches = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if env.get(k, "").lower() in ("1", "true", "yes")]
+    # pi0's own switch (downloads.offline, one definition), plus the datasets library's, which it reads itself.
+    switches = [k for k in (*OFFLINE_ENV, "HF_DATASETS_OFFLINE") if offline({"PI0_OFFLINE": env.get(k, "")})]
     if switches:
         return [Row("network", "info", f"offline ({', '.join(switches)}=1): only local datasets and checkpoints")]
     reachable = _reachable(host, 443, timeout)

@@ -62,8 +62,9 @@ def test_cache_rows_follow_the_environment(tmp_path):
 
 
 def test_offline_switch_skips_the_network_probe():
-    (row,) = check_network(env={"HF_HUB_OFFLINE": "1"}, host="192.0.2.1")
-    assert row == Row("network", "info", row.detail) and "offline" in row.detail
+    for switch in ("HF_HUB_OFFLINE", "PI0_OFFLINE", "HF_DATASETS_OFFLINE"):  # pi0's switches and the datasets one
+        (row,) = check_network(env={switch: "on"}, host="192.0.2.1", timeout=0.01)
+        assert row == Row("network", "info", row.detail) and "offline" in row.detail and switch in row.detail
 
 
 def test_gpu_rows_show_memory_and_no_accelerator_warning(monkeypatch):
