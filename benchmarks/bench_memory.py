@@ -49,10 +49,13 @@ def _memory_key(config: TrainConfig) -> TrainConfig:
 
 def write_peaks() -> None:
     registry = get_registry()
-    seen: dict[TrainConfig, int] = {}
+    seen: dict[str, int] = {}
     table = {}
     for name, config in sorted(registry.presets.items()):
-        key = _memory_key(config)
+        if config.model.model_type not in ("pi0", "pi05"):
+            print(f"{name}: skipped (the trainer's dry-run builds pi0 / pi0.5 models)")
+            continue
+        key = repr(_memory_key(config))
         if key not in seen:
             start = time.perf_counter()
             seen[key] = dry_run(config).peak_bytes

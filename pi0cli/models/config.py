@@ -321,9 +321,11 @@ _FAST_TINY = dataclasses.replace(_TINY, model_type="pi0_fast", image_keys=FAST_I
 PRESETS: dict[str, Pi0Config] = {
     "pi0": Pi0Config(model_type="pi0"),
     "pi05": Pi0Config(model_type="pi05"),
-    "pi0_lora": Pi0Config(model_type="pi0", paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora"),
+    # LoRA runs chunk their MLPs (256 tokens): one chunk's 16k-wide hidden activations live, not the batch's.
+    "pi0_lora": Pi0Config(model_type="pi0", paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora",
+                          mlp_chunk=256),
     "pi05_lora": Pi0Config(
-        model_type="pi05", paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora"
+        model_type="pi05", paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora", mlp_chunk=256
     ),
     "pi0_tiny": _TINY,
     "pi05_tiny": dataclasses.replace(_TINY, model_type="pi05"),

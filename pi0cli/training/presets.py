@@ -7,7 +7,7 @@ from typing import Any
 
 from pi0cli.models.config import preset as model_preset
 from pi0cli.training.config import CosineDecaySchedule, TrainConfig
-from pi0cli.training.planner import MLP_CHUNK, peak_note
+from pi0cli.training.planner import peak_note
 
 #: Tiny models train on a CPU in minutes; full-size ones need a GPU (see ``pi0 train --dry-run``).
 TINY_SCHEDULE = CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=3_000, decay_lr=1e-4)
@@ -25,7 +25,8 @@ def standard_presets(
     small: dict[str, Any] | None = None,
     **common: Any,
 ) -> list[TrainConfig]:
-    """``<model>_<robot>`` full fine-tuning and ``<model>_<robot>_lora`` presets for each model type, a
+    """``<model>_<robot>`` full fine-tuning, ``<model>_<robot>_lora`` and ``<model>_<robot>_lora_lowmem`` (vision
+    frozen, bfloat16 Adam moments) presets for each model type, a
     ``pi0_<robot>_tiny`` CPU preset (model overrides in ``tiny``) and, when ``small`` is given (model overrides,
     may be empty), a ``pi0_<robot>_small`` preset: a wider CPU model for about an hour of training."""
     configs = []
@@ -34,11 +35,12 @@ def standard_presets(
         configs.append(TrainConfig(name=name, embodiment=embodiment, model=model_preset(model), dataset=dataset,
                                    description=f"{model} full fine-tuning on {embodiment} ({peak_note(name)})",
                                    **common))
-        # Token-chunked MLPs keep the 16k-wide Gemma hidden activations of one chunk live, not of the whole batch.
-        lora_model = dataclasses.replace(model_preset(f"{model}_lora"), mlp_chunk=MLP_CHUNK)
+        lora_model = model_preset(f"{model}_lora")  # token-chunked MLPs (see the model preset)
+        # pi0.5's 200-token prompts take its whole-batch LoRA step past 24 GiB: two (exact) micro-batches.
+        accum = 2 if lora_model.pi05 and common.get("batch_size", 32) % 2 == 0 else 1
         configs.append(TrainConfig(
             name=f"{name}_lora", embodiment=embodiment, model=lora_model, dataset=dataset,
-            freeze="lora_both", ema_decay=None,
+            freeze="lora_both", ema_decay=None, grad_accum_steps=accum,
             description=f"{model} LoRA fine-tuning on {embodiment} ({peak_note(name + '_lora')})", **common,
         ))
         configs.append(TrainConfig(

@@ -153,3 +153,41 @@ def test_cli_memory_budget_prints_the_plan_and_a_missing_dataset_fails_fast(pi0_
     assert "memory plan" in result.stdout and "remat" in result.stdout and "CPU" in result.stdout
     missing = run("--dataset", "/nonexistent", "--dry-run")
     assert missing.returncode != 0 and "/nonexistent" in missing.stderr
+
+
+# ------------------------------------------------------------------------------------------------ presets
+def test_every_preset_states_its_compiled_peak():
+    from pi0cli.plugins.manager import get_registry
+    from pi0cli.training.planner import peak_note, preset_peaks
+
+    table = preset_peaks()
+    for name, config in get_registry().presets.items():
+        if config.model.model_type not in ("pi0", "pi05"):
+            continue
+        assert name in table, f"{name} has no peak: python benchmarks/bench_memory.py --write-peaks"
+        assert peak_note(name) in config.description and "compiled peak" in peak_note(name)
+        assert table[name]["batch_size"] == config.batch_size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pi0_aloha_sim_tiny", "pi0_aloha_sim_small"])
+def test_cpu_preset_peaks_match_their_dry_runs(name):
+    """The table the descriptions read is re-derived for the CPU presets (full-size ones: bench_memory)."""
+    from pi0cli.plugins.manager import get_registry
+    from pi0cli.training.dryrun import dry_run
+    from pi0cli.training.planner import format_bytes, preset_peaks
+
+    config = get_registry().preset(name)
+    peak = dry_run(config).peak_bytes
+    entry = preset_peaks()[name]
+    assert abs(peak - entry["peak_bytes"]) <= 0.02 * entry["peak_bytes"], (peak, entry)
+    assert format_bytes(entry["peak_bytes"]) in config.description
+
+
+def test_lowmem_lora_presets_freeze_vision_and_use_bfloat16_moments():
+    from pi0cli.plugins.manager import get_registry
+
+    presets = get_registry().presets
+    lowmem = [c for n, c in presets.items() if n.endswith("_lora_lowmem")]
+    assert {c.embodiment for c in lowmem} == {c.embodiment for n, c in presets.items() if n.endswith("_lora")}
+    assert all(c.freeze_vision and c.moment_dtype == "bfloat16" and c.freeze == "lora_both" for c in lowmem)
