@@ -9,8 +9,9 @@ failed or interrupted conversion never leaves a partial dataset behind.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from pi0cli.errors import ConversionError
 
@@ -72,4 +73,24 @@ class DatasetConverter:
             raise ValueError(f"dataset converter {self.name!r} declares an option twice: {names}")
 
 
-__all__ = ["ConversionError", "ConverterOption", "DatasetConverter", "OptionValue", "Progress"]
+def write_episodes(out: str | Path, episodes: Iterable[tuple[str, Iterable[Mapping[str, Any]]]], *, total: int,
+                   fps: float, features: Mapping[str, dict], robot_type: str, overwrite: bool,
+                   progress: Progress | None = None) -> Path:
+    """Write ``(task, frames)`` episodes through one :class:`~pi0cli.data.writer.DatasetWriter` (nothing is
+    left behind on failure), calling ``progress(done, total)`` after each frame; returns the dataset root."""
+    from pi0cli.data.writer import DatasetWriter
+
+    done = 0
+    with DatasetWriter(Path(out), fps=fps, features=features, robot_type=robot_type, overwrite=overwrite,
+                       keep_on_interrupt=False) as writer:
+        for task, frames in episodes:
+            for frame in frames:
+                writer.add_frame(frame, task)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            writer.save_episode()
+    return Path(out)
+
+
+__all__ = ["ConversionError", "ConverterOption", "DatasetConverter", "OptionValue", "Progress", "write_episodes"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pi0cli.convert.datasets import ConverterOption, DatasetConverter, Progress
+from pi0cli.convert.datasets import ConverterOption, DatasetConverter, Progress, write_episodes
 from pi0cli.errors import ConversionError
 
 DIM = 14
@@ -130,8 +130,6 @@ def convert(src: Path, out: Path, *, fps: float = 50.0, task: str | None = None,
             progress: Progress | None = None) -> Path:
     """Convert every episode in ``src``; nothing is written unless every file validates. ``task`` (the prompt
     of every episode) defaults to the folder's name with spaces for underscores (``fold_towel``: "fold towel")."""
-    from pi0cli.data.writer import DatasetWriter
-
     if task is None:
         task = Path(src).absolute().name.replace("_", " ")
     infos = [inspect_episode(path) for path in find_episodes(Path(src))]
@@ -154,20 +152,10 @@ def convert(src: Path, out: Path, *, fps: float = 50.0, task: str | None = None,
         if not all(info.has_effort for info in infos):
             raise ConversionError("some episodes have /observations/effort and some do not")
         features["observation.effort"] = {"dtype": "float32", "shape": (DIM,), "names": None}
-    total = sum(info.length for info in infos)
-    done = 0
-    with DatasetWriter(out, fps=fps, features=features, robot_type="aloha", overwrite=overwrite,
-                       keep_on_interrupt=False) as writer:
-        for info in infos:
-            for frame in iter_frames(info):
-                if "observation.velocity" not in frame:
-                    frame["observation.velocity"] = np.zeros(DIM, np.float32)
-                writer.add_frame(frame, task)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            writer.save_episode()
-    return Path(out)
+    zero_velocity = {"observation.velocity": np.zeros(DIM, np.float32)}  # episodes recorded without it
+    episodes = ((task, (zero_velocity | frame for frame in iter_frames(info))) for info in infos)
+    return write_episodes(out, episodes, total=sum(info.length for info in infos), fps=fps, features=features,
+                          robot_type="aloha", overwrite=overwrite, progress=progress)
 
 
 CONVERTER = DatasetConverter(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pi0cli.convert.datasets import ConverterOption, DatasetConverter, Progress
+from pi0cli.convert.datasets import ConverterOption, DatasetConverter, Progress, write_episodes
 from pi0cli.errors import ConversionError
 from pi0cli.transforms import resize_with_pad
 
@@ -115,8 +115,6 @@ def iter_frames(demo: Demo) -> Iterator[dict[str, np.ndarray]]:
 def convert(src: Path, out: Path, *, fps: float = 10.0, overwrite: bool = False,
             progress: Progress | None = None) -> Path:
     """Convert one file or every ``*.hdf5`` in a directory; nothing is written unless all validate."""
-    from pi0cli.data.writer import DatasetWriter
-
     src = Path(src)
     files = [src] if src.is_file() else sorted(src.glob("*.hdf5"))
     if not files:
@@ -129,17 +127,9 @@ def convert(src: Path, out: Path, *, fps: float = 10.0, overwrite: bool = False,
         "state": {"dtype": "float32", "shape": (8,), "names": None},
         "actions": {"dtype": "float32", "shape": (ACTION_DIM,), "names": None},
     }
-    total, done = sum(d.length for d in demos), 0
-    with DatasetWriter(out, fps=fps, features=features, robot_type="panda", overwrite=overwrite,
-                       keep_on_interrupt=False) as writer:
-        for demo in demos:
-            for frame in iter_frames(demo):
-                writer.add_frame(frame, demo.task)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            writer.save_episode()
-    return Path(out)
+    return write_episodes(out, ((demo.task, iter_frames(demo)) for demo in demos),
+                          total=sum(d.length for d in demos), fps=fps, features=features, robot_type="panda",
+                          overwrite=overwrite, progress=progress)
 
 
 CONVERTER = DatasetConverter(
