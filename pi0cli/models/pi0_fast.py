@@ -85,7 +85,9 @@ class Pi0FAST(nnx.Module):
         self.config = config
         dtype, pdtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
         vlm = config.vlm
-        llm = Gemma([vlm], dtype=dtype, param_dtype=pdtype, scan=config.scan, remat=config.remat, rngs=rngs)
+        llm = Gemma([vlm], dtype=dtype, param_dtype=pdtype, scan=config.scan, remat=config.llm_remat,
+                    attention_impl=config.attention_impl, attention_chunk=config.attention_chunk,
+                    mlp_chunk=config.mlp_chunk, rngs=rngs)
         # The tied LM head reads the embedding table. Gemma's init (std 1, meant to be overwritten by loaded
         # weights) gives random logits of std sqrt(width); 1/sqrt(width) makes a model trained from scratch
         # start near the uniform distribution (embedded tokens keep unit scale through the sqrt(width) factor).
@@ -98,7 +100,9 @@ class Pi0FAST(nnx.Module):
             dtype=dtype,
             param_dtype=pdtype,
             scan=config.scan,
-            remat=config.remat,
+            remat=config.vision_remat,
+            attention_impl=config.attention_impl,
+            attention_chunk=config.attention_chunk,
             rngs=rngs,
         )
         self.PaliGemma = PaliGemma(img, llm)

@@ -157,9 +157,13 @@ def test_prefix_lm_attention_and_padding():
 
 
 # ------------------------------------------------------------------------------------------------ decoding
-@pytest.mark.parametrize("masked", [(), ("base_1_rgb",)])
-def test_cached_decoding_equals_uncached_teacher_forced_argmax(masked):
+@pytest.mark.parametrize(("masked", "chunk"), [((), 128), (("base_1_rgb",), 128), (("base_1_rgb",), 8)])
+def test_cached_decoding_equals_uncached_teacher_forced_argmax(masked, chunk):
     model = tiny()
+    if chunk != 128:  # query-chunked attention (the full-size path) in both the forward and the cached steps
+        chunked = tiny(attention_chunk=chunk)
+        nnx.update(chunked, nnx.state(model))
+        model = chunked
     prefix = [10, 13]
     obs = make_obs(model.config, prefix, seed=3, masked=masked)
     gen = _generate(model, obs, 8, "training")
