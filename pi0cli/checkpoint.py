@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pi0cli.errors import Pi0Error
+from pi0cli.errors import Pi0Error, read_json
 from pi0cli.normstats import NormStats, save_norm_stats
 
 if TYPE_CHECKING:
@@ -122,10 +122,7 @@ def read_checkpoint_config(directory: Path) -> dict[str, Any] | None:
     """The pi0 config of a checkpoint (``pi0_config.json`` or a training step's ``assets/pi0_config.json``)."""
     for candidate in (directory / CONFIG_FILENAME, directory / "assets" / CONFIG_FILENAME):
         if candidate.is_file():
-            try:
-                data = json.loads(candidate.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{candidate} is not valid JSON ({exc})") from None
+            data = read_json(candidate, CheckpointError)
             if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
                 raise CheckpointError(f"{candidate} has no 'model' object; it is not a pi0 checkpoint config")
             return data

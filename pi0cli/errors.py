@@ -6,7 +6,10 @@ Every message names the bad value and says how to fix it; the CLI prints it as o
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 
 class Pi0Error(Exception):
@@ -51,3 +54,11 @@ class ObservationError(Pi0Error, ValueError):
 
 class NormStatsError(Pi0Error, ValueError):
     """A norm_stats.json that is missing, malformed or does not fit the data."""
+
+
+def read_json(file: Path, error: type[Pi0Error], fix: str = "") -> Any:
+    """``file``'s JSON; undecodable text raises ``error`` naming the file (and ``fix``, a hint after ``;``)."""
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{file} is not valid JSON ({exc})" + (f"; {fix}" if fix else "")) from None

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pi0cli.errors import NormStatsError
+from pi0cli.errors import NormStatsError, read_json
 
 NORM_STATS_FILENAME = "norm_stats.json"
 
@@ -85,10 +85,7 @@ def load_norm_stats(path: str | os.PathLike[str]) -> dict[str, NormStats]:
     file = norm_stats_path(path)
     if not file.is_file():
         raise NormStatsError(f"no norm stats at {file}; compute them with `pi0 norm-stats` or pass the right path")
-    try:
-        raw = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NormStatsError(f"{file} is not valid JSON ({exc}); recompute it with `pi0 norm-stats`") from None
+    raw = read_json(file, NormStatsError, "recompute it with `pi0 norm-stats`")
     if not isinstance(raw, Mapping) or not isinstance(raw.get("norm_stats"), Mapping):
         raise NormStatsError(f"{file}: expected a top-level 'norm_stats' object as the reference writes")
     return {key: NormStats.from_json(value, where=f"{file} [{key}]") for key, value in raw["norm_stats"].items()}

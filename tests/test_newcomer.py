@@ -392,3 +392,16 @@ def test_the_model_flag_the_hint_names_exists(command, experiment, tmp_path):
     assert result.returncode == 1 and "--model" in result.stderr, result.stderr
     accepted = _pi0_in(tmp_path, *command, "--checkpoint", str(tmp_path / "missing"), "--model", "pi0")
     assert accepted.returncode == 1 and "does not exist" in accepted.stderr, accepted.stderr  # not a usage error
+
+
+def test_undecodable_json_is_one_error_naming_the_file(tmp_path):
+    from pi0cli.checkpoint import CheckpointError, read_checkpoint_config
+    from pi0cli.errors import NormStatsError
+    from pi0cli.normstats import load_norm_stats
+
+    (tmp_path / "pi0_config.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"pi0_config.json is not valid JSON \("):
+        read_checkpoint_config(tmp_path)
+    (tmp_path / "norm_stats.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(NormStatsError, match=r"norm_stats.json is not valid JSON .*; recompute it with"):
+        load_norm_stats(tmp_path)

@@ -21,7 +21,6 @@ Every target is written into a temporary sibling directory and renamed into plac
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +40,7 @@ from pi0cli.checkpoint import (
     write_checkpoint_config,
     write_params,
 )
-from pi0cli.errors import ConversionError
+from pi0cli.errors import ConversionError, read_json
 
 if TYPE_CHECKING:
     from pi0cli.models.config import Pi0Config
@@ -255,10 +254,7 @@ def _config_from_lerobot(directory: Path) -> Pi0Config:
     if not file.is_file():
         raise ConversionError(f"{directory} has neither {CONFIG_FILENAME} nor LeRobot's {LEROBOT_CONFIG}; name its "
                               "model with --model pi0 (or pi05)")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{file} is not valid JSON ({exc})") from None
+    data = read_json(file, ConversionError)
     kind = data.get("type")
     if kind not in ("pi0", "pi05", "pi0_fast"):
         raise ConversionError(f"{file} describes a {kind!r} policy; only LeRobot pi0, pi05 and pi0_fast policies "
