@@ -6,7 +6,9 @@ Names are resolved lazily: importing this package does not import JAX. The check
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pi0cli import lazy_attributes
 
 if TYPE_CHECKING:
     from pi0cli.policy.load import load_policy
@@ -21,10 +23,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pi0cli.policy' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)
