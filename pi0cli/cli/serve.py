@@ -11,6 +11,8 @@ from pi0cli.cli import console
 from pi0cli.cli.embodiments import complete_embodiment
 
 
+# The parameters below are a declarative table (typer reads the signature: one flag, its bounds and help each);
+# their repeated shape is how typer declares options, not logic to share.
 def serve(
     embodiment: Annotated[str, typer.Option(
         "--embodiment", "-e", help="Robot the policy drives (see `pi0 embodiments list`).",

@@ -222,6 +222,13 @@ def segment(waypoints: Sequence[Waypoint], t: float) -> tuple[int, float]:
     return len(waypoints), 1.0
 
 
+def _pick_from_above(grip: np.ndarray, rot: np.ndarray) -> list[Waypoint]:
+    """Steps 50-125 of a top-down pick: 10 cm above ``grip`` (a joint-space move), down, close, settle, lift."""
+    above = grip + [0, 0, 0.10]
+    return [_wp(50, above, rot, 1.0, joint=True), _wp(80, grip, rot, 1.0), _wp(92, grip, rot, 0.0),
+            _wp(102, grip, rot, 0.0), _wp(125, above, rot, 0.0)]
+
+
 def plan_transfer_cube(box: np.ndarray, start: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """Right arm picks the cube from straight above and lifts it to the middle, still pointing down; the left
     arm comes in horizontally from the -x side with its fingers closing on the cube's top and bottom faces
@@ -235,11 +242,7 @@ def plan_transfer_cube(box: np.ndarray, start: dict[str, tuple[np.ndarray, np.nd
     r_start, l_start = start["right"], start["left"]
     right = [
         _wp(0, r_start[0], r_start[1], 0.1),
-        _wp(50, b + grasp_offset + [0, 0, 0.10], r_down, 1.0, joint=True),
-        _wp(80, b + grasp_offset, r_down, 1.0),
-        _wp(92, b + grasp_offset, r_down, 0.0),
-        _wp(102, b + grasp_offset, r_down, 0.0),
-        _wp(125, b + grasp_offset + [0, 0, 0.10], r_down, 0.0),
+        *_pick_from_above(b + grasp_offset, r_down),
         _wp(160, meet, r_down, 0.0),
         _wp(212, meet, r_down, 0.0),
         _wp(224, meet, r_down, 1.0),
@@ -274,20 +277,12 @@ def plan_insertion(poses: np.ndarray, start: dict[str, tuple[np.ndarray, np.ndar
     r_start, l_start = start["right"], start["left"]
     right = [
         _wp(0, r_start[0], r_start[1], 0.1),
-        _wp(50, peg + peg_grip + [0, 0, 0.10], r_down, 1.0, joint=True),
-        _wp(80, peg + peg_grip, r_down, 1.0),
-        _wp(92, peg + peg_grip, r_down, 0.0),
-        _wp(102, peg + peg_grip, r_down, 0.0),
-        _wp(125, peg + peg_grip + [0, 0, 0.10], r_down, 0.0),
+        *_pick_from_above(peg + peg_grip, r_down),
         _wp(170, socket_meet + [pre, 0, 0] + peg_grip, r_down, 0.0, joint=True),
     ]
     left = [
         _wp(0, l_start[0], l_start[1], 0.1),
-        _wp(50, socket + socket_grip + [0, 0, 0.10], l_down, 1.0, joint=True),
-        _wp(80, socket + socket_grip, l_down, 1.0),
-        _wp(92, socket + socket_grip, l_down, 0.0),
-        _wp(102, socket + socket_grip, l_down, 0.0),
-        _wp(125, socket + socket_grip + [0, 0, 0.10], l_down, 0.0),
+        *_pick_from_above(socket + socket_grip, l_down),
         _wp(170, socket_meet + socket_grip, l_down, 0.0, joint=True),
     ]
 
