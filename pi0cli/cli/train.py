@@ -101,10 +101,10 @@ def train(
 
         raise Pi0Error("--resume and --overwrite contradict each other: pick one")
     launch.init_distributed(coordinator, num_processes, process_id)
-    if dry_run and config.dataset:
+    if dry_run and dataset is not None:
         from pi0cli.data.lerobot import resolve_dataset
 
-        resolve_dataset(config.dataset)  # fail fast on a missing dataset, before a long compile
+        resolve_dataset(dataset)  # a --dataset that is not there fails fast, before a long compile
     if memory_budget is not None:
         config = _plan(config, memory_budget, allow_freeze_vision=allow_freeze_vision, allow_no_ema=allow_no_ema)
     if dry_run:
