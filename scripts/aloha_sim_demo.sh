@@ -39,8 +39,9 @@ echo "== 4/5 evaluate $EVAL_EPISODES episodes closed-loop"
 "$pi0" eval aloha_sim --checkpoint "checkpoints/$PRESET/demo/$STEPS" --episodes "$EVAL_EPISODES" \
   --open-loop-steps "$OPEN_LOOP_STEPS" --out eval
 # Closed-loop success needs the longer setting. What the quick run learned, measured on scenes it never saw: the
-# action error of its trained weights against the same model's initial weights (re-created from the run's seed,
-# same noise draws), beside the error of holding the current position (a strong baseline over short chunks).
+# training objective (flow-matching loss) and the action error of its trained weights against the same model's
+# initial weights (re-created from the run's seed, same noise draws), beside the action error of holding the
+# current position (a strong baseline over short chunks).
 echo "== 5/5 action error on $HELDOUT_EPISODES held-out demonstrations (seeds 1000-, not trained on)"
 "$pi0" record aloha_sim --scripted --episodes "$HELDOUT_EPISODES" --seed 1000 --out heldout --overwrite
 "$pi0" eval --dataset heldout --checkpoint "checkpoints/$PRESET/demo/$STEPS" --stride 5 --vs-initial

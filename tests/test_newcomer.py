@@ -227,8 +227,32 @@ def test_offline_eval_against_the_runs_initial_weights(tmp_path, sim_dataset):
     report = json.loads(result.stdout)
     # make_tiny_checkpoint's weights are not the model's own initialisation: the two errors differ.
     assert report["initial_weights"]["mae"] > 0 and report["initial_weights"]["mae"] != report["mae"]
+    loss = report["heldout_loss"]
+    assert set(loss) == {"initial", "trained"} and loss["initial"] != loss["trained"] and loss["trained"] > 0
     result = _pi0_in(tmp_path, *args)
     assert "held-out action MAE with the run's initial weights" in result.stdout, result.stderr
+    assert "held-out loss (the training objective, no augmentation) with the run's initial weights" in result.stdout
+
+
+@pytest.mark.slow
+def test_heldout_loss_is_paired_and_follows_the_weights(sim_dataset):
+    """The same model twice gives the same loss (same draws); a model whose outputs are scaled differs."""
+    from pi0cli.evaluation.offline import heldout_loss, open_frames
+    from pi0cli.models.params import build_model
+    from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.pipeline import Pipeline
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.testing import example_norm_stats, random_params, tiny_model_config
+    from pi0cli.training.tiny_tokenizer import train_tiny_tokenizer
+
+    emb = load_registry({}).embodiment("aloha_sim")
+    config = tiny_model_config(emb)
+    tok = PaligemmaTokenizer(config.token_len, model=train_tiny_tokenizer([emb.default_prompt or "x"]))
+    pipeline = Pipeline.create(emb, config, example_norm_stats(emb), tokenizer=tok)
+    a, b = build_model(config, random_params(config, 0)), build_model(config, random_params(config, 1))
+    frames = open_frames(str(sim_dataset), emb, config.action_horizon, [0, 1])
+    loss = heldout_loss(frames, {"a": a, "a again": a, "b": b}, pipeline.training_inputs(), stride=4, batch_size=4)
+    assert loss["a"] == loss["a again"] and loss["a"] != loss["b"] and loss["a"] > 0
 
 
 def test_learning_verdict_says_what_the_numbers_show():

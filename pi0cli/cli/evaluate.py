@@ -118,8 +118,14 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
     from pi0cli.errors import Pi0Error
-    from pi0cli.evaluation.offline import episode_indices, evaluate_offline, open_frames, require_matplotlib
-    from pi0cli.policy.load import load_policy
+    from pi0cli.evaluation.offline import (
+        episode_indices,
+        evaluate_offline,
+        heldout_loss,
+        open_frames,
+        require_matplotlib,
+    )
+    from pi0cli.policy.load import load_policy, load_training_pipeline
 
     if checkpoint is None or server is not None:
         raise Pi0Error("offline evaluation (--dataset) needs --checkpoint DIR (a served policy answers one "
@@ -160,6 +166,11 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
             before = evaluate_offline(frames, initial, emb, stride=stride,
                                       on_progress=lambda done, total: progress.update(done, total=total))
         report["initial_weights"] = {k: before[k] for k in ("mae", "rmse", "mae_per_dim", "mae_per_step")}
+        with console.err.status("held-out loss of the initial and the trained weights"):
+            trained_model, pipeline = load_training_pipeline(checkpoint, embodiment=emb, model=model)
+            initial_model, _ = load_training_pipeline(checkpoint, embodiment=emb, model=model, initial_weights=True)
+            report["heldout_loss"] = heldout_loss(frames, {"initial": initial_model, "trained": trained_model},
+                                                  pipeline.training_inputs(), stride=stride)
     if as_json:
         console.out.print_json(json.dumps(report, default=str))
         return
@@ -173,6 +184,10 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
     if held:
         console.out.print(f"holding the current position instead: action MAE {held:.4f} (the policy's error is "
                           f"{report['mae'] / held:.0%} of it)")
+    if "heldout_loss" in report:
+        loss = report["heldout_loss"]
+        console.out.print(f"held-out loss (the training objective, no augmentation) with the run's initial weights "
+                          f"{loss['initial']:.4f} -> trained {loss['trained']:.4f}")
     if "initial_weights" in report:
         console.out.print(_learning_verdict(report["initial_weights"]["mae"], report["mae"], held))
 

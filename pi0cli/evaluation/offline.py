@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -131,6 +131,41 @@ def evaluate_offline(
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, out / REPORT_FILENAME)
     return report
+
+
+def heldout_loss(frames: LeRobotFrames, models: Mapping[str, Any], example: Callable[[dict[str, Any]], dict[str, Any]],
+                 *, stride: int = 5, batch_size: int = 8, seed: int = 0) -> dict[str, float]:
+    """Mean flow-matching loss (the training objective, without augmentation) of each model on every
+    ``stride``-th frame; ``example`` is the training pipeline (dataset row -> model example). Every model sees
+    the same noise and flow times, so the numbers compare the models, not the draws."""
+    import jax
+    from flax import nnx
+
+    from pi0cli.models.observation import Observation
+    from pi0cli.transforms import stack_trees
+
+    def jitted(model: Any) -> Callable[[jax.Array, dict[str, Any]], jax.Array]:
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def loss(state: nnx.State, rng: jax.Array, batch: dict[str, Any]) -> jax.Array:
+            module = nnx.merge(graphdef, state)
+            return module.compute_loss(rng, Observation.from_dict(batch), batch["actions"]).mean(-1)  # [B]
+
+        return lambda rng, batch: loss(state, rng, batch)
+
+    losses = {name: jitted(model) for name, model in models.items()}
+    indices = list(range(0, len(frames), max(1, stride)))
+    if not indices:
+        raise OfflineEvalError("the selected episodes have no frames")
+    totals = dict.fromkeys(models, 0.0)
+    key = jax.random.key(seed)
+    for number, start in enumerate(range(0, len(indices), batch_size)):
+        batch = stack_trees([example(frames[i]) for i in indices[start:start + batch_size]])
+        rng = jax.random.fold_in(key, number)
+        for name, loss in losses.items():
+            totals[name] += float(loss(rng, batch).sum())
+    return {name: total / len(indices) for name, total in totals.items()}
 
 
 def _errors(recorded: np.ndarray, predicted: np.ndarray, valid: np.ndarray) -> dict[str, Any]:

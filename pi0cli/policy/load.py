@@ -24,7 +24,9 @@ from pi0cli.normstats import NormStats, load_norm_stats
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
+    from pi0cli.models.pi0 import Pi0
     from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.pipeline import Pipeline
     from pi0cli.policy.policy import Policy
 
 
@@ -51,8 +53,58 @@ def load_policy(
     re-created from the run's seed exactly as the trainer draws them (same transforms and norm stats), so
     that what training changed can be measured on the same data.
     """
-    from pi0cli.models.params import build_model
     from pi0cli.policy.policy import Policy, make_transforms
+
+    loaded = _load(directory, embodiment, model, tokenizer, asset_id, initial_weights)
+    prompt = default_prompt if default_prompt is not None else loaded.saved.get("default_prompt")
+    inputs, outputs = make_transforms(embodiment, loaded.model_config, loaded.norm_stats, tokenizer=loaded.tokenizer,
+                                      default_prompt=prompt, delta_action_mask=loaded.delta_action_mask)
+    saved = loaded.saved
+    metadata = dict(embodiment.metadata) | dict(saved.get("metadata") or saved.get("policy_metadata") or {})
+    example = embodiment.example_observation
+    return Policy.from_model(
+        loaded.module, num_steps=num_steps, input_transform=inputs, output_transform=outputs,
+        batch_sizes=batch_sizes, seed=seed, metadata=metadata, example=lambda: {"prompt": "warm up", **example(0)},
+        description=f"{loaded.model_config.model_type} ({loaded.model_config.paligemma_variant}) for "
+                    f"{embodiment.name} from {loaded.directory}",
+    )
+
+
+def load_training_pipeline(
+    directory: str | os.PathLike[str],
+    *,
+    embodiment: Embodiment,
+    model: str | Pi0Config | None = None,
+    initial_weights: bool = False,
+) -> tuple[Pi0, Pipeline]:
+    """A checkpoint's model (its trained or, with ``initial_weights``, its initial weights) and the training
+    pipeline it learned through (dataset row -> model example), to measure its loss on held-out data."""
+    from pi0cli.pipeline import Pipeline
+
+    loaded = _load(directory, embodiment, model, None, None, initial_weights)
+    mask = loaded.delta_action_mask
+    pipeline = Pipeline.create(
+        embodiment, loaded.model_config, loaded.norm_stats, tokenizer=loaded.tokenizer,
+        delta_action_mask=None if mask == "embodiment" else tuple(bool(m) for m in mask or ()),
+        default_prompt=loaded.saved.get("default_prompt"))
+    return loaded.module, pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loaded:
+    directory: Path
+    saved: dict
+    model_config: Pi0Config
+    module: Pi0
+    norm_stats: dict[str, NormStats]
+    tokenizer: PaligemmaTokenizer
+    delta_action_mask: Sequence[bool] | None | str
+
+
+def _load(directory: str | os.PathLike[str], embodiment: Embodiment, model: str | Pi0Config | None,
+          tokenizer: str | os.PathLike[str] | None, asset_id: str | None, initial_weights: bool) -> _Loaded:
+    """What every use of a checkpoint reads: its step folder, config, weights, norm stats, tokenizer, mask."""
+    from pi0cli.models.params import build_model
 
     directory, _ = resolve_step(directory)  # an experiment folder means its latest step (the CLI says so)
     params_dir = _params_dir(directory)
@@ -71,21 +123,11 @@ def load_policy(
     module = build_model(model_config, params)
     del params
 
-    prompt = default_prompt if default_prompt is not None else saved.get("default_prompt")
     mask = saved.get("delta_action_mask", "embodiment")
     if saved.get("format") != FORMAT and mask is None:  # a training config: None means the embodiment's mask
         mask = "embodiment"
-    tok = _tokenizer(directory, tokenizer, model_config.token_len)
-    inputs, outputs = make_transforms(embodiment, model_config, norm_stats, tokenizer=tok, default_prompt=prompt,
-                                      delta_action_mask=mask)
-    metadata = dict(embodiment.metadata) | dict(saved.get("metadata") or saved.get("policy_metadata") or {})
-    example = embodiment.example_observation
-    return Policy.from_model(
-        module, num_steps=num_steps, input_transform=inputs, output_transform=outputs, batch_sizes=batch_sizes,
-        seed=seed, metadata=metadata, example=lambda: {"prompt": "warm up", **example(0)},
-        description=f"{model_config.model_type} ({model_config.paligemma_variant}) for {embodiment.name} from "
-                    f"{directory}",
-    )
+    return _Loaded(directory, saved, model_config, module, norm_stats,
+                   _tokenizer(directory, tokenizer, model_config.token_len), mask)
 
 
 def checkpoint_embodiment(directory: str | os.PathLike[str]) -> str:
