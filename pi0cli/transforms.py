@@ -220,6 +220,8 @@ def _shift_actions(actions: np.ndarray, state: np.ndarray, mask: Sequence[bool],
     return actions
 
 
+# DeltaActions and AbsoluteActions mirror each other line for line on purpose: an inverse pair of transforms,
+# each a declaration around one pure function (to_delta_actions / to_absolute_actions).
 @dataclasses.dataclass(frozen=True)
 class DeltaActions:
     """Make masked action dims relative to the current state (training and inference inputs)."""
