@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -52,6 +52,14 @@ if TYPE_CHECKING:
 
 #: The action padding mask in pipeline data (lerobot calls it ``<action column>_is_pad``).
 PAD_KEY = "actions_is_pad"
+
+
+class PromptTokenizer(Protocol):
+    """What the pipeline needs of a prompt tokenizer (:class:`pi0cli.models.tokenizer.PaligemmaTokenizer`)."""
+
+    max_len: int
+
+    def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class PipelineError(Pi0Error, ValueError):
@@ -104,7 +112,7 @@ class ModelInputs:
     resolution: tuple[int, int]
     action_dim: int
     action_horizon: int
-    tokenizer: Any | None = None
+    tokenizer: PromptTokenizer | None = None
     discrete_state: bool = False
     default_prompt: str | None = None
     image_crop: tuple[float, float, float, float] | None = None
@@ -158,13 +166,13 @@ class Pipeline:
     embodiment: Embodiment
     model: Pi0Config
     norm_stats: Mapping[str, NormStats] | None
-    tokenizer: Any | None = None
+    tokenizer: PromptTokenizer | None = None
     delta_action_mask: tuple[bool, ...] | None = None
     default_prompt: str | None = None
 
     @classmethod
     def create(cls, embodiment: Embodiment, model: Pi0Config, norm_stats: Mapping[str, NormStats] | None, *,
-               tokenizer: Any | None = None, delta_action_mask: tuple[bool, ...] | None = None,
+               tokenizer: PromptTokenizer | None = None, delta_action_mask: tuple[bool, ...] | None = None,
                default_prompt: str | None = None) -> Pipeline:
         """Check that the pieces fit; ``delta_action_mask`` overrides the embodiment's (``()`` turns it off)."""
         emb = embodiment

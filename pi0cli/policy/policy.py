@@ -19,13 +19,19 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pi0cli.errors import ObservationError, Pi0Error
 from pi0cli.policy import rtc as rtc_fields
 from pi0cli.transforms import Data, compose, stack_trees
+
+if TYPE_CHECKING:
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.models.config import Pi0Config
+    from pi0cli.normstats import NormStats
+    from pi0cli.pipeline import PromptTokenizer
 
 #: Keys of the model's input batch (everything else the input transforms produce stays per request).
 MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
@@ -76,11 +82,11 @@ class ContiguousImages:
 
 
 def make_transforms(
-    embodiment: Any,
-    model_config: Any,
-    norm_stats: Mapping[str, Any],
+    embodiment: Embodiment,
+    model_config: Pi0Config,
+    norm_stats: Mapping[str, NormStats],
     *,
-    tokenizer: Any,
+    tokenizer: PromptTokenizer | None,
     default_prompt: str | None = None,
     delta_action_mask: Sequence[bool] | None | str = "embodiment",
 ) -> tuple[Callable[[Data], Data], Callable[[Data], Data]]:
