@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -112,12 +113,19 @@ def train(
         return
     with console.Progress(config.name, config.num_train_steps, unit="steps", lines=console.out) as progress:
 
+        first: dict[str, float] = {}  # when the run started, until the first report says what compiling cost
+
         def on_step(step: int, metrics: dict[str, float]) -> None:
+            if first:
+                console.err.print(f"the first {step - int(first['step'])} step(s) took "
+                                  f"{time.perf_counter() - first['at']:.1f} s, compiling included")
+                first.clear()
             progress.update(step, line=True, loss=f"{metrics['loss']:.4f}",
                             grad=f"{metrics.get('grad_norm', float('nan')):.3f}",
                             rate=f"{metrics['steps_per_s']:.2f} steps/s")
 
         def on_start(start: int) -> None:
+            first.update(at=time.perf_counter(), step=start)
             progress.completed = start
             console.err.print(f"compiling the train step of {config.name}: the first step takes longest (tens of "
                               "seconds on a CPU), later ones run at the rate shown")

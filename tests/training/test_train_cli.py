@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,7 @@ def test_tiny_preset_trains_on_a_lerobot_dataset_and_loads_back(workdir):
     logged = [line for line in result.stdout.splitlines() if line.startswith("pi0_aloha_sim_tiny: ")]
     assert [line.split()[1] for line in logged] == [f"{s}/60" for s in range(5, 61, 5)], result.stdout
     assert all(" loss " in line for line in logged), logged
+    assert re.search(r"the first 5 step\(s\) took \d+\.\d s, compiling included", result.stderr), result.stderr
     exp = workdir / "checkpoints" / "pi0_aloha_sim_tiny" / "e2e"
     rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]
