@@ -80,6 +80,7 @@ def test_kv_cache_attention_matches():
                                reference_attention(q, k, v, mask), **TOL)
 
 
+@pytest.mark.slow
 def test_only_one_chunk_of_scores_is_live():
     """The chunked form's compiled temporaries are far below one whole float32 score matrix."""
     b, t, n = 2, 2048, 8
@@ -106,6 +107,7 @@ def test_chunked_mlp_matches():
     np.testing.assert_allclose(g1, g2, **TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny"])
 def test_model_loss_grads_and_cached_sampling_match_the_old_attention(name, monkeypatch):
     """Whole models, chunks of 8 tokens (prefix 56 + suffix): loss, gradients and KV-cached sampling."""
