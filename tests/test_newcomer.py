@@ -429,3 +429,18 @@ def test_undecodable_json_is_one_error_naming_the_file(tmp_path):
     (tmp_path / "norm_stats.json").write_bytes(b"\xff\xfe")
     with pytest.raises(NormStatsError, match=r"norm_stats.json is not valid JSON .*; recompute it with"):
         load_norm_stats(tmp_path)
+
+
+def test_simulator_pins_resolve_without_backtracking():
+    """gym-aloha 0.1.5 needs mujoco < 3.9, and dm-control releases after 1.0.41 need a newer mujoco: without
+    exact pins pip backtracks through every newer dm-control (~56 MB each) before settling."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    aloha = Path(__file__).resolve().parents[1] / "embodiments" / "aloha" / "pyproject.toml"
+    deps = {r.name: r for r in map(Requirement, tomllib.loads(aloha.read_text())["project"]["dependencies"])}
+    assert str(deps["dm-control"].specifier) == "==1.0.41"
+    assert not deps["mujoco"].specifier.contains("3.9.0") and deps["mujoco"].specifier.contains("3.8.1")
+    assert not deps["gym-aloha"].specifier.contains("0.2.0")

@@ -47,6 +47,9 @@ def test_tiny_preset_trains_on_a_lerobot_dataset_and_loads_back(workdir):
     assert [line.split()[1] for line in logged] == [f"{s}/60" for s in range(5, 61, 5)], result.stdout
     assert all(" loss " in line for line in logged), logged
     assert re.search(r"the first 5 step\(s\) took \d+\.\d s, compiling included", result.stderr), result.stderr
+    # The closing lines: evidence the run learned, and where its checkpoint is.
+    assert re.search(r"^loss \d\.\d{4} -> \d\.\d{4} \(mean of the first and last", result.stdout, re.M), result.stdout
+    assert f"checkpoint saved to {workdir / 'checkpoints' / 'pi0_aloha_sim_tiny' / 'e2e' / '60'}" in result.stdout
     exp = workdir / "checkpoints" / "pi0_aloha_sim_tiny" / "e2e"
     rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]
