@@ -262,6 +262,7 @@ def test_learning_verdict_says_what_the_numbers_show():
     assert "holding still (0.0700) is still better" in _learning_verdict(0.31, 0.24, 0.07)
     assert "it also beats holding still" in _learning_verdict(0.31, 0.05, 0.07)
     assert "not lower" in _learning_verdict(0.2, 0.24, None)
+    assert "(lower: training learned" in _learning_verdict(0.2, 0.0, None)
 
 
 # ------------------------------------------------------------------------------- third-party noise

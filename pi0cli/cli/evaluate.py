@@ -196,7 +196,8 @@ def _learning_verdict(initial: float, trained: float, held: float | None) -> str
     """One line a newcomer can trust: the held-out error before and after training, and where it stands."""
     line = f"held-out action MAE with the run's initial weights {initial:.4f} -> trained {trained:.4f}"
     if trained < initial:
-        line += f" ({initial / trained:.1f}x lower: training learned from the demonstrations)"
+        lower = f"{initial / trained:.1f}x lower" if trained > 0 else "lower"
+        line += f" ({lower}: training learned from the demonstrations)"
     else:
         line += " (not lower: training has not improved on these episodes)"
     if held:
