@@ -34,7 +34,8 @@ def evaluate(
     stride: Annotated[int, typer.Option("--stride", min=1, help="With --dataset: compare every Nth frame.")] = 5,
     vs_initial: Annotated[bool, typer.Option(
         "--vs-initial", help="With --dataset: also evaluate the weights the checkpoint's training run started from "
-                             "(re-created from its seed), to show what training changed.")] = False,
+                             "(re-created from its seed): its action error and the held-out loss of both, to "
+                             "show what training changed.")] = False,
     seed: Annotated[int, typer.Option(
         "--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the simulator's).")] = None,
