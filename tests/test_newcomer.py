@@ -370,6 +370,15 @@ def test_offline_eval_accepts_an_experiment_folder(experiment, tmp_path, sim_dat
     assert "absl" not in result.stderr and "Warning" not in result.stderr  # orbax's notes on every read
 
 
+def test_train_from_an_experiment_folder_takes_its_latest_step(experiment, tmp_path):
+    import json
+
+    result = _pi0_in(tmp_path, "train", "pi0_aloha_sim_tiny", "--from", str(experiment), "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert f"using its latest complete step, 60 ({experiment / '60'})" in result.stderr
+    assert json.loads(result.stdout)["init_from"] == str(experiment / "60")
+
+
 def _first_stderr_line_with(needle: str, *args: str, cwd, timeout: float = 120.0) -> str | None:
     """Start the CLI, wait for a stderr line containing ``needle`` (or the end), then stop it."""
     import subprocess

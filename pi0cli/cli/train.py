@@ -88,6 +88,10 @@ def train(
     from pi0cli.training import launch
 
     registry = console.registry()
+    if init_from is not None and Path(init_from).is_dir():
+        from pi0cli.cli.checkpoints import step_dir
+
+        init_from = str(step_dir(init_from))  # an experiment folder: its latest complete step, said on stderr
     config = launch.resolve_config(
         registry.preset(preset) if preset is not None else None,
         embodiment=registry.embodiment(embodiment) if embodiment is not None else None, dataset=dataset,
