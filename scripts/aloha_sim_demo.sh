@@ -42,7 +42,7 @@ echo "== 4/5 evaluate $EVAL_EPISODES episodes closed-loop"
 # training objective (flow-matching loss) and the action error of its trained weights against the same model's
 # initial weights (re-created from the run's seed, same noise draws), beside the action error of holding the
 # current position (a strong baseline over short chunks).
-echo "== 5/5 action error on $HELDOUT_EPISODES held-out demonstrations (seeds 1000-, not trained on)"
+echo "== 5/5 loss and action error on $HELDOUT_EPISODES held-out demonstrations (seeds 1000-, not trained on): trained vs initial weights vs holding still"
 "$pi0" record aloha_sim --scripted --episodes "$HELDOUT_EPISODES" --seed 1000 --out heldout --overwrite
 "$pi0" eval --dataset heldout --checkpoint "checkpoints/$PRESET/demo/$STEPS" --stride 5 --vs-initial
 echo "The longer setting (README.md: PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=5000 EVAL_EPISODES=50, about" \
