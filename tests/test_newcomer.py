@@ -261,7 +261,8 @@ def test_learning_verdict_says_what_the_numbers_show():
     assert "1.3x lower: training learned" in _learning_verdict(0.31, 0.24, 0.07)
     assert "holding still (0.0700) is still better" in _learning_verdict(0.31, 0.24, 0.07)
     assert "it also beats holding still" in _learning_verdict(0.31, 0.05, 0.07)
-    assert "not lower" in _learning_verdict(0.2, 0.24, None)
+    assert "higher: training has not improved" in _learning_verdict(0.2, 0.24, None)
+    assert "within 5%: training has not changed it measurably" in _learning_verdict(0.3131, 0.3120, 0.07)
     assert "(lower: training learned" in _learning_verdict(0.2, 0.0, None)
 
 

@@ -196,11 +196,14 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
 def _learning_verdict(initial: float, trained: float, held: float | None) -> str:
     """One line a newcomer can trust: the held-out error before and after training, and where it stands."""
     line = f"held-out action MAE with the run's initial weights {initial:.4f} -> trained {trained:.4f}"
-    if trained < initial:
+    # Within 5% is no evidence either way (a few steps move the weights without changing what they predict).
+    if trained < 0.95 * initial:
         lower = f"{initial / trained:.1f}x lower" if trained > 0 else "lower"
         line += f" ({lower}: training learned from the demonstrations)"
+    elif trained <= 1.05 * initial:
+        line += " (within 5%: training has not changed it measurably yet)"
     else:
-        line += " (not lower: training has not improved on these episodes)"
+        line += " (higher: training has not improved on these episodes)"
     if held:
         line += ("; it also beats holding still" if trained < held else
                  f"; holding still ({held:.4f}) is still better: closed-loop success needs longer training")
