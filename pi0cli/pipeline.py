@@ -16,6 +16,13 @@ drop strings. The result per example is what :meth:`pi0cli.models.observation.Ob
      "tokenized_prompt": int32 [token_len], "tokenized_prompt_mask": bool [token_len],
      "actions": float32 [H, action_dim], "actions_is_pad": bool [H]}     (the last two when training)
 
+pi0-FAST (``model.fast``) differs in the model step: its cameras are ``base_0_rgb``, ``base_1_rgb``, ``wrist_0_rgb``
+(:func:`pi0cli.models.tokenizer.fast_image_slots`), the prompt, the normalised unpadded state and (training)
+the normalised unpadded action chunk become one token sequence (``tokenized_prompt``, ``tokenized_prompt_mask``,
+``token_ar_mask``, ``token_loss_mask``; :class:`pi0cli.models.tokenizer.FASTTokenizer`), the state is not padded,
+and the outputs start by decoding the generated tokens (:class:`pi0cli.models.tokenizer.FastActionOutputs`, which
+adds ``decode_failures``).
+
 Quantile normalisation for every model type except pi0 (the reference rule). No JAX here.
 """
 
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
@@ -49,6 +56,7 @@ from pi0cli.transforms import (
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
+    from pi0cli.models.tokenizer import FASTTokenizer
 
 #: The action padding mask in pipeline data (lerobot calls it ``<action column>_is_pad``).
 PAD_KEY = "actions_is_pad"
@@ -112,10 +120,11 @@ class ModelInputs:
     resolution: tuple[int, int]
     action_dim: int
     action_horizon: int
-    tokenizer: PromptTokenizer | None = None
+    tokenizer: PromptTokenizer | FASTTokenizer | None = None
     discrete_state: bool = False
     default_prompt: str | None = None
     image_crop: tuple[float, float, float, float] | None = None
+    fast: bool = False  # pi0-FAST: its camera slots and token sequence (see the module docstring)
 
     def __call__(self, data: Data) -> Data:
         height, width = self.resolution
@@ -131,15 +140,22 @@ class ModelInputs:
                 if self.image_crop is not None and not is_wrist_slot(slot):
                     img = crop_fraction(img, self.image_crop)
                 images[slot] = resize_with_pad(img, height, width)
+        if self.fast:
+            from pi0cli.models.tokenizer import fast_image_slots
+
+            images, masks = fast_image_slots(images, masks)
         out: Data = {"image": images, "image_mask": masks}
         state = np.asarray(data["state"], dtype=np.float32)
+        if self.fast:
+            return self._fast_tokens(data, out, state)
         if state.shape[-1] > self.action_dim:
             raise PipelineError(f"state has {state.shape[-1]} dims but the model's action_dim is {self.action_dim}")
         if self.tokenizer is not None:
             prompt = data.get("prompt", self.default_prompt)
             if prompt is None:
                 raise PipelineError("no prompt: the data has none and there is no default prompt; send 'prompt'")
-            tokens, mask = self.tokenizer.tokenize(str(prompt), state if self.discrete_state else None)
+            tokenizer = cast("PromptTokenizer", self.tokenizer)
+            tokens, mask = tokenizer.tokenize(str(prompt), state if self.discrete_state else None)
             out["tokenized_prompt"], out["tokenized_prompt_mask"] = tokens, mask
         out["state"] = pad_to_dim(state, self.action_dim).astype(np.float32)
         if "actions" in data:
@@ -158,6 +174,31 @@ class ModelInputs:
                             else np.asarray(pad, dtype=bool).reshape(actions.shape[:-1]))
         return out
 
+    def _fast_tokens(self, data: Data, out: Data, state: np.ndarray) -> Data:
+        """pi0-FAST: prompt, state and (training) actions as one token sequence; the state stays unpadded."""
+        prompt = data.get("prompt", self.default_prompt)
+        if prompt is None:
+            raise PipelineError("no prompt: the data has none and there is no default prompt; send 'prompt'")
+        actions = data.get("actions")
+        if actions is not None:
+            actions = np.asarray(actions, dtype=np.float32)
+            if actions.ndim != 2 or actions.shape[0] != self.action_horizon:
+                raise PipelineError(
+                    f"actions have shape {actions.shape} but the model predicts chunks of {self.action_horizon}; "
+                    f"open the dataset with action_horizon={self.action_horizon}"
+                )
+        if self.tokenizer is None:
+            raise PipelineError("a pi0-FAST model needs a FASTTokenizer")
+        tokens, mask, ar, loss = cast("FASTTokenizer", self.tokenizer).tokenize(str(prompt), state, actions)
+        out.update(tokenized_prompt=tokens, tokenized_prompt_mask=mask, token_ar_mask=ar, token_loss_mask=loss,
+                   state=state)
+        if actions is not None:  # carried for the train step's batch layout (the model reads the tokens)
+            out["actions"] = pad_to_dim(actions, self.action_dim).astype(np.float32)
+            pad = data.get(PAD_KEY)
+            out[PAD_KEY] = (np.zeros(actions.shape[:-1], dtype=bool) if pad is None
+                            else np.asarray(pad, dtype=bool).reshape(actions.shape[:-1]))
+        return out
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Pipeline:
@@ -166,17 +207,21 @@ class Pipeline:
     embodiment: Embodiment
     model: Pi0Config
     norm_stats: Mapping[str, NormStats] | None
-    tokenizer: PromptTokenizer | None = None
+    tokenizer: PromptTokenizer | FASTTokenizer | None = None
     delta_action_mask: tuple[bool, ...] | None = None
     default_prompt: str | None = None
 
     @classmethod
     def create(cls, embodiment: Embodiment, model: Pi0Config, norm_stats: Mapping[str, NormStats] | None, *,
-               tokenizer: PromptTokenizer | None = None, delta_action_mask: tuple[bool, ...] | None = None,
-               default_prompt: str | None = None) -> Pipeline:
+               tokenizer: PromptTokenizer | FASTTokenizer | None = None,
+               delta_action_mask: tuple[bool, ...] | None = None, default_prompt: str | None = None) -> Pipeline:
         """Check that the pieces fit; ``delta_action_mask`` overrides the embodiment's (``()`` turns it off)."""
         emb = embodiment
-        for what, dim in (("state", emb.state_dim), ("action", emb.action_dim)):
+        fast = bool(getattr(model, "fast", False))
+        if fast and not hasattr(tokenizer, "extract_actions"):
+            raise PipelineError("a pi0-FAST model needs a FASTTokenizer (prompt tokenizer + FAST action tokenizer)")
+        # pi0-FAST reads the state as text: only the actions must fit the model's action_dim.
+        for what, dim in (("state", 0 if fast else emb.state_dim), ("action", emb.action_dim)):
             if dim > model.action_dim:
                 raise PipelineError(
                     f"embodiment {emb.name!r} has {dim} {what} dims but the model's action_dim is {model.action_dim}; "
@@ -218,7 +263,8 @@ class Pipeline:
         m = self.model
         height, width = m.image_resolution  # a JSON-loaded config may hold a list
         return ModelInputs((height, width), m.action_dim, m.action_horizon, self.tokenizer,
-                           bool(m.uses_discrete_state), self.default_prompt, m.image_crop)
+                           bool(m.uses_discrete_state), self.default_prompt, m.image_crop,
+                           bool(getattr(m, "fast", False)))
 
     def robot_inputs(self) -> Compose:
         """Embodiment inputs then delta actions (what norm stats are computed over)."""
@@ -245,5 +291,14 @@ class Pipeline:
         unnormalize = None if self.norm_stats is None else Unnormalize(
             {k: v for k, v in self.norm_stats.items() if k in ("state", "actions")}, use_quantiles=self.use_quantiles,
             strict=True)
+        if getattr(self.model, "fast", False):
+            from pi0cli.models.tokenizer import DECODE_FAILURES_KEY, FastActionOutputs
+
+            if self.tokenizer is None:
+                raise PipelineError("a pi0-FAST model needs a FASTTokenizer to decode its tokens")
+            decode = FastActionOutputs(cast("FASTTokenizer", self.tokenizer), self.model.action_horizon,
+                                       self.embodiment.action_dim, pad_to=self.model.action_dim)
+            return compose(decode, unnormalize, AbsoluteActions(self.delta_action_mask),
+                           KeepKeys(self.embodiment.outputs, (DECODE_FAILURES_KEY,)))
         return compose(unnormalize, AbsoluteActions(self.delta_action_mask), self.embodiment.outputs)
 

@@ -41,6 +41,12 @@ def norm_stats(
     check: Annotated[Path | None, typer.Option(
         "--check", help="Report how an existing norm_stats.json fits the dataset instead of writing one.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    fast_tokenizer: Annotated[bool, typer.Option(
+        "--fast-tokenizer", help="Also fit a pi0-FAST action tokenizer on the normalised action chunks; writes "
+                                 "<out>/<asset_id>/fast_tokenizer/ and reports its round-trip error.")] = False,
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="FAST tokenizer vocabulary (BPE ids).")] = 1024,
+    scale: Annotated[float, typer.Option(
+        "--scale", help="FAST DCT quantisation scale (round-trip error <= 0.5*sqrt(H)/scale).")] = 10.0,
 ) -> None:
     """Compute exact mean, std, q01 and q99 of state and actions (no video is decoded)."""
     from pi0cli.data.stats import check_norm_stats, compute_norm_stats, load_columns, summarize
@@ -74,10 +80,26 @@ def norm_stats(
                     "dataset_root": str(resolve_dataset(dataset)[1]), "frames": data.num_frames,
                     "episodes": data.num_episodes, **({"preset": preset} if preset else {})}
     path = save_norm_stats(stats, out / emb.asset_id, computed_for=computed_for)
+    fast: dict = {}
+    if fast_tokenizer:
+        from pi0cli.models.fast_tokenizer import ASSET_DIR, fit_on_dataset
+
+        with console.err.status(f"fitting the FAST tokenizer on {dataset} ..."):
+            tok, report = fit_on_dataset(emb, dataset, stats, horizon=horizon, vocab_size=vocab_size, scale=scale)
+        fast = {"fast_tokenizer": str(tok.save(path.parent / ASSET_DIR)), "chunks": report.chunks,
+                "max_abs_error": report.max_abs_error, "mean_abs_error": report.mean_abs_error,
+                "tokens_per_chunk": report.mean_tokens, "dct_coefficients": report.raw_coefficients,
+                "compression": report.compression, "decode_failures": report.decode_failures}
     if as_json:
         console.out.print_json(json.dumps({"path": str(path), "frames": data.num_frames, "episodes": data.num_episodes,
-                                           "horizon": horizon, **{k: v.to_json() for k, v in stats.items()}}))
+                                           "horizon": horizon, **{k: v.to_json() for k, v in stats.items()},
+                                           **({"fast": fast} if fast else {})}))
         return
+    if fast:
+        console.out.print(f"wrote {fast['fast_tokenizer']}: {fast['tokens_per_chunk']:.1f} tokens per chunk for "
+                          f"{fast['dct_coefficients']} DCT coefficients ({fast['compression']:.1f}x), round trip "
+                          f"max {fast['max_abs_error']:.4f} / mean {fast['mean_abs_error']:.4f} (normalised units) "
+                          f"over {fast['chunks']} chunks")
     console.out.print(f"wrote {path} ({data.num_frames} frames, {data.num_episodes} episodes, action chunks of "
                       f"{horizon})")
 

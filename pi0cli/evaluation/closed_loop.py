@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pi0cli.client.policy import BasePolicy
 from pi0cli.simulator import checked
 from pi0cli.transforms import lookup, to_uint8_hwc
 
 if TYPE_CHECKING:
-    from pi0cli.client.policy import BasePolicy
     from pi0cli.embodiment import Embodiment
     from pi0cli.evaluation.realtime import Execution
     from pi0cli.simulator import Act, Simulator
@@ -129,6 +129,25 @@ def _execution_summary(results: Sequence[EpisodeResult], execution: Execution, o
     return summary(results, execution, open_loop_steps)
 
 
+class DecodeFailureCounter(BasePolicy):
+    """Passes requests through and sums the replies' ``decode_failures`` (pi0-FAST chunks that did not decode
+    and were answered with the policy's fallback); ``seen`` tells whether any reply carried the field."""
+
+    def __init__(self, inner: BasePolicy):
+        self.inner, self.decode_failures, self.chunks, self.seen = inner, 0, 0, False
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        reply = self.inner.infer(obs)
+        self.chunks += 1
+        if "decode_failures" in reply:
+            self.seen = True
+            self.decode_failures += int(np.asarray(reply["decode_failures"]))
+        return reply
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
 def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Sequence[int], policy: BasePolicy, *,
              open_loop_steps: int, out: Path | None, provenance: dict[str, Any], videos: bool = True,
              on_episode: Callable[[EpisodeResult], None] | None = None, shadows: bool = False,
@@ -137,6 +156,7 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
     ``execution``: simulated inference latency and an execution strategy (:mod:`pi0cli.evaluation.realtime`)
     instead of the chunk broker; the report then adds smoothness."""
     out = None if out is None else Path(out).absolute()
+    policy = counter = DecodeFailureCounter(policy)
     results = []
     for seed in seeds:
         video = out / "videos" / f"episode_{seed:05d}.mp4" if (out is not None and videos) else None
@@ -161,6 +181,7 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
         "success_rate_ci95": [low, high],
         "mean_return": float(np.mean([r.episode_return for r in results])) if results else 0.0,
         "open_loop_steps": open_loop_steps,
+        **({"decode_failures": counter.decode_failures, "chunks": counter.chunks} if counter.seen else {}),
         "render": {"shadows": shadows},
         **({} if execution is None else _execution_summary(results, execution, open_loop_steps)),
         "per_episode": [dataclasses.asdict(r) for r in results],

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
     from pi0cli.models.pi0 import Pi0
-    from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.models.pi0_fast import Pi0FAST
+    from pi0cli.models.tokenizer import FASTTokenizer, PaligemmaTokenizer
     from pi0cli.pipeline import Pipeline
     from pi0cli.policy.policy import Policy
 
@@ -76,7 +77,7 @@ def load_training_pipeline(
     embodiment: Embodiment,
     model: str | Pi0Config | None = None,
     initial_weights: bool = False,
-) -> tuple[Pi0, Pipeline]:
+) -> tuple[Pi0 | Pi0FAST, Pipeline]:
     """A checkpoint's model (its trained or, with ``initial_weights``, its initial weights) and the training
     pipeline it learned through (dataset row -> model example), to measure its loss on held-out data."""
     from pi0cli.pipeline import Pipeline
@@ -95,16 +96,16 @@ class _Loaded:
     directory: Path
     saved: dict
     model_config: Pi0Config
-    module: Pi0
+    module: Pi0 | Pi0FAST
     norm_stats: dict[str, NormStats]
-    tokenizer: PaligemmaTokenizer
+    tokenizer: PaligemmaTokenizer | FASTTokenizer
     delta_action_mask: Sequence[bool] | None | str
 
 
 def _load(directory: str | os.PathLike[str], embodiment: Embodiment, model: str | Pi0Config | None,
           tokenizer: str | os.PathLike[str] | None, asset_id: str | None, initial_weights: bool) -> _Loaded:
     """What every use of a checkpoint reads: its step folder, config, weights, norm stats, tokenizer, mask."""
-    from pi0cli.models.params import build_model
+    from pi0cli.models.params import build_any_model
 
     directory, _ = resolve_step(directory)  # an experiment folder means its latest step (the CLI says so)
     params_dir = _params_dir(directory)
@@ -120,14 +121,18 @@ def _load(directory: str | os.PathLike[str], embodiment: Embodiment, model: str 
     params = _initial_params(directory, saved, model_config) if initial_weights else read_params(params_dir)
     if model_config.dtype == "bfloat16" and model_config.param_dtype == "float32":
         model_config = dataclasses.replace(model_config, param_dtype="bfloat16")  # inference: bf16 weights
-    module = build_model(model_config, params)
+    module = build_any_model(model_config, params)
     del params
 
     mask = saved.get("delta_action_mask", "embodiment")
     if saved.get("format") != FORMAT and mask is None:  # a training config: None means the embodiment's mask
         mask = "embodiment"
-    return _Loaded(directory, saved, model_config, module, norm_stats,
-                   _tokenizer(directory, tokenizer, model_config.token_len), mask)
+    prompt = _tokenizer(directory, tokenizer, model_config.token_len)
+    sequences: PaligemmaTokenizer | FASTTokenizer = prompt
+    if model_config.fast:
+        sequences = _fast_tokenizer(directory, asset_id or saved.get("asset_id") or embodiment.asset_id, prompt,
+                                    model_config)
+    return _Loaded(directory, saved, model_config, module, norm_stats, sequences, mask)
 
 
 def checkpoint_embodiment(directory: str | os.PathLike[str]) -> str:
@@ -177,6 +182,23 @@ def _norm_stats(directory: Path, wanted: str, fall_back: bool) -> dict[str, Norm
                                   + (f"; the checkpoint has {found}" if found else "")
                                   + "; compute them with `pi0 norm-stats` and copy them there")
     return load_norm_stats(stats_file)
+
+
+def _fast_tokenizer(directory: Path, asset_id: str, prompt: PaligemmaTokenizer, config: Pi0Config) -> FASTTokenizer:
+    """pi0-FAST: the checkpoint's FAST tokenizer (``assets/<asset_id>/fast_tokenizer``, else the only one)."""
+    from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer
+    from pi0cli.models.tokenizer import FASTTokenizer
+
+    assets = directory / "assets"
+    found = sorted(assets.rglob(f"{ASSET_DIR}/processor_config.json")) if assets.is_dir() else []
+    wanted = assets / asset_id / ASSET_DIR
+    if not (wanted / "processor_config.json").is_file():
+        if len(found) != 1:
+            raise CheckpointError(f"pi0-FAST checkpoint {directory} has no FAST tokenizer at {wanted}; copy the one "
+                                  "it was trained with there (`pi0 norm-stats --fast-tokenizer` writes one)")
+        wanted = found[0].parent
+    return FASTTokenizer(prompt, FastActionTokenizer.load(wanted), max_len=config.token_len,
+                         vocab_size=config.vlm.vocab_size)
 
 
 def _tokenizer(directory: Path, explicit: str | os.PathLike[str] | None, max_len: int) -> PaligemmaTokenizer:

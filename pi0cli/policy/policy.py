@@ -30,11 +30,12 @@ from pi0cli.transforms import Data, compose, stack_trees
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
+    from pi0cli.models.tokenizer import FASTTokenizer
     from pi0cli.normstats import NormStats
     from pi0cli.pipeline import PromptTokenizer
 
 #: Keys of the model's input batch (everything else the input transforms produce stays per request).
-MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
+MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask", "token_ar_mask")
 
 SampleFn = Callable[[Any, Mapping[str, Any]], Any]
 
@@ -86,7 +87,7 @@ def make_transforms(
     model_config: Pi0Config,
     norm_stats: Mapping[str, NormStats],
     *,
-    tokenizer: PromptTokenizer | None,
+    tokenizer: PromptTokenizer | FASTTokenizer | None,
     default_prompt: str | None = None,
     delta_action_mask: Sequence[bool] | None | str = "embodiment",
 ) -> tuple[Callable[[Data], Data], Callable[[Data], Data]]:
@@ -146,8 +147,12 @@ class Policy:
     # ---------------------------------------------------------------------------------------- construction
 
     @classmethod
-    def from_model(cls, model: Any, *, num_steps: int = 10, **kwargs: Any) -> Policy:
-        """A policy around a ``Pi0`` module: ``sample_actions`` jitted with the weights as an argument."""
+    def from_model(cls, model: Any, *, num_steps: int = 10, max_decoding_steps: int = 256,
+                   temperature: float = 0.0, **kwargs: Any) -> Policy:
+        """A policy around a ``Pi0`` module: ``sample_actions`` jitted with the weights as an argument.
+
+        A ``Pi0FAST`` module decodes up to ``max_decoding_steps`` tokens (greedy, or sampled at ``temperature``);
+        its "actions" are token ids, which the output transforms decode (:class:`FastActionOutputs`)."""
         import jax
         from flax import nnx
 
@@ -155,6 +160,17 @@ class Policy:
         from pi0cli.models.rtc import RTCInputs
 
         graphdef, state = nnx.split(model)
+        if getattr(model.config, "fast", False):
+
+            @jax.jit
+            def decode(state, rng, batch):
+                module = nnx.merge(graphdef, state)
+                return module.sample_actions(rng, Observation.from_dict(batch), max_decoding_steps=max_decoding_steps,
+                                             temperature=temperature)
+
+            kwargs.setdefault("rtc_shape", None)  # real-time chunking is a flow-matching feature
+            return cls(lambda rng, batch: decode(state, rng, batch),
+                       rng_fn=lambda seed, counter: jax.random.fold_in(jax.random.key(seed), counter), **kwargs)
 
         @jax.jit
         def sample(state, rng, batch):

@@ -53,6 +53,7 @@ class AssetsHandler(ocp.CheckpointHandler):
             save_norm_stats(stats, root / asset_id)
         (root / CONFIG_FILENAME).write_text(json.dumps(args.assets.config, indent=2, sort_keys=True))
         for name, data in args.assets.files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)  # e.g. <asset_id>/fast_tokenizer/
             (root / name).write_bytes(data)
 
     def restore(self, directory: epath.Path, args: AssetsRestore | None = None) -> Assets:

@@ -14,12 +14,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from pi0cli.models.params import count_params
 from pi0cli.training import sharding
 from pi0cli.training.config import TrainConfig
-from pi0cli.training.trainer import Pi0, TrainState, check_micro_batch, init_train_state, make_train_step
+from pi0cli.training.trainer import (
+    TrainState,
+    build_model,
+    check_micro_batch,
+    init_train_state,
+    make_train_step,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +62,9 @@ def abstract_batch(config: TrainConfig, batch_size: int) -> dict[str, Any]:
     m = config.model
     h, w = m.image_resolution
     spec = jax.ShapeDtypeStruct
-    return {
+    fast = {"token_ar_mask": spec((batch_size, m.token_len), jnp.int32),
+            "token_loss_mask": spec((batch_size, m.token_len), jnp.bool_)} if m.fast else {}
+    return fast | {
         "image": {k: spec((batch_size, h, w, 3), jnp.uint8) for k in m.image_keys},
         "image_mask": {k: spec((batch_size,), jnp.bool_) for k in m.image_keys},
         "state": spec((batch_size, m.action_dim), jnp.float32),
@@ -74,7 +81,7 @@ def compile_train_step(config: TrainConfig) -> tuple[jax.stages.Compiled, TrainS
     holder: dict[str, Any] = {}
 
     def init() -> TrainState:
-        static, state, tx = init_train_state(config, Pi0(config.model, nnx.Rngs(config.seed)))
+        static, state, tx = init_train_state(config, build_model(config.model, config.seed))
         holder["static"], holder["tx"] = static, tx
         return state
 

@@ -17,7 +17,7 @@ from pi0cli.training.config import ConstantSchedule, CosineDecaySchedule, RsqrtD
 if TYPE_CHECKING:
     from pi0cli.data.lerobot import LeRobotFrames
     from pi0cli.embodiment import Embodiment
-    from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.models.tokenizer import FASTTokenizer, PaligemmaTokenizer
     from pi0cli.normstats import NormStats
     from pi0cli.training.trainer import RunResult
 
@@ -202,6 +202,34 @@ def _tokenizer(config: TrainConfig, explicit: Path | None,
     return tokenizer, data
 
 
+def _fast_tokenizer(config: TrainConfig, embodiment: Embodiment, explicit: Path | None, stats: dict[str, NormStats],
+                    prompt: PaligemmaTokenizer, warn: Callable[[str], None] | None) -> FASTTokenizer:
+    """pi0-FAST's token sequences: the FAST action tokenizer beside the norm stats used (``fast_tokenizer/``,
+    written by ``pi0 norm-stats --fast-tokenizer``), else one fitted on the dataset now (and ``warn``-ed about)."""
+    from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer, fit_on_dataset
+    from pi0cli.models.tokenizer import FAST_SKIP_TOKENS, FASTTokenizer
+    from pi0cli.normstats import norm_stats_path
+
+    candidates = [explicit] if explicit is not None else [Path("assets") / embodiment.asset_id]
+    if explicit is None and config.init_from:
+        candidates.append(Path(config.init_from) / "assets" / embodiment.asset_id)
+    model = config.model
+    for candidate in candidates:
+        directory = norm_stats_path(candidate).parent / ASSET_DIR
+        if directory.is_dir():
+            return FASTTokenizer(prompt, FastActionTokenizer.load(directory), max_len=model.token_len,
+                                 vocab_size=model.vlm.vocab_size)
+    # A small vocabulary leaves room for fewer FAST ids above the text ids.
+    room = model.vlm.vocab_size - 1 - FAST_SKIP_TOKENS - prompt.vocab_size
+    vocab = 1024 if model.vlm.vocab_size == prompt.vocab_size else min(1024, room)
+    if warn is not None:
+        warn(f"no FAST tokenizer beside the norm stats; fitting one on {config.dataset} (vocabulary {vocab}); "
+             "`pi0 norm-stats --fast-tokenizer` writes one to reuse")
+    fast, _ = fit_on_dataset(embodiment, str(config.dataset), stats, horizon=model.action_horizon,
+                             delta_action_mask=config.delta_action_mask, vocab_size=vocab)
+    return FASTTokenizer(prompt, fast, max_len=model.token_len, vocab_size=model.vlm.vocab_size)
+
+
 def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume: bool = False,
           overwrite: bool = False, norm_stats: Path | None = None, tokenizer: Path | None = None, wandb: bool = False,
           warn: Callable[[str], None] | None = None, on_start: Callable[[int], None] | None = None,
@@ -231,7 +259,12 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
     if frames.info is not None:
         check_dataset_fits(embodiment, frames.info, config.dataset)
     tok, tokenizer_bytes = _tokenizer(config, tokenizer, frames)
-    pipeline = Pipeline.create(embodiment, config.model, stats, tokenizer=tok,
+    sequences: PaligemmaTokenizer | FASTTokenizer = tok
+    fast_files: dict[str, bytes] = {}
+    if config.model.fast:
+        fast = _fast_tokenizer(config, embodiment, norm_stats, stats, tok, warn)
+        sequences, fast_files = fast, fast.fast.files(f"{embodiment.asset_id}/fast_tokenizer/")
+    pipeline = Pipeline.create(embodiment, config.model, stats, tokenizer=sequences,
                                delta_action_mask=config.delta_action_mask, default_prompt=config.default_prompt)
     if config.init_from and not resume and not Path(config.init_from).exists():
         raise Pi0Error(f"--from {config.init_from}: no such checkpoint")
@@ -248,7 +281,7 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
         norm_stats={embodiment.asset_id: stats},
         config=saved | {"train_config": config_as_dict(config), "dataset": str(config.dataset),
                          "dataset_root": str(frames.root)},
-        files={TOKENIZER_FILENAME: tokenizer_bytes} if tokenizer_bytes else {},
+        files=({TOKENIZER_FILENAME: tokenizer_bytes} if tokenizer_bytes else {}) | fast_files,
     )
     exp_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [c for c in (on_step, _wandb_logger(config, exp_dir, wandb)) if c is not None]

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from pi0cli.models.config import preset as model_preset
-from pi0cli.training.config import CosineDecaySchedule, TrainConfig
+from pi0cli.training.config import ConstantSchedule, CosineDecaySchedule, TrainConfig
 from pi0cli.training.planner import peak_note
 
 #: Tiny models train on a CPU in minutes; full-size ones need a GPU (see ``pi0 train --dry-run``).
@@ -74,3 +74,64 @@ def standard_presets(
             **{k: v for k, v in common.items() if k not in ("batch_size", "num_train_steps", "lr_schedule")},
         ))
     return configs
+
+
+
+def fast_presets(
+    robot: str,
+    embodiment: str,
+    *,
+    action_dim: int,
+    action_horizon: int,
+    max_token_len: int | None = None,
+    dataset: str | None = None,
+    **common: Any,
+) -> list[TrainConfig]:
+    """pi0-FAST presets with the reference settings: ``pi0_fast_<robot>`` (full fine-tuning) and
+    ``pi0_fast_<robot>_lora`` (gemma_2b_lora; the LLM frozen except its adapters, SigLIP trains; no EMA)."""
+    fast = dict(action_dim=action_dim, action_horizon=action_horizon, max_token_len=max_token_len)
+    return [
+        TrainConfig(name=f"pi0_fast_{robot}", embodiment=embodiment, model=model_preset("pi0_fast", **fast),
+                    dataset=dataset, description=f"pi0-FAST full fine-tuning on {embodiment}", **common),
+        TrainConfig(name=f"pi0_fast_{robot}_lora", embodiment=embodiment,
+                    model=model_preset("pi0_fast_lora", **fast), dataset=dataset, freeze="lora_vlm", ema_decay=None,
+                    description=f"pi0-FAST LoRA fine-tuning on {embodiment} (fits 24 GB GPUs)", **common),
+    ]
+
+
+def fast_cpu_presets(
+    robot: str,
+    embodiment: str,
+    *,
+    action_dim: int,
+    dataset: str | None = None,
+    tiny: dict[str, Any] | None = None,
+    small: dict[str, Any] | None = None,
+    **common: Any,
+) -> list[TrainConfig]:
+    """``pi0_fast_<robot>_tiny`` (and with ``small``, ``pi0_fast_<robot>_small``): CPU pi0-FAST models like the
+    pi0 ones, chunks of 10, a 128-token sequence (prompt, state as text, action tokens)."""
+    rest = {k: v for k, v in common.items() if k not in ("batch_size", "num_train_steps", "lr_schedule")}
+    base = {"action_dim": action_dim, "action_horizon": 10, "max_token_len": 128}
+    configs = [TrainConfig(
+        name=f"pi0_fast_{robot}_tiny", embodiment=embodiment,
+        model=dataclasses.replace(model_preset("pi0_fast_tiny"), **(base | (tiny or {}))), dataset=dataset,
+        batch_size=16, num_train_steps=3_000, lr_schedule=TINY_SCHEDULE, log_interval=50, save_interval=500,
+        keep_period=None, num_workers=2, description=f"tiny pi0-FAST that trains on a CPU in minutes ({embodiment})",
+        **rest,
+    )]
+    if small is not None:
+        model = dataclasses.replace(model_preset("pi0_fast_tiny"), paligemma_variant="small", siglip_variant="small",
+                                    image_resolution=(64, 64), **(base | small))
+        configs.append(TrainConfig(
+            name=f"pi0_fast_{robot}_small", embodiment=embodiment, model=model, dataset=dataset, batch_size=16,
+            num_train_steps=SMALL_SCHEDULE.decay_steps, lr_schedule=SMALL_SCHEDULE, log_interval=100,
+            save_interval=1_000, keep_period=None, num_workers=2,
+            description=f"small pi0-FAST (64-wide, 3 layers) for about an hour of CPU training ({embodiment})",
+            **rest,
+        ))
+    return configs
+
+
+#: The reference's full DROID fine-tune of pi0-FAST (RLDS in the reference; a LeRobot DROID here).
+FAST_FULL_DROID_SCHEDULE = ConstantSchedule(lr=5e-5, warmup_steps=1_000)

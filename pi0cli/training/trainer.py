@@ -73,7 +73,11 @@ class Model:
 
 
 def build_model(config: Pi0Config, seed: int) -> Pi0:
-    return Pi0(config, nnx.Rngs(seed))
+    """The model ``config.model_type`` calls for: ``Pi0``, or ``Pi0FAST`` (it trains through the same
+    ``compute_loss(rng, obs, actions, train=True, ...)``)."""
+    from pi0cli.models import create_model
+
+    return create_model(config, nnx.Rngs(seed))  # type: ignore[return-value]  # Pi0FAST trains alike
 
 
 def split_model(model: Pi0, config: TrainConfig) -> tuple[Model, nnx.State, nnx.State]:

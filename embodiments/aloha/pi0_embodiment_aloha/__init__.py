@@ -220,3 +220,9 @@ def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
                                    default_prompt="Transfer cube",
                                    tiny={"image_resolution": (64, 64), **sim_view}, small=small_view):
         register(config)
+    from pi0cli.training.presets import fast_cpu_presets
+
+    for config in fast_cpu_presets("aloha_sim", "aloha_sim", action_dim=14,
+                                   dataset="lerobot/aloha_sim_transfer_cube_human", default_prompt="Transfer cube",
+                                   tiny={"image_resolution": (64, 64), **sim_view}, small=sim_view):
+        register(config)

@@ -55,3 +55,15 @@ def pi0_register_presets(register) -> None:
 
     for config in standard_presets("droid", "droid", num_train_steps=20_000):
         register(config)
+    from pi0cli.models.config import preset as model_preset
+    from pi0cli.training.config import TrainConfig
+    from pi0cli.training.presets import FAST_FULL_DROID_SCHEDULE, fast_presets
+
+    for config in fast_presets("droid", "droid", action_dim=8, action_horizon=10, num_train_steps=20_000):
+        register(config)
+    register(TrainConfig(
+        name="pi0_fast_full_droid_finetune", embodiment="droid",
+        model=model_preset("pi0_fast", action_dim=8, action_horizon=16, max_token_len=180), batch_size=256,
+        num_train_steps=100_000, lr_schedule=FAST_FULL_DROID_SCHEDULE, num_workers=0,
+        description="pi0-FAST full DROID fine-tune (reference settings: batch 256, 100k steps, constant 5e-5)",
+    ))

@@ -107,3 +107,8 @@ def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
 
     for config in standard_presets("libero", "libero", dataset="physical-intelligence/libero"):
         register(config)
+    from pi0cli.training.presets import fast_presets
+
+    for config in fast_presets("libero", "libero", action_dim=7, action_horizon=10, max_token_len=180,
+                               dataset="physical-intelligence/libero"):
+        register(config)
