@@ -54,6 +54,22 @@ def posemb_sincos(pos: jax.Array, embedding_dim: int, min_period: float, max_per
     return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
 
 
+def vision_tower(config: Pi0Config, rngs: nnx.Rngs) -> SigLIP:
+    """The SigLIP image encoder of a pi0-family model, projecting into the VLM's width (pi0, pi0.5, pi0-FAST)."""
+    return SigLIP(
+        config.siglip,
+        image_resolution=config.image_resolution,
+        out_width=config.vlm.width,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        scan=config.scan,
+        remat=config.vision_remat,
+        attention_impl=config.attention_impl,
+        attention_chunk=config.attention_chunk,
+        rngs=rngs,
+    )
+
+
 class PaliGemma(nnx.Module):
     """Container that gives the reference's ``PaliGemma/img`` and ``PaliGemma/llm`` parameter paths."""
 
@@ -81,19 +97,7 @@ class Pi0(nnx.Module):
             mlp_chunk=config.mlp_chunk,
             rngs=rngs,
         )
-        img = SigLIP(
-            config.siglip,
-            image_resolution=config.image_resolution,
-            out_width=vlm.width,
-            dtype=dtype,
-            param_dtype=pdtype,
-            scan=config.scan,
-            remat=config.vision_remat,
-            attention_impl=config.attention_impl,
-            attention_chunk=config.attention_chunk,
-            rngs=rngs,
-        )
-        self.PaliGemma = PaliGemma(img, llm)
+        self.PaliGemma = PaliGemma(vision_tower(config, rngs), llm)
         w = expert.width
         lin: dict[str, Any] = dict(param_dtype=pdtype, rngs=rngs)
         self.action_in_proj = nnx.Linear(config.action_dim, w, **lin)

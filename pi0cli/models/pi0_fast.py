@@ -39,8 +39,7 @@ from flax import nnx
 from pi0cli.models.config import FastDecoding, Pi0Config
 from pi0cli.models.gemma import Gemma, KVCache
 from pi0cli.models.observation import ModelInputError, Observation, preprocess_observation
-from pi0cli.models.pi0 import PaliGemma, make_attn_mask
-from pi0cli.models.siglip import SigLIP
+from pi0cli.models.pi0 import PaliGemma, make_attn_mask, vision_tower
 
 #: PaliGemma's end-of-sequence id (the generated postfix ends with it).
 EOS_TOKEN = 1
@@ -93,19 +92,7 @@ class Pi0FAST(nnx.Module):
         # start near the uniform distribution (embedded tokens keep unit scale through the sqrt(width) factor).
         table = llm.embedder.input_embedding
         table[...] = table[...] * jnp.asarray(vlm.width**-0.5, table.dtype)
-        img = SigLIP(
-            config.siglip,
-            image_resolution=config.image_resolution,
-            out_width=vlm.width,
-            dtype=dtype,
-            param_dtype=pdtype,
-            scan=config.scan,
-            remat=config.vision_remat,
-            attention_impl=config.attention_impl,
-            attention_chunk=config.attention_chunk,
-            rngs=rngs,
-        )
-        self.PaliGemma = PaliGemma(img, llm)
+        self.PaliGemma = PaliGemma(vision_tower(config, rngs), llm)
 
     # ----------------------------------------------------------------------------------------------- pieces
     def _preprocess(self, rng: jax.Array | None, obs: Observation, train: bool) -> Observation:
