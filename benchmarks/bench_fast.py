@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_model import interleaved  # noqa: E402  (same folder: scripts run as benchmarks/NAME.py)
 
 from pi0cli.models import config as C  # noqa: E402
 from pi0cli.models.observation import Observation  # noqa: E402
@@ -61,19 +62,6 @@ def fast_obs(cfg: C.Pi0Config, batch: int, prompt_len: int, *, abstract: bool = 
     )
 
 
-def _interleaved(fns: dict, repeats: int) -> dict:
-    """Median/min wall time of each zero-argument fn, calls interleaved so load changes hit all alike."""
-    for fn in fns.values():
-        jax.block_until_ready(fn())  # compile + warm up
-    ts: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            ts[k].append(time.perf_counter() - t0)
-    return {k: {"median_ms": statistics.median(v) * 1e3, "min_ms": min(v) * 1e3} for k, v in ts.items()}
-
-
 def tiny_latency(repeats: int, steps: int, prompt_len: int) -> dict:
     cfg = C.preset("pi0_fast_tiny", max_token_len=prompt_len + steps)
     model = Pi0FAST(cfg, nnx.Rngs(0))
@@ -97,7 +85,7 @@ def tiny_latency(repeats: int, steps: int, prompt_len: int) -> dict:
 
     res: dict = {"config": f"pi0_fast_tiny @ {cfg.image_resolution}", "prompt_tokens": prompt_len,
                  "decoded_tokens": steps, "prefix_tokens": len(cfg.image_keys) * cfg.tokens_per_image + prompt_len}
-    res.update(_interleaved({"cached": lambda: cached(model, obs), "uncached_baseline": lambda: uncached(model, obs)},
+    res.update(interleaved({"cached": lambda: cached(model, obs), "uncached_baseline": lambda: uncached(model, obs)},
                             repeats))
     res["speedup_cached_vs_uncached(median)"] = res["uncached_baseline"]["median_ms"] / res["cached"]["median_ms"]
     res["same_tokens"] = bool(np.array_equal(np.asarray(cached(model, obs)), np.asarray(uncached(model, obs))))

@@ -124,7 +124,7 @@ def _time(fn, *args, repeats: int) -> dict:
     return {"median_ms": statistics.median(ts) * 1e3, "min_ms": min(ts) * 1e3}
 
 
-def _interleaved(fns: dict, repeats: int) -> dict:
+def interleaved(fns: dict, repeats: int) -> dict:
     """Median/min wall time of each zero-argument fn, calls interleaved so load changes hit all alike."""
     for fn in fns.values():
         jax.block_until_ready(fn())  # compile + warm up
@@ -153,7 +153,7 @@ def tiny_latency(repeats: int, num_steps: int, resolution: tuple[int, int]) -> d
     full = nnx.jit(lambda m, o, n: m.sample_actions(None, o, num_steps=num_steps, noise=n, use_kv_cache=False))
     res = {"config": f"pi0_tiny @ {h}x{w}", "num_steps": num_steps, "prefix_tokens": cfg.prefix_len,
            "suffix_tokens": cfg.suffix_len}
-    res.update(_interleaved({"cached": lambda: cached(model, obs, noise),
+    res.update(interleaved({"cached": lambda: cached(model, obs, noise),
                              "uncached_baseline": lambda: full(model, obs, noise)}, repeats))
     res["speedup_cached_vs_uncached(median)"] = res["uncached_baseline"]["median_ms"] / res["cached"]["median_ms"]
     res["speedup_cached_vs_uncached(min)"] = res["uncached_baseline"]["min_ms"] / res["cached"]["min_ms"]
