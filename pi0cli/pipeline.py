@@ -21,7 +21,7 @@ pi0-FAST (``model.fast``) differs in the model step: its cameras are ``base_0_rg
 the normalised unpadded action chunk become one token sequence (``tokenized_prompt``, ``tokenized_prompt_mask``,
 ``token_ar_mask``, ``token_loss_mask``; :class:`pi0cli.models.tokenizer.FASTTokenizer`), the state is not padded,
 and the outputs start by decoding the generated tokens (:class:`pi0cli.models.tokenizer.FastActionOutputs`, which
-adds ``decode_failures``).
+adds ``decode_failures`` and ``action_tokens``).
 
 Quantile normalisation for every model type except pi0 (the reference rule). No JAX here.
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 import numpy as np
 
@@ -286,19 +286,20 @@ class Pipeline:
         return compose(InjectDefaultPrompt(self.default_prompt), self.robot_inputs(), self._normalize(),
                        self._model_inputs())
 
-    def outputs(self) -> Compose:
-        """``{"state": model-input state, "actions": model actions [H, action_dim]}`` -> robot actions."""
+    def outputs(self, *, fast_decode: Literal["strict", "lenient"] = "strict") -> Compose:
+        """``{"state": model-input state, "actions": model actions [H, action_dim]}`` -> robot actions
+        (``fast_decode``: pi0-FAST's token decoding, see :class:`~pi0cli.models.tokenizer.FastActionOutputs`)."""
         unnormalize = None if self.norm_stats is None else Unnormalize(
             {k: v for k, v in self.norm_stats.items() if k in ("state", "actions")}, use_quantiles=self.use_quantiles,
             strict=True)
         if getattr(self.model, "fast", False):
-            from pi0cli.models.tokenizer import DECODE_FAILURES_KEY, FastActionOutputs
+            from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY, FastActionOutputs
 
             if self.tokenizer is None:
                 raise PipelineError("a pi0-FAST model needs a FASTTokenizer to decode its tokens")
             decode = FastActionOutputs(cast("FASTTokenizer", self.tokenizer), self.model.action_horizon,
-                                       self.embodiment.action_dim, pad_to=self.model.action_dim)
+                                       self.embodiment.action_dim, pad_to=self.model.action_dim, decode=fast_decode)
             return compose(decode, unnormalize, AbsoluteActions(self.delta_action_mask),
-                           KeepKeys(self.embodiment.outputs, (DECODE_FAILURES_KEY,)))
+                           KeepKeys(self.embodiment.outputs, (DECODE_FAILURES_KEY, ACTION_TOKENS_KEY)))
         return compose(unnormalize, AbsoluteActions(self.delta_action_mask), self.embodiment.outputs)
 

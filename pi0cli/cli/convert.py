@@ -137,10 +137,16 @@ def checkpoint(
         return
     from pi0cli.convert.verify import verify as run_verify
 
-    with console.err.status("verifying (float32, 10 denoising steps)"):
+    steps = "greedy decoding" if source.model_config.fast else "10 denoising steps"
+    with console.err.status(f"verifying (float32, {steps})"):
         result = run_verify(source, ck.read_checkpoint(written, model=model), tolerance=tolerance)
-    table = Table(title=f"max |actions - source (pi0 JAX)|; max |action| {result.max_abs_action:.3f}, "
-                        f"max |action - noise| {result.signal:.3f}")
+    if result.compared == "actions":
+        title = (f"max |actions - source (pi0 JAX)|; max |action| {result.max_abs_action:.3f}, "
+                 f"max |action - noise| {result.signal:.3f}")
+    else:
+        title = (f"pi0-FAST against the source (JAX): max |loss difference| and differing tokens of "
+                 f"{result.signal:.0f} greedy ones; max |loss| {result.max_abs_action:.3f}")
+    table = Table(title=title)
     table.add_column("implementation")
     table.add_column("max abs diff", justify="right")
     table.add_column("gate", justify="center")

@@ -105,6 +105,9 @@ def evaluate(
     console.out.print(f"success rate {report['success_rate']:.0%} ({report['successes']}/{report['episodes']}), "
                       f"95% CI {low:.0%}-{high:.0%}; mean return {report['mean_return']:.1f}"
                       + (f"; report {Path(out) / 'report.json'}" if out else ""))
+    if "decode_failures" in report:
+        console.out.print(f"pi0-FAST: {report['decode_failures']}/{report['chunks']} chunks did not decode (zeros "
+                          f"executed); {report['mean_action_tokens']:.1f} tokens generated per chunk")
     if setting is not None:
         latency = "real latency" if setting.real_time else f"{setting.latency_ms:g} ms"
         console.out.print(f"{setting.strategy} at {latency}: boundary jump mean "

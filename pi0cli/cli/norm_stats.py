@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pi0cli.cli import console
 from pi0cli.cli.embodiments import complete_embodiment
+
+if TYPE_CHECKING:
+    from pi0cli.models.config import Pi0Config
 
 
 def _default_horizon(embodiment) -> int:
@@ -44,7 +47,9 @@ def norm_stats(
     fast_tokenizer: Annotated[bool, typer.Option(
         "--fast-tokenizer", help="Also fit a pi0-FAST action tokenizer on the normalised action chunks; writes "
                                  "<out>/<asset_id>/fast_tokenizer/ and reports its round-trip error.")] = False,
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="FAST tokenizer vocabulary (BPE ids).")] = 1024,
+    vocab_size: Annotated[int | None, typer.Option(
+        "--vocab-size", min=2,
+        help="FAST tokenizer vocabulary (BPE ids; default 1024, or what fits a small --preset's model).")] = None,
     scale: Annotated[float, typer.Option(
         "--scale", help="FAST DCT quantisation scale (round-trip error <= 0.5*sqrt(H)/scale).")] = 10.0,
 ) -> None:
@@ -61,6 +66,8 @@ def norm_stats(
             raise Pi0Error(f"preset {preset!r} trains embodiment {train_preset.embodiment!r}, not {emb.name!r}; "
                            f"run `pi0 norm-stats {train_preset.embodiment} --preset {preset} ...`")
         horizon = horizon or train_preset.model.action_horizon
+        if vocab_size is None and fast_tokenizer:
+            vocab_size = _fast_vocab_for(train_preset.model)
     horizon = horizon or _default_horizon(emb)
     with console.err.status(f"reading {dataset} ..."):
         data = load_columns(emb, dataset)
@@ -85,8 +92,10 @@ def norm_stats(
         from pi0cli.models.fast_tokenizer import ASSET_DIR, fit_on_dataset
 
         with console.err.status(f"fitting the FAST tokenizer on {dataset} ..."):
-            tok, report = fit_on_dataset(emb, dataset, stats, horizon=horizon, vocab_size=vocab_size, scale=scale)
-        fast = {"fast_tokenizer": str(tok.save(path.parent / ASSET_DIR)), "chunks": report.chunks,
+            tok, report = fit_on_dataset(emb, dataset, stats, horizon=horizon, vocab_size=vocab_size or 1024,
+                                         scale=scale)
+        fast = {"fast_tokenizer": str(tok.save(path.parent / ASSET_DIR)), "vocab_size": tok.vocab_size,
+                "chunks": report.chunks,
                 "max_abs_error": report.max_abs_error, "mean_abs_error": report.mean_abs_error,
                 "tokens_per_chunk": report.mean_tokens, "dct_coefficients": report.raw_coefficients,
                 "compression": report.compression, "decode_failures": report.decode_failures}
@@ -126,3 +135,14 @@ def _print_check(reports, summary, as_json: bool) -> None:
         f"{', '.join(summary['near_constant']) or 'none'}; "
         f"drifted by more than one std: {', '.join(summary['drifted']) or 'none'}"
     )
+
+
+def _fast_vocab_for(model: Pi0Config) -> int:
+    """The FAST vocabulary ``pi0 train`` would fit for this model: the small CPU models carry a tiny prompt
+    tokenizer and leave room for fewer FAST ids than PaliGemma's vocabulary."""
+    from pi0cli.models.config import PALIGEMMA_VOCAB_SIZE
+    from pi0cli.models.tokenizer import fast_vocab_that_fits
+    from pi0cli.training.tiny_tokenizer import TINY_TOKENIZER_VOCAB
+
+    vocab = model.vlm.vocab_size
+    return fast_vocab_that_fits(vocab, vocab if vocab == PALIGEMMA_VOCAB_SIZE else TINY_TOKENIZER_VOCAB)

@@ -103,9 +103,22 @@ def serve(
         help="SentencePiece model for prompts (default: the checkpoint's, else the PaliGemma tokenizer).",
     )] = None,
     num_steps: Annotated[int, typer.Option("--num-steps", min=1, help="Denoising steps per action chunk.")] = 10,
+    max_decoding_steps: Annotated[int, typer.Option(
+        "--max-decoding-steps", min=1, help="pi0-FAST: action tokens decoded per chunk at most (EOS stops sooner).",
+    )] = 256,
+    temperature: Annotated[float, typer.Option(
+        "--temperature", min=0.0, help="pi0-FAST: sampling temperature of action tokens (0: greedy).",
+    )] = 0.0,
+    fast_decode: Annotated[str, typer.Option(
+        "--fast-decode", metavar="strict|lenient",
+        help="pi0-FAST: strict (the reference: a wrong number of DCT coefficients fails the chunk, zeros are sent) "
+             "or lenient (cut or zero-fill the highest frequencies).",
+    )] = "strict",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
 ) -> None:
     """Serve a policy over websockets (openpi-compatible; openpi-client works unchanged)."""
+    if fast_decode not in ("strict", "lenient"):
+        raise typer.BadParameter(f"{fast_decode!r} is not strict or lenient", param_hint="--fast-decode")
     import asyncio
     import logging
     import signal
@@ -137,7 +150,9 @@ def serve(
     sizes = batch_sizes_up_to(max_batch)
     with console.err.status(f"loading {directory} ..."):
         policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
-                             tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed)
+                             tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed,
+                             max_decoding_steps=max_decoding_steps, temperature=temperature,
+                             fast_decode="lenient" if fast_decode == "lenient" else "strict")
     policy.max_input_std = max_input_std
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = PolicyServer(

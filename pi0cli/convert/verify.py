@@ -4,6 +4,11 @@ load each side of a conversion; the max abs difference of the actions against th
 Implementations: our JAX model for every format, and LeRobot's PyTorch pi0 / pi0.5 for a LeRobot directory.
 Everything runs in float32 (a bfloat16 checkpoint is upcast), 10 Euler steps, the KV-cached sampler.
 
+pi0-FAST predicts tokens, not a flow: both sides run through our JAX ``Pi0FAST`` and are compared on the
+per-example next-token loss of a teacher-forced sequence and on the greedy tokens decoded from its prompt (a
+single differing token fails). LeRobot's PyTorch pi0-FAST is not run: its reference comparison is the bit-exact
+round trip of the weights (``convert`` back and compare).
+
 LeRobot computes the flow-matching time embedding in float64 where the reference (and pi0) use float32; on random
 weights that alone moves the actions by ~1e-4. So LeRobot is run twice: as shipped (reported), and with its time
 embedding computed in float32 (gated): the gate is about the converted weights, not about that precision choice.
@@ -41,6 +46,8 @@ class VerifyResult:
     tolerance: float
     max_abs_action: float
     signal: float  # max |actions - noise|: how far the model moved the noise (what the comparison can see)
+    #: What ``differences`` measure: "actions" (pi0, pi0.5) or "loss and greedy tokens" (pi0-FAST).
+    compared: str = "actions"
 
     @property
     def passed(self) -> bool:
@@ -189,13 +196,68 @@ def lerobot_actions(model: Any, model_config: Pi0Config, obs: Any, noise: np.nda
         return model.sample_actions(*args, noise=torch.from_numpy(noise), num_steps=NUM_STEPS).numpy()
 
 
+FAST_DECODING_STEPS = 16
+
+
+def fast_example_inputs(model_config: Pi0Config, *, batch: int = 2, seed: int = 0) -> tuple[Any, Any]:
+    """A teacher-forced pi0-FAST observation (prompt tokens, then generated ones with the loss on them) and the
+    same rows holding the prompt alone (what greedy decoding starts from)."""
+    import jax.numpy as jnp
+
+    from pi0cli.models.observation import Observation
+
+    rng = np.random.default_rng(seed)
+    h, w = model_config.image_resolution
+    keys = model_config.image_keys
+    length = model_config.token_len
+    images = {k: jnp.asarray(rng.uniform(-1, 1, (batch, h, w, 3)), jnp.float32) for k in keys}
+    masks = {k: jnp.asarray(np.full(batch, i < max(1, len(keys) - 1))) for i, k in enumerate(keys)}
+    tokens = rng.integers(4, model_config.vlm.vocab_size, (batch, length))
+    prefix = np.array([max(1, length // 2 - i) for i in range(batch)])
+    valid = np.arange(length)[None, :] < np.array([max(2, length - 2 - i) for i in range(batch)])[:, None]
+    generated = valid & (np.arange(length)[None, :] >= prefix[:, None])
+    prompt = valid & ~generated
+
+    def observation(mask: np.ndarray, ar: np.ndarray) -> Observation:
+        return Observation(images=images, image_masks=masks, state=jnp.zeros((batch, model_config.action_dim)),
+                           tokenized_prompt=jnp.asarray(np.where(mask, tokens, 0), jnp.int32),
+                           tokenized_prompt_mask=jnp.asarray(mask), token_ar_mask=jnp.asarray(ar.astype(np.int32)),
+                           token_loss_mask=jnp.asarray(ar))
+
+    return observation(valid, generated), observation(prompt, np.zeros_like(generated))
+
+
+def jax_fast_outputs(ckpt: Checkpoint, teacher_forced: Any, prompt: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example loss ``[B]`` and greedy token ids ``[B, K]`` of our JAX pi0-FAST holding ``ckpt`` (float32)."""
+    import jax
+
+    from pi0cli.models.params import build_any_model, unflatten
+
+    params = {k: np.asarray(v, np.float32) for k, v in ckpt.params.items()}
+    model: Any = build_any_model(_float32(ckpt.model_config), unflatten(params))
+    loss = np.asarray(model.compute_loss(jax.random.key(0), teacher_forced))
+    tokens = np.asarray(model.sample_actions(jax.random.key(0), prompt, max_decoding_steps=FAST_DECODING_STEPS,
+                                             temperature=0.0))
+    return loss, tokens
+
+
+def _verify_fast(source: Checkpoint, target: Checkpoint, tolerance: float, seed: int) -> VerifyResult:
+    teacher_forced, prompt = fast_example_inputs(source.model_config, seed=seed)
+    loss, tokens = jax_fast_outputs(source, teacher_forced, prompt)
+    target_loss, target_tokens = jax_fast_outputs(target, teacher_forced, prompt)
+    name = f"{target.format} (pi0-FAST JAX)"
+    # A differing greedy token counts as a difference of 1 (always above any sensible tolerance).
+    diffs = {f"{name} loss": float(np.abs(target_loss.astype(np.float64) - loss).max()),
+             f"{name} greedy tokens differing": float((target_tokens != tokens).sum())}
+    return VerifyResult(differences=diffs, gated=tuple(diffs), tolerance=tolerance,
+                        max_abs_action=float(np.abs(loss).max()), signal=float(tokens.size),
+                        compared="loss and greedy tokens")
+
+
 def verify(source: Checkpoint, target: Checkpoint, *, tolerance: float = 1e-4, seed: int = 0) -> VerifyResult:
     """Run one example through the source (JAX) and every implementation that loads the target."""
     if source.model_config.fast:
-        raise ConversionError(
-            "--verify compares flow-matching action chunks (pi0, pi0.5); for a pi0-FAST checkpoint convert without "
-            "--verify (its weights round-trip bit-exact: convert back and compare)"
-        )
+        return _verify_fast(source, target, tolerance, seed)
     obs, noise = example_inputs(source.model_config, seed=seed)
     reference = jax_actions(source, obs, noise)
     runs: dict[str, np.ndarray] = {f"{target.format} (pi0 JAX)": jax_actions(target, obs, noise)}

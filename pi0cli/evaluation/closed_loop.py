@@ -131,10 +131,12 @@ def _execution_summary(results: Sequence[EpisodeResult], execution: Execution, o
 
 class DecodeFailureCounter(BasePolicy):
     """Passes requests through and sums the replies' ``decode_failures`` (pi0-FAST chunks that did not decode
-    and were answered with the policy's fallback); ``seen`` tells whether any reply carried the field."""
+    and were answered with the policy's fallback) and ``action_tokens`` (tokens generated); ``seen`` tells
+    whether any reply carried the first."""
 
     def __init__(self, inner: BasePolicy):
         self.inner, self.decode_failures, self.chunks, self.seen = inner, 0, 0, False
+        self.action_tokens = 0
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         reply = self.inner.infer(obs)
@@ -142,7 +144,15 @@ class DecodeFailureCounter(BasePolicy):
         if "decode_failures" in reply:
             self.seen = True
             self.decode_failures += int(np.asarray(reply["decode_failures"]))
+            self.action_tokens += int(np.asarray(reply.get("action_tokens", 0)))
         return reply
+
+    def summary(self) -> dict[str, Any]:
+        """The report's pi0-FAST fields (none for a flow-matching policy)."""
+        if not self.seen:
+            return {}
+        return {"decode_failures": self.decode_failures, "chunks": self.chunks,
+                "mean_action_tokens": self.action_tokens / max(self.chunks, 1)}
 
     def reset(self) -> None:
         self.inner.reset()
@@ -181,7 +191,7 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
         "success_rate_ci95": [low, high],
         "mean_return": float(np.mean([r.episode_return for r in results])) if results else 0.0,
         "open_loop_steps": open_loop_steps,
-        **({"decode_failures": counter.decode_failures, "chunks": counter.chunks} if counter.seen else {}),
+        **counter.summary(),
         "render": {"shadows": shadows},
         **({} if execution is None else _execution_summary(results, execution, open_loop_steps)),
         "per_episode": [dataclasses.asdict(r) for r in results],

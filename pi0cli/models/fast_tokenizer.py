@@ -167,15 +167,26 @@ class FastActionTokenizer:
             )
         return int(h), int(d)
 
-    def decode_one(self, ids: Sequence[int], time_horizon: int, action_dim: int) -> np.ndarray | None:
-        """One chunk ``[H, D]``, or None when the ids are not a well-formed chunk of that shape."""
+    def decode_one(self, ids: Sequence[int], time_horizon: int, action_dim: int, *,
+                   lenient: bool = False) -> np.ndarray | None:
+        """One chunk ``[H, D]``, or None when the ids are not a well-formed chunk of that shape.
+
+        ``lenient``: a wrong number of coefficients is cut or zero-filled at the end instead of failing. The
+        coefficients are stored frequency-major, so that only touches the highest frequencies: a model that is
+        nearly right (a BPE merge too many or too few) still gives a smooth chunk. Not the reference's rule."""
         try:
             text = self._bpe.decode([int(i) for i in ids], skip_special_tokens=False)
         except Exception:  # an id outside the vocabulary
             return None
         values = np.fromiter((ord(c) for c in text), dtype=np.int64, count=len(text))
-        if values.size != time_horizon * action_dim or (values == _REPLACEMENT_CHAR).any():
+        size = time_horizon * action_dim
+        if (values == _REPLACEMENT_CHAR).any() or values.size == 0:
             return None
+        if values.size != size:
+            if not lenient:
+                return None
+            zero = -self.min_token  # the value of a zero coefficient
+            values = np.concatenate([values[:size], np.full(max(0, size - values.size), zero, np.int64)])
         coef = (values + self.min_token).reshape(time_horizon, action_dim).astype(np.float64) / self.scale
         return idct(coef, axis=0)
 

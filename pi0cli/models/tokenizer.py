@@ -194,6 +194,14 @@ class PaligemmaTokenizer:
         return tokens, mask
 
 
+def fast_vocab_that_fits(model_vocab_size: int, text_vocab_size: int, *, cap: int = 1024) -> int:
+    """The FAST vocabulary to fit for a model: ``cap``, or fewer where a model vocabulary smaller than PaliGemma's
+    leaves less room between the text ids and the reserved top ids (FAST ids map down from there)."""
+    if model_vocab_size == text_vocab_size:  # PaliGemma: FAST ids reuse the top of the text vocabulary
+        return cap
+    return min(cap, model_vocab_size - 1 - FAST_SKIP_TOKENS - text_vocab_size)
+
+
 def fast_image_slots(
     images: dict[str, np.ndarray], masks: dict[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -262,8 +270,9 @@ class FASTTokenizer:
         if lowest < paligemma.vocab_size and self.vocab_size != paligemma.vocab_size:
             raise TokenizerError(
                 f"FAST ids (vocab {fast.vocab_size}) map to model ids {lowest}..{highest}, overlapping the "
-                f"{paligemma.vocab_size} text ids; use a larger model vocabulary or a smaller FAST "
-                "vocabulary"
+                f"{paligemma.vocab_size} text ids; fit a FAST tokenizer of at most "
+                f"{fast_vocab_that_fits(self.vocab_size, paligemma.vocab_size)} ids (`pi0 norm-stats ... "
+                "--fast-tokenizer --preset PRESET` picks that size) or use a model with a larger vocabulary"
             )
         if lowest < 0:
             raise TokenizerError(
@@ -336,13 +345,14 @@ class FASTTokenizer:
         return None
 
     def extract_actions(
-        self, output: np.ndarray | Sequence[int], action_horizon: int, action_dim: int
+        self, output: np.ndarray | Sequence[int], action_horizon: int, action_dim: int, *, lenient: bool = False
     ) -> tuple[np.ndarray, bool]:
-        """``(actions [H, D], ok)``; zeros and ``ok=False`` when the output holds no well-formed chunk."""
+        """``(actions [H, D], ok)``; zeros and ``ok=False`` when the output holds no well-formed chunk
+        (``lenient``: see :meth:`FastActionTokenizer.decode_one`)."""
         fast_ids = self.action_ids(output)
         if fast_ids is None:
             return np.zeros((action_horizon, action_dim)), False
-        chunk = self.fast.decode_one(fast_ids, action_horizon, action_dim)
+        chunk = self.fast.decode_one(fast_ids, action_horizon, action_dim, lenient=lenient)
         if chunk is None:
             return np.zeros((action_horizon, action_dim)), False
         return chunk, True
@@ -356,16 +366,27 @@ class FastDecodeError(Pi0Error):
 
 #: Key of the per-request count of chunks that failed to decode (0 or 1 per request; summed in reports).
 DECODE_FAILURES_KEY = "decode_failures"
+#: Key of the number of tokens the model generated for a chunk (its EOS included; all of them without one).
+ACTION_TOKENS_KEY = "action_tokens"
+
+
+def generated_length(output: np.ndarray | Sequence[int], eos_id: int) -> int:
+    """Tokens a decoding loop generated for one row: up to and including its first ``eos_id``, else all."""
+    ids = np.asarray(output).reshape(-1)
+    hits = np.flatnonzero(ids == eos_id)
+    return int(hits[0]) + 1 if hits.size else int(ids.size)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FastActionOutputs:
     """Output transform: generated token ids ``[K]`` under ``"actions"`` -> the normalised chunk
-    ``[action_horizon, action_dim]`` zero-padded to ``pad_to`` dims, plus ``decode_failures`` (0 or 1).
+    ``[action_horizon, action_dim]`` zero-padded to ``pad_to`` dims, plus ``decode_failures`` (0 or 1) and
+    ``action_tokens`` (tokens generated for the chunk: what its decoding latency scales with).
 
     ``on_failure="zeros"`` (default) answers a failed decode with zeros in normalised units, as the reference
     does (after un-normalisation: the middle of each dim's range); ``"raise"`` raises :class:`FastDecodeError`
-    so the caller can refuse the chunk instead.
+    so the caller can refuse the chunk instead. ``decode="lenient"`` repairs a wrong number of DCT coefficients
+    (cut or zero-filled at the highest frequencies) instead of failing; ``"strict"`` (default) is the reference.
     """
 
     tokenizer: FASTTokenizer
@@ -373,10 +394,11 @@ class FastActionOutputs:
     action_dim: int
     pad_to: int | None = None
     on_failure: Literal["zeros", "raise"] = "zeros"
+    decode: Literal["strict", "lenient"] = "strict"
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         actions, ok = self.tokenizer.extract_actions(np.asarray(data["actions"]), self.action_horizon,
-                                                     self.action_dim)
+                                                     self.action_dim, lenient=self.decode == "lenient")
         if not ok and self.on_failure == "raise":
             raise FastDecodeError(
                 "the model's output holds no well-formed FAST action chunk (no 'Action: ' segment or a wrong "
@@ -385,4 +407,5 @@ class FastActionOutputs:
         width = max(self.pad_to or self.action_dim, self.action_dim)
         padded = np.zeros((self.action_horizon, width), np.float32)
         padded[:, : self.action_dim] = actions
-        return {**data, "actions": padded, DECODE_FAILURES_KEY: int(not ok)}
+        generated = generated_length(data["actions"], self.tokenizer.paligemma.eos_id)
+        return {**data, "actions": padded, DECODE_FAILURES_KEY: int(not ok), ACTION_TOKENS_KEY: generated}

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pi0cli.checkpoint import (
     CONFIG_FILENAME,
@@ -43,6 +43,9 @@ def load_policy(
     seed: int = 0,
     asset_id: str | None = None,
     initial_weights: bool = False,
+    max_decoding_steps: int = 256,
+    temperature: float = 0.0,
+    fast_decode: Literal["strict", "lenient"] = "strict",
 ) -> Policy:
     """Load a policy for ``embodiment`` from a checkpoint directory.
 
@@ -53,19 +56,25 @@ def load_policy(
     ``initial_weights``: the weights the checkpoint's training run started from instead of its trained ones,
     re-created from the run's seed exactly as the trainer draws them (same transforms and norm stats), so
     that what training changed can be measured on the same data.
+
+    ``max_decoding_steps``, ``temperature`` and ``fast_decode`` apply to pi0-FAST (tokens decoded per chunk at
+    most; 0 = greedy; ``"lenient"`` repairs a wrong coefficient count instead of failing the chunk);
+    ``num_steps`` (denoising steps) to pi0 and pi0.5.
     """
     from pi0cli.policy.policy import Policy, make_transforms
 
     loaded = _load(directory, embodiment, model, tokenizer, asset_id, initial_weights)
     prompt = default_prompt if default_prompt is not None else loaded.saved.get("default_prompt")
     inputs, outputs = make_transforms(embodiment, loaded.model_config, loaded.norm_stats, tokenizer=loaded.tokenizer,
-                                      default_prompt=prompt, delta_action_mask=loaded.delta_action_mask)
+                                      default_prompt=prompt, delta_action_mask=loaded.delta_action_mask,
+                                      fast_decode=fast_decode)
     saved = loaded.saved
     metadata = dict(embodiment.metadata) | dict(saved.get("metadata") or saved.get("policy_metadata") or {})
     example = embodiment.example_observation
     return Policy.from_model(
-        loaded.module, num_steps=num_steps, input_transform=inputs, output_transform=outputs,
-        batch_sizes=batch_sizes, seed=seed, metadata=metadata, example=lambda: {"prompt": "warm up", **example(0)},
+        loaded.module, num_steps=num_steps, max_decoding_steps=max_decoding_steps, temperature=temperature,
+        input_transform=inputs, output_transform=outputs, batch_sizes=batch_sizes, seed=seed, metadata=metadata,
+        example=lambda: {"prompt": "warm up", **example(0)},
         description=f"{loaded.model_config.model_type} ({loaded.model_config.paligemma_variant}) for "
                     f"{embodiment.name} from {loaded.directory}",
     )

@@ -19,7 +19,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -90,6 +90,7 @@ def make_transforms(
     tokenizer: PromptTokenizer | FASTTokenizer | None,
     default_prompt: str | None = None,
     delta_action_mask: Sequence[bool] | None | str = "embodiment",
+    fast_decode: Literal["strict", "lenient"] = "strict",
 ) -> tuple[Callable[[Data], Data], Callable[[Data], Data]]:
     """The inference chains of :class:`pi0cli.pipeline.Pipeline` (the same transforms training uses):
     default prompt, embodiment inputs, delta actions, normalise, resize, tokenize, pad; and back: unnormalise,
@@ -104,7 +105,7 @@ def make_transforms(
     steps = tuple(inputs)
     # Contiguous images just before the model-side step (resize), which is the last one.
     inputs = compose(*steps[:-1], ContiguousImages(), steps[-1]) if steps else inputs
-    return inputs, pipeline.outputs()
+    return inputs, pipeline.outputs(fast_decode=fast_decode)
 
 
 class Policy:

@@ -7,6 +7,7 @@ metric                                     type        what
 ``pi0_replies_total``                      counter     requests answered with actions
 ``pi0_errors_total{kind}``                 counter     requests answered with an error text, by kind
 ``pi0_decode_failures_total``              counter     frames that were not msgpack-numpy within limits
+``pi0_action_decode_failures_total``       counter     pi0-FAST replies whose tokens did not decode (zeros sent)
 ``pi0_request_seconds``                    histogram   frame received -> reply sent (actions only)
 ``pi0_decode_seconds``                     histogram   decode + validation + input transforms per frame
 ``pi0_batch_size``                         histogram   requests per model call
@@ -88,6 +89,9 @@ class ServerMetrics:
             self.errors.labels(kind)
         self.decode_failures = Counter("pi0_decode_failures", "frames that were not msgpack-numpy within limits",
                                        registry=r)
+        self.action_decode_failures = Counter(
+            "pi0_action_decode_failures", "pi0-FAST replies whose action tokens did not decode (zeros sent)",
+            registry=r)
         self.request_seconds = Histogram("pi0_request_seconds", "frame received to reply sent (actions only)",
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.decode_seconds = Histogram("pi0_decode_seconds", "decode, validation and input transforms per frame",

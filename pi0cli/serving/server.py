@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pi0cli.errors import Pi0Error
+from pi0cli.models.tokenizer import DECODE_FAILURES_KEY
 from pi0cli.serving import protocol
 from pi0cli.serving.batching import DynamicBatcher
 from pi0cli.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
@@ -406,6 +407,8 @@ class PolicyServer:
             return prev_total_ms
         await ws.send(frame)
         self.metrics.replies.inc()
+        if DECODE_FAILURES_KEY in result:
+            self.metrics.action_decode_failures.inc(int(result[DECODE_FAILURES_KEY]))
         self.metrics.request_seconds.observe(time.perf_counter() - start)
         if self.recorder is not None:
             self.recorder.record(obs, reply, nbytes=len(message) + len(frame))

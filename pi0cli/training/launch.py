@@ -207,7 +207,7 @@ def _fast_tokenizer(config: TrainConfig, embodiment: Embodiment, explicit: Path 
     """pi0-FAST's token sequences: the FAST action tokenizer beside the norm stats used (``fast_tokenizer/``,
     written by ``pi0 norm-stats --fast-tokenizer``), else one fitted on the dataset now (and ``warn``-ed about)."""
     from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer, fit_on_dataset
-    from pi0cli.models.tokenizer import FAST_SKIP_TOKENS, FASTTokenizer
+    from pi0cli.models.tokenizer import FASTTokenizer, fast_vocab_that_fits
     from pi0cli.normstats import norm_stats_path
 
     candidates = [explicit] if explicit is not None else [Path("assets") / embodiment.asset_id]
@@ -219,9 +219,7 @@ def _fast_tokenizer(config: TrainConfig, embodiment: Embodiment, explicit: Path 
         if directory.is_dir():
             return FASTTokenizer(prompt, FastActionTokenizer.load(directory), max_len=model.token_len,
                                  vocab_size=model.vlm.vocab_size)
-    # A small vocabulary leaves room for fewer FAST ids above the text ids.
-    room = model.vlm.vocab_size - 1 - FAST_SKIP_TOKENS - prompt.vocab_size
-    vocab = 1024 if model.vlm.vocab_size == prompt.vocab_size else min(1024, room)
+    vocab = fast_vocab_that_fits(model.vlm.vocab_size, prompt.vocab_size)
     if warn is not None:
         warn(f"no FAST tokenizer beside the norm stats; fitting one on {config.dataset} (vocabulary {vocab}); "
              "`pi0 norm-stats --fast-tokenizer` writes one to reuse")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+#: Pieces in the tiny prompt tokenizer at most (sentencepiece may stop short on a small corpus).
+TINY_TOKENIZER_VOCAB = 320
+
 
 def train_tiny_tokenizer(sentences: Sequence[str] = ()) -> bytes:
     """A small sentencepiece model (vocab 320, ids as Gemma's: pad 0, eos 1, bos 2, unk 3)."""
@@ -18,7 +21,7 @@ def train_tiny_tokenizer(sentences: Sequence[str] = ()) -> bytes:
     ] * 4
     buffer = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=buffer, vocab_size=320, model_type="bpe", byte_fallback=True,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, hard_vocab_limit=False, minloglevel=2,
+        sentence_iterator=iter(corpus), model_writer=buffer, vocab_size=TINY_TOKENIZER_VOCAB, model_type="bpe",
+        byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, hard_vocab_limit=False, minloglevel=2,
     )
     return buffer.getvalue()

@@ -162,6 +162,28 @@ def test_decode_failures_are_counted_and_give_zeros(fast):
     np.testing.assert_array_equal(fast.decode([good[:-3]], time_horizon=H, action_dim=D), np.zeros((1, H, D)))
 
 
+def test_lenient_decoding_repairs_the_coefficient_count_at_the_highest_frequencies(fast):
+    good = fast.encode(smooth_chunks(1))[0]
+    text = fast._bpe.decode(good, skip_special_tokens=False)
+    assert len(text) == H * D
+    np.testing.assert_array_equal(fast.decode_one(good, H, D, lenient=True), fast.decode_one(good, H, D))
+
+    def by_hand(values: list[int]) -> np.ndarray:  # zero coefficients after the given ones
+        coef = np.asarray(values + [-fast.min_token] * (H * D - len(values)), np.float64) + fast.min_token
+        return idct(coef.reshape(H, D) / fast.scale, axis=0)
+
+    cut = next(k for k in range(len(good) - 1, 0, -1)  # the longest prefix that decodes to whole symbols
+               if "\ufffd" not in fast._bpe.decode(good[:k], skip_special_tokens=False))
+    short = fast._bpe.decode(good[:cut], skip_special_tokens=False)
+    assert len(short) < H * D and fast.decode_one(good[:cut], H, D) is None
+    np.testing.assert_allclose(fast.decode_one(good[:cut], H, D, lenient=True),
+                               by_hand([ord(c) for c in short]), atol=1e-12)
+    longer = good + good[:3]  # extra symbols beyond H * D are cut
+    assert fast.decode_one(longer, H, D) is None
+    np.testing.assert_allclose(fast.decode_one(longer, H, D, lenient=True), fast.decode_one(good, H, D), atol=1e-12)
+    assert fast.decode_one([], H, D, lenient=True) is None  # nothing to repair
+
+
 def test_fit_rejects_bad_input():
     with pytest.raises(FastTokenizerError, match="no action chunks"):
         FastActionTokenizer.fit([])
@@ -271,11 +293,21 @@ def test_fast_action_outputs_count_failures(paligemma, fast):
     generated = np.concatenate([tokens[ar == 1], np.zeros(5, np.int32)])
     out = FastActionOutputs(ft, H, D, pad_to=32)({"actions": generated, "state": np.zeros(32)})
     assert out["actions"].shape == (H, 32) and out["decode_failures"] == 0 and (out["actions"][:, D:] == 0).all()
+    assert out["action_tokens"] == int((ar == 1).sum())  # the generated tokens end with EOS; padding not counted
     np.testing.assert_allclose(out["actions"][:, :D], fast.decode(fast.encode(chunk))[0], atol=1e-6)
     bad = FastActionOutputs(ft, H, D, pad_to=32)({"actions": np.zeros(20, np.int32)})
-    assert bad["decode_failures"] == 1 and (bad["actions"] == 0).all()
+    assert bad["decode_failures"] == 1 and (bad["actions"] == 0).all() and bad["action_tokens"] == 20  # no EOS
     with pytest.raises(FastDecodeError, match="no well-formed FAST action chunk"):
         FastActionOutputs(ft, H, D, on_failure="raise")({"actions": np.zeros(20, np.int32)})
+    # One coefficient short: strict fails the chunk (the reference), lenient zero-fills the highest frequency.
+    fast_ids = fast.encode(chunk)[0]
+    cut = next(k for k in range(len(fast_ids) - 1, 0, -1)
+               if "\ufffd" not in fast._bpe.decode(fast_ids[:k], skip_special_tokens=False))
+    clipped = np.asarray([*paligemma.encode("Action: "), *ft.fast_to_model_ids(fast_ids[:cut]), paligemma.eos_id])
+    strict = FastActionOutputs(ft, H, D)({"actions": clipped})
+    lenient = FastActionOutputs(ft, H, D, decode="lenient")({"actions": clipped})
+    assert strict["decode_failures"] == 1 and lenient["decode_failures"] == 0
+    np.testing.assert_allclose(lenient["actions"], fast.decode_one(fast_ids[:cut], H, D, lenient=True), atol=1e-6)
 
 
 def test_fit_from_dataset_blocks_reports_error_and_compression():

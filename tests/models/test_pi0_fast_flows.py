@@ -59,11 +59,13 @@ def test_train_serve_eval_end_to_end_on_a_lerobot_dataset(tmp_path):
     dataset = write_synthetic_dataset(tmp_path / "demos", emb, episodes=2, frames=(24, 16), seed=3,
                                       tasks=("Transfer cube",))
 
-    # 1. Norm stats and a FAST tokenizer fitted on the dataset's normalised chunks.
+    # 1. Norm stats and a FAST tokenizer fitted on the dataset's normalised chunks; its vocabulary defaults to what
+    #    fits the tiny model's 1024 ids beside the 320-piece prompt tokenizer and the 128 reserved ids.
     out = _run(["norm-stats", "aloha_sim", "--dataset", str(dataset), "--preset", "pi0_fast_aloha_sim_tiny",
-                "--fast-tokenizer", "--vocab-size", "512", "--json"], tmp_path, env)
+                "--fast-tokenizer", "--json"], tmp_path, env)
     fast = json.loads(out)["fast"]
     assert fast["decode_failures"] == 0 and fast["max_abs_error"] <= 0.5 * np.sqrt(10) / 10
+    assert fast["vocab_size"] == 1024 - 1 - 128 - 320
     assert (tmp_path / fast["fast_tokenizer"] / "tokenizer.json").is_file()
 
     # 2. Train the tiny pi0-FAST preset a few steps; the checkpoint carries the FAST tokenizer.
@@ -74,14 +76,15 @@ def test_train_serve_eval_end_to_end_on_a_lerobot_dataset(tmp_path):
     # 3. Serve it; the unmodified openpi client gets an action chunk and the decode-failure count.
     port = _free_port()
     proc = subprocess.Popen([PI0, "serve", "--checkpoint", str(step), "--embodiment", "aloha_sim", "--port",
-                             str(port), "--max-batch", "1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             str(port), "--max-batch", "1", "--max-decoding-steps", "64"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_healthy(port, proc)
         policy = client.WebsocketClientPolicy("127.0.0.1", port)
         reply = policy.infer({"prompt": "Transfer cube", **emb.example_observation(0)})
         assert reply["actions"].shape == (10, 14) and np.isfinite(reply["actions"]).all()
         assert int(reply["decode_failures"]) in (0, 1)
+        assert 1 <= int(reply["action_tokens"]) <= 64  # --max-decoding-steps bounds the decoding loop
 
         # 4. Evaluate closed-loop against the server: the report counts the chunks that did not decode.
         _run(["eval", "aloha_sim", "--server", f"ws://127.0.0.1:{port}", "--episodes", "1", "--out", "eval",
@@ -89,6 +92,15 @@ def test_train_serve_eval_end_to_end_on_a_lerobot_dataset(tmp_path):
         report = json.loads((tmp_path / "eval" / "report.json").read_text())
         assert report["episodes"] == 1 and report["chunks"] > 0
         assert 0 <= report["decode_failures"] <= report["chunks"]
+        assert 1 <= report["mean_action_tokens"] <= 64
+
+        # 5. The server counts the same failures on /metrics (the first reply's included).
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        counted = [line for line in text.splitlines() if line.startswith("pi0_action_decode_failures_total ")]
+        assert counted, text
+        assert float(counted[0].split()[1]) == report["decode_failures"] + int(reply["decode_failures"])
     finally:
         proc.terminate()
         proc.wait(30)
