@@ -13,6 +13,10 @@ mean boundary jump over naive's, and whether RTC's and naive's success rates lie
     # 15 steps of delay), 4 latencies x 4 strategies x 20 episodes
     .venv/bin/python benchmarks/bench_rtc.py --checkpoint runs/aloha_small/5000 --open-loop-steps 25 \
         --episodes 20 --out benchmarks/results/rtc.json
+    # the same table split over two processes (one per core), then merged into one result
+    .venv/bin/python benchmarks/bench_rtc.py --checkpoint DIR --open-loop-steps 25 --latencies 0,100 --out a.json
+    .venv/bin/python benchmarks/bench_rtc.py --checkpoint DIR --open-loop-steps 25 --latencies 200,300 --out b.json
+    .venv/bin/python benchmarks/bench_rtc.py --merge a.json b.json --out benchmarks/results/rtc.json
     # proof of wiring: a tiny random checkpoint (10-step chunks), a few short episodes
     .venv/bin/python benchmarks/bench_rtc.py --tiny --open-loop-steps 5 --latencies 0,20,60,100 --episodes 2 \
         --max-steps 60
@@ -106,6 +110,18 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs that split the latencies of one checkpoint, seeds and settings (checked equal)."""
+    first = results[0]
+    for other in results[1:]:
+        for key in ("checkpoint", "embodiment", "task", "control_hz", "open_loop_steps", "seeds", "max_steps"):
+            if other[key] != first[key]:
+                raise SystemExit(f"cannot merge runs with different {key}: {first[key]!r} vs {other[key]!r}")
+    rows = sorted((r for result in results for r in result["rows"]),
+                  key=lambda r: (r["latency_ms"], STRATEGIES.index(r["strategy"])))
+    return {**first, "rows": rows, "targets": targets(rows)}
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = ["| latency | strategy | success (95% CI) | boundary jump mean / max | mean step | jerk | s / episode |",
              "|---:|---|---|---|---:|---:|---:|"]
@@ -127,6 +143,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a policy checkpoint of a simulated robot")
     source.add_argument("--tiny", action="store_true", help="a random-weight tiny aloha_sim checkpoint (wiring only)")
+    source.add_argument("--merge", type=Path, nargs="+", help="results of runs of one checkpoint split by latency")
     parser.add_argument("--embodiment", default=None)
     parser.add_argument("--task", default=None)
     parser.add_argument("--latencies", default="0,100,200,300", help="ms, comma-separated")
@@ -138,6 +155,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     args = parser.parse_args()
 
+    if args.merge:
+        result = merge([json.loads(path.read_text()) for path in args.merge])
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+        print(markdown(result))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
         if args.tiny:
