@@ -41,7 +41,8 @@ STRATEGIES = ("sync", "naive", "ensemble", "rtc")
 
 
 def run(checkpoint: Path, *, embodiment: str | None, task: str | None, latencies: list[float], strategies: list[str],
-        episodes: int, seed: int, open_loop_steps: int | None, max_steps: int | None) -> dict[str, Any]:
+        episodes: int, seed: int, open_loop_steps: int | None, max_steps: int | None,
+        max_guidance: float | None = None) -> dict[str, Any]:
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.evaluation import closed_loop
     from pi0cli.evaluation.realtime import Execution
@@ -53,7 +54,8 @@ def run(checkpoint: Path, *, embodiment: str | None, task: str | None, latencies
     if name is None:
         raise SystemExit(f"{checkpoint} does not say which robot it drives; pass --embodiment")
     emb = registry.embodiment(name)
-    policy: Any = load_policy(checkpoint, embodiment=emb, batch_sizes=(1,))  # a Policy: infer() like a client
+    policy: Any = load_policy(checkpoint, embodiment=emb, batch_sizes=(1,),  # a Policy: infer() like a client
+                              rtc_max_guidance=max_guidance)
     simulator = registry.simulator_for(emb.name)
     if simulator is None:
         raise SystemExit(f"embodiment {emb.name!r} has no simulator")
@@ -89,7 +91,8 @@ def run(checkpoint: Path, *, embodiment: str | None, task: str | None, latencies
                   f"jerk {row['mean_jerk']:.3g}  "
                   f"{row['mean_control_seconds']:.2f} s/episode  [{row['wall_s']} s]", file=sys.stderr, flush=True)
     return {"checkpoint": str(checkpoint), "embodiment": emb.name, "task": sim_task.name, "control_hz": emb.control_hz,
-            "open_loop_steps": steps, "seeds": seeds, "max_steps": max_steps, "rows": rows,
+            "open_loop_steps": steps, "seeds": seeds, "max_steps": max_steps, "rtc_max_guidance": max_guidance,
+            "rows": rows,
             "targets": targets(rows)}
 
 
@@ -114,9 +117,10 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from runs that split the latencies of one checkpoint, seeds and settings (checked equal)."""
     first = results[0]
     for other in results[1:]:
-        for key in ("checkpoint", "embodiment", "task", "control_hz", "open_loop_steps", "seeds", "max_steps"):
-            if other[key] != first[key]:
-                raise SystemExit(f"cannot merge runs with different {key}: {first[key]!r} vs {other[key]!r}")
+        for key in ("checkpoint", "embodiment", "task", "control_hz", "open_loop_steps", "seeds", "max_steps",
+                    "rtc_max_guidance"):
+            if other.get(key) != first.get(key):
+                raise SystemExit(f"cannot merge runs with different {key}: {first.get(key)!r} vs {other.get(key)!r}")
     rows = sorted((r for result in results for r in result["rows"]),
                   key=lambda r: (r["latency_ms"], STRATEGIES.index(r["strategy"])))
     return {**first, "rows": rows, "targets": targets(rows)}
@@ -152,6 +156,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--open-loop-steps", type=int, default=None, help="the execution horizon s")
     parser.add_argument("--max-steps", type=int, default=None, help="cut episodes short (wiring checks only)")
+    parser.add_argument("--max-guidance", type=float, default=None, help="RTC's guidance clip (default: 5)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     args = parser.parse_args()
 
@@ -172,7 +177,8 @@ def main() -> None:
         result = run(checkpoint, embodiment=args.embodiment, task=args.task,
                      latencies=[float(x) for x in args.latencies.split(",")],
                      strategies=[s.strip() for s in args.strategies.split(",")], episodes=args.episodes,
-                     seed=args.seed, open_loop_steps=args.open_loop_steps, max_steps=args.max_steps)
+                     seed=args.seed, open_loop_steps=args.open_loop_steps, max_steps=args.max_steps,
+                     max_guidance=args.max_guidance)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -109,6 +109,11 @@ def serve(
     temperature: Annotated[float, typer.Option(
         "--temperature", min=0.0, help="pi0-FAST: sampling temperature of action tokens (0: greedy).",
     )] = 0.0,
+    rtc_max_guidance: Annotated[float | None, typer.Option(
+        "--rtc-max-guidance", min=0.0,
+        help="Real-time chunking: clip of the guidance weight (default: the paper's 5; larger follows the previous "
+             "chunk more closely).",
+    )] = None,
     fast_decode: Annotated[str, typer.Option(
         "--fast-decode", metavar="strict|lenient",
         help="pi0-FAST: strict (the reference: a wrong number of DCT coefficients fails the chunk, zeros are sent) "
@@ -152,7 +157,8 @@ def serve(
         policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
                              tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed,
                              max_decoding_steps=max_decoding_steps, temperature=temperature,
-                             fast_decode="lenient" if fast_decode == "lenient" else "strict")
+                             fast_decode="lenient" if fast_decode == "lenient" else "strict",
+                             rtc_max_guidance=rtc_max_guidance)
     policy.max_input_std = max_input_std
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = PolicyServer(

@@ -46,6 +46,7 @@ def load_policy(
     max_decoding_steps: int = 256,
     temperature: float = 0.0,
     fast_decode: Literal["strict", "lenient"] = "strict",
+    rtc_max_guidance: float | None = None,
 ) -> Policy:
     """Load a policy for ``embodiment`` from a checkpoint directory.
 
@@ -59,7 +60,8 @@ def load_policy(
 
     ``max_decoding_steps``, ``temperature`` and ``fast_decode`` apply to pi0-FAST (tokens decoded per chunk at
     most; 0 = greedy; ``"lenient"`` repairs a wrong coefficient count instead of failing the chunk);
-    ``num_steps`` (denoising steps) to pi0 and pi0.5.
+    ``num_steps`` (denoising steps) and ``rtc_max_guidance`` (the clip of real-time chunking's guidance weight;
+    default the paper's 5) to pi0 and pi0.5.
     """
     from pi0cli.policy.policy import Policy, make_transforms
 
@@ -73,6 +75,7 @@ def load_policy(
     example = embodiment.example_observation
     return Policy.from_model(
         loaded.module, num_steps=num_steps, max_decoding_steps=max_decoding_steps, temperature=temperature,
+        rtc_max_guidance=rtc_max_guidance,
         input_transform=inputs, output_transform=outputs, batch_sizes=batch_sizes, seed=seed, metadata=metadata,
         example=lambda: {"prompt": "warm up", **example(0)},
         description=f"{loaded.model_config.model_type} ({loaded.model_config.paligemma_variant}) for "

@@ -149,11 +149,12 @@ class Policy:
 
     @classmethod
     def from_model(cls, model: Any, *, num_steps: int = 10, max_decoding_steps: int = 256,
-                   temperature: float = 0.0, **kwargs: Any) -> Policy:
+                   temperature: float = 0.0, rtc_max_guidance: float | None = None, **kwargs: Any) -> Policy:
         """A policy around a ``Pi0`` module: ``sample_actions`` jitted with the weights as an argument.
 
         A ``Pi0FAST`` module decodes up to ``max_decoding_steps`` tokens (greedy, or sampled at ``temperature``);
-        its "actions" are token ids, which the output transforms decode (:class:`FastActionOutputs`)."""
+        its "actions" are token ids, which the output transforms decode (:class:`FastActionOutputs`).
+        ``rtc_max_guidance``: the clip of real-time chunking's guidance weight (default: the paper's 5)."""
         import jax
         from flax import nnx
 
@@ -173,12 +174,15 @@ class Policy:
             return cls(lambda rng, batch: decode(state, rng, batch),
                        rng_fn=lambda seed, counter: jax.random.fold_in(jax.random.key(seed), counter), **kwargs)
 
+        guidance = {} if rtc_max_guidance is None else {"max_guidance_weight": float(rtc_max_guidance)}
+
         @jax.jit
         def sample(state, rng, batch):
             module = nnx.merge(graphdef, state)
             # Every batch carries RTC inputs (plain rows have no overlap): one program serves both kinds.
             rtc = RTCInputs(*(batch[k] for k in rtc_fields.MODEL_KEYS))
-            return module.sample_actions(rng, Observation.from_dict(batch), num_steps=num_steps, rtc=rtc)
+            return module.sample_actions(rng, Observation.from_dict(batch), num_steps=num_steps, rtc=rtc,
+                                         **guidance)
 
         def run(rng, batch):
             return sample(state, rng, batch)

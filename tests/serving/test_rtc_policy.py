@@ -53,6 +53,20 @@ def test_rtc_and_plain_rows_share_a_batch(policy):
     assert np.abs(mixed[1]["actions"] - plain[1]["actions"]).max() > 1e-4  # the RTC row was guided
 
 
+@pytest.mark.slow
+def test_rtc_max_guidance_changes_guided_rows_only(policy, tiny_checkpoint, aloha_sim):
+    """``rtc_max_guidance`` reaches the sampler: a guided request moves, a plain one stays bit for bit."""
+    strong = load_policy(tiny_checkpoint, embodiment=aloha_sim, batch_sizes=(1,), rtc_max_guidance=50.0)
+    obs = sim_obs(3)
+    tail = strong.infer(obs)["actions"][4:]
+    strong._counter = policy._counter = 7  # the same noise for both
+    guided = _rtc(obs, tail, 3)
+    by_default, by_strong = policy.infer(guided)["actions"], strong.infer(guided)["actions"]
+    assert np.abs(by_strong - by_default).max() > 1e-4
+    strong._counter = policy._counter = 7
+    np.testing.assert_array_equal(strong.infer(obs)["actions"], policy.infer(obs)["actions"])
+
+
 @pytest.mark.parametrize(("fields", "match"), [
     ({"inference_delay": 2}, "without 'prev_actions'"),
     ({"prev_actions": np.zeros((11, 14), np.float32)}, "1 <= L <= 10"),
