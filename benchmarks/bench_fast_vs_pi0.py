@@ -64,11 +64,16 @@ def training_summary(step_dir: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r["step"] <= step and r.get("steps_per_s")]
     rates = [r["steps_per_s"] for r in rows]
-    # The rate is logged once per interval and repeated on its steps: one value per interval, the first dropped.
-    intervals = [rate for i, rate in enumerate(rates) if i == 0 or rate != rates[i - 1]]
     return {"steps": step, "step_seconds": round(sum(1.0 / r for r in rates), 1),
-            "steps_per_s": statistics.median(intervals[1:] or intervals),
+            "steps_per_s": median_steps_per_s(rates),
             "final_loss": float(np.mean([r["loss"] for r in rows[-100:]]))}
+
+
+def median_steps_per_s(rates: list[float]) -> float:
+    """The median rate over a run's logged intervals after the first (which includes compilation); ``rates`` is
+    ``metrics.jsonl``'s per-step ``steps_per_s``, which repeats one value per interval."""
+    intervals = [rate for i, rate in enumerate(rates) if i == 0 or rate != rates[i - 1]]
+    return statistics.median(intervals[1:] or intervals)
 
 
 def measure(step_dir: Path, seeds: list[int], open_loop_steps: int | None, fast_decode: str = "strict"

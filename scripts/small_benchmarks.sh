@@ -27,12 +27,13 @@ mkdir -p "$WORK/fast" "$WORK/results"
 cd "$WORK"
 export HF_HUB_OFFLINE=1 HF_LEROBOT_HOME="$PWD/lerobot-home" MUJOCO_GL="${MUJOCO_GL:-egl}"
 
-steps_for() {  # median steps/s of a calibration run (its first logged interval compiles) x BUDGET_S
-  "$python" - "$1" "$BUDGET_S" <<'EOF'
-import json, statistics, sys
+steps_for() {  # a calibration run's median steps/s (bench_fast_vs_pi0's rule) x BUDGET_S
+  "$python" - "$1" "$BUDGET_S" "$repo/benchmarks" <<'EOF'
+import json, sys
+sys.path.insert(0, sys.argv[3])
+from bench_fast_vs_pi0 import median_steps_per_s
 rates = [json.loads(line)["steps_per_s"] for line in open(sys.argv[1]) if line.strip()]
-intervals = [r for i, r in enumerate(rates) if i == 0 or r != rates[i - 1]][1:] or rates
-print(int(statistics.median(intervals) * float(sys.argv[2])))
+print(int(median_steps_per_s(rates) * float(sys.argv[2])))
 EOF
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, cast
 
 import typer
 
@@ -157,7 +157,7 @@ def serve(
         policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
                              tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed,
                              max_decoding_steps=max_decoding_steps, temperature=temperature,
-                             fast_decode="lenient" if fast_decode == "lenient" else "strict",
+                             fast_decode=cast("Literal['strict', 'lenient']", fast_decode),
                              rtc_max_guidance=rtc_max_guidance)
     policy.max_input_std = max_input_std
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

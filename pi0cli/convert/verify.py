@@ -54,6 +54,17 @@ class VerifyResult:
         return all(self.differences[name] <= self.tolerance for name in self.gated)
 
 
+def _example_images(model_config: Pi0Config, batch: int, rng: np.random.Generator) -> tuple[dict, dict]:
+    """Images in [-1, 1] for every camera slot, the last one masked when there are several."""
+    import jax.numpy as jnp
+
+    h, w = model_config.image_resolution
+    keys = model_config.image_keys
+    images = {k: jnp.asarray(rng.uniform(-1, 1, (batch, h, w, 3)), jnp.float32) for k in keys}
+    masks = {k: jnp.asarray(np.full(batch, i < max(1, len(keys) - 1))) for i, k in enumerate(keys)}
+    return images, masks
+
+
 def example_inputs(model_config: Pi0Config, *, batch: int = 2, seed: int = 0) -> tuple[Any, np.ndarray]:
     """A deterministic model-level observation (images in [-1, 1], a padded prompt, the last camera masked when
     there are several) and the flow-matching noise for it."""
@@ -62,10 +73,7 @@ def example_inputs(model_config: Pi0Config, *, batch: int = 2, seed: int = 0) ->
     from pi0cli.models.observation import Observation
 
     rng = np.random.default_rng(seed)
-    h, w = model_config.image_resolution
-    keys = model_config.image_keys
-    images = {k: jnp.asarray(rng.uniform(-1, 1, (batch, h, w, 3)), jnp.float32) for k in keys}
-    masks = {k: jnp.asarray(np.full(batch, i < max(1, len(keys) - 1))) for i, k in enumerate(keys)}
+    images, masks = _example_images(model_config, batch, rng)
     length = model_config.token_len
     token_mask = np.arange(length)[None, :] < np.array([max(1, length - 2 - i) for i in range(batch)])[:, None]
     tokens = rng.integers(1, model_config.vlm.vocab_size, (batch, length)) * token_mask
@@ -207,11 +215,8 @@ def fast_example_inputs(model_config: Pi0Config, *, batch: int = 2, seed: int = 
     from pi0cli.models.observation import Observation
 
     rng = np.random.default_rng(seed)
-    h, w = model_config.image_resolution
-    keys = model_config.image_keys
     length = model_config.token_len
-    images = {k: jnp.asarray(rng.uniform(-1, 1, (batch, h, w, 3)), jnp.float32) for k in keys}
-    masks = {k: jnp.asarray(np.full(batch, i < max(1, len(keys) - 1))) for i, k in enumerate(keys)}
+    images, masks = _example_images(model_config, batch, rng)
     tokens = rng.integers(4, model_config.vlm.vocab_size, (batch, length))
     prefix = np.array([max(1, length // 2 - i) for i in range(batch)])
     valid = np.arange(length)[None, :] < np.array([max(2, length - 2 - i) for i in range(batch)])[:, None]

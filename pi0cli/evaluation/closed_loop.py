@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pi0cli.client.policy import BasePolicy
+from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY
 from pi0cli.simulator import checked
 from pi0cli.transforms import lookup, to_uint8_hwc
 
@@ -141,10 +142,10 @@ class DecodeFailureCounter(BasePolicy):
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         reply = self.inner.infer(obs)
         self.chunks += 1
-        if "decode_failures" in reply:
+        if DECODE_FAILURES_KEY in reply:
             self.seen = True
-            self.decode_failures += int(np.asarray(reply["decode_failures"]))
-            self.action_tokens += int(np.asarray(reply.get("action_tokens", 0)))
+            self.decode_failures += int(np.asarray(reply[DECODE_FAILURES_KEY]))
+            self.action_tokens += int(np.asarray(reply.get(ACTION_TOKENS_KEY, 0)))
         return reply
 
     def summary(self) -> dict[str, Any]:

@@ -396,6 +396,10 @@ class FastActionOutputs:
     on_failure: Literal["zeros", "raise"] = "zeros"
     decode: Literal["strict", "lenient"] = "strict"
 
+    def __post_init__(self) -> None:
+        if self.decode not in ("strict", "lenient"):
+            raise TokenizerError(f"pi0-FAST decoding must be 'strict' or 'lenient', got {self.decode!r}")
+
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         actions, ok = self.tokenizer.extract_actions(np.asarray(data["actions"]), self.action_horizon,
                                                      self.action_dim, lenient=self.decode == "lenient")

@@ -308,6 +308,8 @@ def test_fast_action_outputs_count_failures(paligemma, fast):
     lenient = FastActionOutputs(ft, H, D, decode="lenient")({"actions": clipped})
     assert strict["decode_failures"] == 1 and lenient["decode_failures"] == 0
     np.testing.assert_allclose(lenient["actions"], fast.decode_one(fast_ids[:cut], H, D, lenient=True), atol=1e-6)
+    with pytest.raises(TokenizerError, match="'strict' or 'lenient'"):
+        FastActionOutputs(ft, H, D, decode="loose")  # type: ignore[arg-type]  # the mistake under test
 
 
 def test_fit_from_dataset_blocks_reports_error_and_compression():
