@@ -4,8 +4,8 @@ Assembled from an embodiment, a model config and norm stats (reference order)::
 
     training inputs:  dataset row -> repack (embodiment key map, plus prompt and the action padding mask)
                       -> embodiment inputs -> delta actions -> normalize -> model inputs
-    inference inputs: observation -> default prompt -> embodiment inputs -> delta actions (no-op without
-                      actions) -> normalize -> model inputs
+    inference inputs: observation -> embodiment inputs -> delta actions (no-op without actions) -> normalize
+                      -> model inputs (which fill in the default prompt for a request without one)
     outputs:          {"state", "actions"} -> unnormalize -> absolute actions -> embodiment outputs
 
 Model inputs = resize-with-pad to the model's resolution, tokenize the prompt (pi0.5 with discrete state:
@@ -42,7 +42,6 @@ from pi0cli.transforms import (
     Compose,
     Data,
     DeltaActions,
-    InjectDefaultPrompt,
     Normalize,
     Repack,
     Transform,
@@ -283,8 +282,8 @@ class Pipeline:
 
     def inference_inputs(self) -> Compose:
         """Robot observation -> one model example (no actions)."""
-        return compose(InjectDefaultPrompt(self.default_prompt), self.robot_inputs(), self._normalize(),
-                       self._model_inputs())
+        # The default prompt is filled in by the model inputs (one place, for training rows and requests alike).
+        return compose(self.robot_inputs(), self._normalize(), self._model_inputs())
 
     def outputs(self, *, fast_decode: Literal["strict", "lenient"] = "strict") -> Compose:
         """``{"state": model-input state, "actions": model actions [H, action_dim]}`` -> robot actions
