@@ -172,20 +172,25 @@ def _write_stablehlo(directory: Path, fn: Callable[..., Any], state: Any, bspec:
 
     from pi0cli.export import sampling
 
-    abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-    exported = jax.export.export(jax.jit(fn))(abstract_state, bspec, nspec)
+    leaves, treedef = jax.tree.flatten(state)
+
+    def flat(weights: list[Any], batch: Any, noise: Any) -> Any:
+        # The weights travel as a plain list: a serialized signature holds only standard containers.
+        return fn(jax.tree.unflatten(treedef, weights), batch, noise)
+
+    abstract = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+    exported = jax.export.export(jax.jit(flat))(abstract, bspec, nspec)
     (directory / "model.stablehlo").write_bytes(exported.serialize())
     names = sampling.leaf_names(state)
     arrays = {}
-    for name, value in zip(names, jax.tree.leaves(state), strict=True):
+    for name, value in zip(names, leaves, strict=True):
         array = np.asarray(value)
         # npz has no bfloat16: store its bits (the loader views them back through the manifest's dtype)
         arrays[name] = array.view(np.uint16) if array.dtype.name == "bfloat16" else array
     with (directory / "weights.npz").open("wb") as f:
         np.savez(f, **arrays)
-    weight_dtype = {np.asarray(v).dtype.name for v in jax.tree.leaves(state)}
     return {"graph": "model.stablehlo", "weights": "weights.npz", "weight_order": names,
-            "weight_dtypes": sorted(weight_dtype), "jax_version": jax.__version__,
+            "weight_dtypes": [np.asarray(v).dtype.name for v in leaves], "jax_version": jax.__version__,
             "calling_convention_version": int(exported.calling_convention_version)}
 
 

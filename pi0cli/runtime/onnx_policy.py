@@ -51,7 +51,12 @@ class OnnxSampler:
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=wanted)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types; one line for the user
-            raise ArtifactError(f"ONNX Runtime cannot load {graph}: {' '.join(str(exc).split())[:300]}") from None
+            hint = ""
+            if manifest.get("dtype") == "bfloat16" and "NOT_IMPLEMENTED" in str(exc):
+                hint = ("; ONNX Runtime's CPU provider has no bfloat16 kernels: run it with the CUDA or TensorRT "
+                        "provider, or export --dtype float16 / float32 for CPUs")
+            raise ArtifactError(f"ONNX Runtime cannot load {graph}: {' '.join(str(exc).split())[:300]}{hint}") \
+                from None
         self.inputs = [(spec["name"], tuple(spec["shape"]), np.dtype(spec["dtype"])) for spec in manifest["inputs"]]
         self.output = manifest["outputs"][0]["name"]
         self.noise_shape = tuple(manifest["outputs"][0]["shape"])
