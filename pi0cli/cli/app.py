@@ -13,7 +13,19 @@ from typing import Annotated
 import typer
 
 from pi0cli import __version__
-from pi0cli.cli import console, convert, doctor, embodiments, evaluate, helpstyle, norm_stats, record, serve, train
+from pi0cli.cli import (
+    console,
+    convert,
+    doctor,
+    embodiments,
+    evaluate,
+    export,
+    helpstyle,
+    norm_stats,
+    record,
+    serve,
+    train,
+)
 
 app = typer.Typer(
     name="pi0",
@@ -31,6 +43,7 @@ app.command("norm-stats")(norm_stats.norm_stats)
 app.command("record")(record.record)
 app.command("eval")(evaluate.evaluate)
 app.command("doctor")(doctor.doctor)
+app.command("export")(export.export)
 helpstyle.install()
 helpstyle.add_examples(app)
 

@@ -29,6 +29,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
              "pi0 eval aloha_sim --server ws://127.0.0.1:8000 --connect-timeout 120",
              "pi0 eval --dataset heldout --checkpoint checkpoints/pi0_aloha_sim_tiny/default/3000 --out offline"),
     "doctor": ("pi0 doctor", "pi0 doctor --no-network --json"),
+    "export": ("pi0 export checkpoints/pi0_aloha_sim_tiny/default/3000 --format onnx --out aloha_onnx --verify",
+               "pi0 export checkpoints/pi0_aloha_sim_tiny/default/3000 --format stablehlo --out aloha_hlo"),
     "embodiments list": ("pi0 embodiments list", "pi0 embodiments list --json"),
     "embodiments show": ("pi0 embodiments show aloha", "pi0 embodiments show ur5 --json"),
     "convert dataset aloha-hdf5": ("pi0 convert dataset aloha-hdf5 raw_episodes/ --out my_dataset",),
