@@ -16,21 +16,19 @@ drop strings. The result per example is what :meth:`pi0cli.models.observation.Ob
      "tokenized_prompt": int32 [token_len], "tokenized_prompt_mask": bool [token_len],
      "actions": float32 [H, action_dim], "actions_is_pad": bool [H]}     (the last two when training)
 
-pi0-FAST (``model.fast``) differs in the model step: its cameras are ``base_0_rgb``, ``base_1_rgb``, ``wrist_0_rgb``
-(:func:`pi0cli.models.tokenizer.fast_image_slots`), the prompt, the normalised unpadded state and (training)
-the normalised unpadded action chunk become one token sequence (``tokenized_prompt``, ``tokenized_prompt_mask``,
-``token_ar_mask``, ``token_loss_mask``; :class:`pi0cli.models.tokenizer.FASTTokenizer`), the state is not padded,
-and the outputs start by decoding the generated tokens (:class:`pi0cli.models.tokenizer.FastActionOutputs`, which
-adds ``decode_failures`` and ``action_tokens``).
-
-Quantile normalisation for every model type except pi0 (the reference rule). No JAX here.
+What differs between kinds of model is the model family's (``model.family``, :mod:`pi0cli.models.families`):
+the model step (its camera slots and token layout: pi0-FAST's cameras are ``base_0_rgb``, ``base_1_rgb``,
+``wrist_0_rgb`` and its prompt, state and action chunk are one token sequence, see
+:mod:`pi0cli.models.families.pi0_fast`), whether the state is padded to ``action_dim``, the first output step
+(pi0-FAST decodes its generated tokens, adding ``decode_failures`` and ``action_tokens``), and quantile
+normalisation (every built-in family but pi0, the reference rule). No JAX here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 
@@ -55,6 +53,7 @@ from pi0cli.transforms import (
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
+    from pi0cli.models.families import ModelFamily
     from pi0cli.models.tokenizer import FASTTokenizer
 
 #: The action padding mask in pipeline data (lerobot calls it ``<action column>_is_pad``).
@@ -74,8 +73,26 @@ class PipelineError(Pi0Error, ValueError):
 
 
 def uses_quantile_norm(model_type: str) -> bool:
-    """The reference rule: quantile normalisation for every model type except pi0."""
-    return model_type != "pi0"
+    """Whether the family of ``model_type`` normalises with quantiles (the reference: every type but pi0)."""
+    from pi0cli.models.families import family
+
+    return family(model_type).quantile_norm
+
+
+def model_family(model: Pi0Config) -> ModelFamily:
+    """The family of a model config (one loaded from JSON holds ``model_type`` too)."""
+    from pi0cli.models.families import family
+
+    return family(model.model_type)
+
+
+class TokenLayout(Protocol):
+    """A model family's camera slots and token sequence, when they are not pi0's (``ModelInputs.layout``)."""
+
+    def slots(self, images: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]: ...
+
+    def fields(self, inputs: ModelInputs, data: Data, out: Data, state: np.ndarray) -> Data: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,16 +131,17 @@ class KeepKeys:
 @dataclasses.dataclass(frozen=True, eq=False)
 class ModelInputs:
     """Model-side input transforms: crop (non-wrist cameras, when the model has ``image_crop``), resize-with-pad,
-    tokenize, pad to the model dims, drop strings."""
+    tokenize, pad to the model dims, drop strings. ``layout``: a model family's own camera slots and token
+    sequence (None: pi0's), see :meth:`pi0cli.models.families.ModelFamily.model_inputs`."""
 
     resolution: tuple[int, int]
     action_dim: int
     action_horizon: int
-    tokenizer: PromptTokenizer | FASTTokenizer | None = None
+    tokenizer: PromptTokenizer | FASTTokenizer | Any | None = None
     discrete_state: bool = False
     default_prompt: str | None = None
     image_crop: tuple[float, float, float, float] | None = None
-    fast: bool = False  # pi0-FAST: its camera slots and token sequence (see the module docstring)
+    layout: TokenLayout | None = None
 
     def __call__(self, data: Data) -> Data:
         height, width = self.resolution
@@ -139,22 +157,17 @@ class ModelInputs:
                 if self.image_crop is not None and not is_wrist_slot(slot):
                     img = crop_fraction(img, self.image_crop)
                 images[slot] = resize_with_pad(img, height, width)
-        if self.fast:
-            from pi0cli.models.tokenizer import fast_image_slots
-
-            images, masks = fast_image_slots(images, masks)
+        if self.layout is not None:
+            images, masks = self.layout.slots(images, masks)
         out: Data = {"image": images, "image_mask": masks}
         state = np.asarray(data["state"], dtype=np.float32)
-        if self.fast:
-            return self._fast_tokens(data, out, state)
+        if self.layout is not None:
+            return self.layout.fields(self, data, out, state)
         if state.shape[-1] > self.action_dim:
             raise PipelineError(f"state has {state.shape[-1]} dims but the model's action_dim is {self.action_dim}")
         if self.tokenizer is not None:
-            prompt = data.get("prompt", self.default_prompt)
-            if prompt is None:
-                raise PipelineError("no prompt: the data has none and there is no default prompt; send 'prompt'")
             tokenizer = cast("PromptTokenizer", self.tokenizer)
-            tokens, mask = tokenizer.tokenize(str(prompt), state if self.discrete_state else None)
+            tokens, mask = tokenizer.tokenize(self.prompt(data), state if self.discrete_state else None)
             out["tokenized_prompt"], out["tokenized_prompt_mask"] = tokens, mask
         out["state"] = pad_to_dim(state, self.action_dim).astype(np.float32)
         if "actions" in data:
@@ -167,36 +180,22 @@ class ModelInputs:
             if actions.shape[-1] > self.action_dim:
                 raise PipelineError(f"actions have {actions.shape[-1]} dims but the model's action_dim is "
                                     f"{self.action_dim}")
-            out["actions"] = pad_to_dim(actions, self.action_dim).astype(np.float32)
-            pad = data.get(PAD_KEY)
-            out[PAD_KEY] = (np.zeros(actions.shape[:-1], dtype=bool) if pad is None
-                            else np.asarray(pad, dtype=bool).reshape(actions.shape[:-1]))
+            out.update(self.padded_actions(data, actions))
         return out
 
-    def _fast_tokens(self, data: Data, out: Data, state: np.ndarray) -> Data:
-        """pi0-FAST: prompt, state and (training) actions as one token sequence; the state stays unpadded."""
+    def prompt(self, data: Data) -> str:
+        """The example's prompt, else the default one; a clear error when there is neither."""
         prompt = data.get("prompt", self.default_prompt)
         if prompt is None:
             raise PipelineError("no prompt: the data has none and there is no default prompt; send 'prompt'")
-        actions = data.get("actions")
-        if actions is not None:
-            actions = np.asarray(actions, dtype=np.float32)
-            if actions.ndim != 2 or actions.shape[0] != self.action_horizon:
-                raise PipelineError(
-                    f"actions have shape {actions.shape} but the model predicts chunks of {self.action_horizon}; "
-                    f"open the dataset with action_horizon={self.action_horizon}"
-                )
-        if self.tokenizer is None:
-            raise PipelineError("a pi0-FAST model needs a FASTTokenizer")
-        tokens, mask, ar, loss = cast("FASTTokenizer", self.tokenizer).tokenize(str(prompt), state, actions)
-        out.update(tokenized_prompt=tokens, tokenized_prompt_mask=mask, token_ar_mask=ar, token_loss_mask=loss,
-                   state=state)
-        if actions is not None:  # carried for the train step's batch layout (the model reads the tokens)
-            out["actions"] = pad_to_dim(actions, self.action_dim).astype(np.float32)
-            pad = data.get(PAD_KEY)
-            out[PAD_KEY] = (np.zeros(actions.shape[:-1], dtype=bool) if pad is None
-                            else np.asarray(pad, dtype=bool).reshape(actions.shape[:-1]))
-        return out
+        return str(prompt)
+
+    def padded_actions(self, data: Data, actions: np.ndarray) -> Data:
+        """``actions`` zero-padded to ``action_dim`` and the chunk's padding mask (all False when absent)."""
+        pad = data.get(PAD_KEY)
+        return {"actions": pad_to_dim(actions, self.action_dim).astype(np.float32),
+                PAD_KEY: (np.zeros(actions.shape[:-1], dtype=bool) if pad is None
+                          else np.asarray(pad, dtype=bool).reshape(actions.shape[:-1]))}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -216,11 +215,10 @@ class Pipeline:
                delta_action_mask: tuple[bool, ...] | None = None, default_prompt: str | None = None) -> Pipeline:
         """Check that the pieces fit; ``delta_action_mask`` overrides the embodiment's (``()`` turns it off)."""
         emb = embodiment
-        fast = bool(getattr(model, "fast", False))
-        if fast and not hasattr(tokenizer, "extract_actions"):
-            raise PipelineError("a pi0-FAST model needs a FASTTokenizer (prompt tokenizer + FAST action tokenizer)")
-        # pi0-FAST reads the state as text: only the actions must fit the model's action_dim.
-        for what, dim in (("state", 0 if fast else emb.state_dim), ("action", emb.action_dim)):
+        family = model_family(model)
+        family.check_tokenizer(tokenizer)
+        # A family that reads the state another way (pi0-FAST: as text) needs only the actions to fit action_dim.
+        for what, dim in (("state", emb.state_dim if family.pads_state else 0), ("action", emb.action_dim)):
             if dim > model.action_dim:
                 raise PipelineError(
                     f"embodiment {emb.name!r} has {dim} {what} dims but the model's action_dim is {model.action_dim}; "
@@ -238,7 +236,7 @@ class Pipeline:
                         f"norm stats {key!r} have {stats.dim} dims but embodiment {emb.name!r} has {dim}; "
                         f"recompute them with `pi0 norm-stats {emb.name}`"
                     )
-                if stats is not None and uses_quantile_norm(model.model_type) and stats.q01 is None:
+                if stats is not None and family.quantile_norm and stats.q01 is None:
                     raise NormStatsError(
                         f"{model.model_type} uses quantile normalisation but the {key!r} norm stats have no q01/q99; "
                         f"recompute them with `pi0 norm-stats {emb.name}`"
@@ -252,18 +250,18 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ pieces
 
     @property
+    def family(self) -> ModelFamily:
+        return model_family(self.model)
+
+    @property
     def use_quantiles(self) -> bool:
-        return uses_quantile_norm(self.model.model_type)
+        return self.family.quantile_norm
 
     def _normalize(self) -> Transform | None:
         return None if self.norm_stats is None else Normalize(self.norm_stats, use_quantiles=self.use_quantiles)
 
-    def _model_inputs(self) -> ModelInputs:
-        m = self.model
-        height, width = m.image_resolution  # a JSON-loaded config may hold a list
-        return ModelInputs((height, width), m.action_dim, m.action_horizon, self.tokenizer,
-                           bool(m.uses_discrete_state), self.default_prompt, m.image_crop,
-                           bool(getattr(m, "fast", False)))
+    def _model_inputs(self) -> Transform:
+        return self.family.model_inputs(self.model, self.tokenizer, default_prompt=self.default_prompt)
 
     def robot_inputs(self) -> Compose:
         """Embodiment inputs then delta actions (what norm stats are computed over)."""
@@ -287,18 +285,11 @@ class Pipeline:
 
     def outputs(self, *, fast_decode: Literal["strict", "lenient"] = "strict") -> Compose:
         """``{"state": model-input state, "actions": model actions [H, action_dim]}`` -> robot actions
-        (``fast_decode``: pi0-FAST's token decoding, see :class:`~pi0cli.models.tokenizer.FastActionOutputs`)."""
+        (``fast_decode``: pi0-FAST's token decoding, see :class:`~pi0cli.models.tokenizer.FastActionOutputs`).
+        The family's output step comes first (pi0-FAST: tokens -> actions); the keys it adds reach the client."""
         unnormalize = None if self.norm_stats is None else Unnormalize(
             {k: v for k, v in self.norm_stats.items() if k in ("state", "actions")}, use_quantiles=self.use_quantiles,
             strict=True)
-        if getattr(self.model, "fast", False):
-            from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY, FastActionOutputs
-
-            if self.tokenizer is None:
-                raise PipelineError("a pi0-FAST model needs a FASTTokenizer to decode its tokens")
-            decode = FastActionOutputs(cast("FASTTokenizer", self.tokenizer), self.model.action_horizon,
-                                       self.embodiment.action_dim, pad_to=self.model.action_dim, decode=fast_decode)
-            return compose(decode, unnormalize, AbsoluteActions(self.delta_action_mask),
-                           KeepKeys(self.embodiment.outputs, (DECODE_FAILURES_KEY, ACTION_TOKENS_KEY)))
-        return compose(unnormalize, AbsoluteActions(self.delta_action_mask), self.embodiment.outputs)
-
+        decode, keep = self.family.output_transform(self.model, self.tokenizer, self.embodiment, decode=fast_decode)
+        robot = KeepKeys(self.embodiment.outputs, keep) if keep else self.embodiment.outputs
+        return compose(decode, unnormalize, AbsoluteActions(self.delta_action_mask), robot)

@@ -7,10 +7,16 @@ built by the CLI without paying for a JAX import.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pi0cli.errors import Pi0Error, UnknownNameError
+from pi0cli.models.families import family, family_names
 
+if TYPE_CHECKING:
+    from pi0cli.models.families import ModelFamily
+
+#: The built-in model types. ``Pi0Config.model_type`` takes any registered family's name
+#: (:mod:`pi0cli.models.families`); this names the ones that ship.
 ModelType = Literal["pi0", "pi05", "pi0_fast"]
 #: pi0-FAST decoding conventions: ``"training"`` decodes exactly as the model was trained (positions and
 #: attention as in ``compute_loss``); ``"reference"`` replicates the reference's decoder (see ``pi0_fast``).
@@ -31,10 +37,11 @@ FREEZE_MODES: tuple[str, ...] = ("full", "lora_vlm", "lora_expert", "lora_both")
 #: PaliGemma's vocabulary size (the reference embedder table has this many rows).
 PALIGEMMA_VOCAB_SIZE = 257_152
 
-#: Camera slots, in the order their tokens enter the prefix.
-IMAGE_KEYS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+#: Camera slots, in the order their tokens enter the prefix (the pi0 family's; ``pi0cli/models/__init__.py``
+#: registered the built-in families before this module runs).
+IMAGE_KEYS: tuple[str, ...] = family("pi0").image_keys
 #: pi0-FAST's camera slots (the reference names them differently from pi0's).
-FAST_IMAGE_KEYS: tuple[str, ...] = ("base_0_rgb", "base_1_rgb", "wrist_0_rgb")
+FAST_IMAGE_KEYS: tuple[str, ...] = family("pi0_fast").image_keys
 #: Which of an embodiment's (pi0) camera slots fills each pi0-FAST slot. As the reference's DROID and LIBERO
 #: FAST inputs: base_0 is the base camera, wrist_0 the (left) wrist camera, base_1 a zero image that is *not*
 #: masked; here base_1 shows the right wrist camera when the robot has one (ALOHA), still with mask True.
@@ -142,7 +149,10 @@ def siglip_variant(name: str) -> SigLIPConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Pi0Config:
-    """pi0 / pi0.5 model configuration (reference defaults).
+    """pi0 / pi0.5 / pi0-FAST (or any registered model family's) configuration (reference defaults).
+
+    ``model_type`` names a registered family (:mod:`pi0cli.models.families`; ``config.family``), which supplies
+    the defaults that differ between kinds of model: the camera slots, the prompt length, the discrete state.
 
     ``dtype`` is the compute dtype; ``param_dtype`` the storage dtype of the weights (float32 for training,
     bfloat16 is enough for inference). ``scan`` runs the stacked layers with ``lax.scan`` (else a Python loop
@@ -165,7 +175,7 @@ class Pi0Config:
     with the reference's decoder, including its position offset ``fast_reference_position_offset``).
     """
 
-    model_type: ModelType = "pi0"
+    model_type: str = "pi0"
     paligemma_variant: str = "gemma_2b"
     action_expert_variant: str = "gemma_300m"
     siglip_variant: str = "So400m/14"
@@ -173,10 +183,10 @@ class Pi0Config:
     param_dtype: DType = "float32"
     action_dim: int = 32
     action_horizon: int = 50
-    max_token_len: int | None = None  # None: 48 for pi0, 200 for pi0.5
+    max_token_len: int | None = None  # None: the family's (48 for pi0, 200 for pi0.5, 250 for pi0-FAST)
     image_resolution: tuple[int, int] = (224, 224)
     image_keys: tuple[str, ...] = IMAGE_KEYS
-    discrete_state_input: bool | None = None  # None: same as pi05 (only informs the tokenizer)
+    discrete_state_input: bool | None = None  # None: the family's (pi0.5's; only informs the tokenizer)
     image_crop: tuple[float, float, float, float] | None = None
     augment_geometric: bool = True
     state_dropout: float = 0.0
@@ -200,20 +210,23 @@ class Pi0Config:
             raise ModelConfigError(f"attention_impl {self.attention_impl!r} is not one of chunked, xla, cudnn")
         if self.attention_chunk <= 0 or (self.mlp_chunk is not None and self.mlp_chunk <= 0):
             raise ModelConfigError("attention_chunk and mlp_chunk must be positive")
-        if self.model_type not in ("pi0", "pi05", "pi0_fast"):
+        try:
+            fam = family(self.model_type)
+        except UnknownNameError:
             raise ModelConfigError(
-                f"model_type {self.model_type!r} is not supported; use 'pi0', 'pi05' or 'pi0_fast'"
-            )
-        if self.model_type == "pi0_fast" and self.image_keys == IMAGE_KEYS:
-            object.__setattr__(self, "image_keys", FAST_IMAGE_KEYS)  # frozen: the one defaulted field
+                f"model_type {self.model_type!r} is not supported; use one of {', '.join(family_names())} "
+                "(or register a model family: pi0cli.models.families.register_family)"
+            ) from None
+        if self.image_keys == IMAGE_KEYS and fam.image_keys != IMAGE_KEYS:
+            object.__setattr__(self, "image_keys", fam.image_keys)  # frozen: the one defaulted field
         if self.fast_decoding not in ("training", "reference"):
             raise ModelConfigError(f"fast_decoding {self.fast_decoding!r} is not supported; use training or reference")
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in ("float32", "bfloat16"):
                 raise ModelConfigError(f"{field} {getattr(self, field)!r} is not supported; use float32 or bfloat16")
         vlm, expert, img = self.vlm, self.expert, self.siglip
-        if self.fast:
-            expert = vlm  # pi0-FAST has no action expert: nothing to match
+        if not fam.has_action_expert:
+            expert = vlm  # no action expert (pi0-FAST): nothing to match
         if (vlm.num_heads, vlm.num_kv_heads, vlm.head_dim) != (expert.num_heads, expert.num_kv_heads, expert.head_dim):
             raise ModelConfigError(
                 f"experts {self.paligemma_variant!r} and {self.action_expert_variant!r} must share num_heads, "
@@ -245,6 +258,11 @@ class Pi0Config:
                 )
         if img.width % img.num_heads:
             raise ModelConfigError(f"SigLIP width {img.width} is not divisible by num_heads {img.num_heads}")
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model family of ``model_type``: what differs between kinds of model (:mod:`pi0cli.models.families`)."""
+        return family(self.model_type)
 
     @property
     def pi05(self) -> bool:
@@ -281,11 +299,11 @@ class Pi0Config:
     def token_len(self) -> int:
         if self.max_token_len is not None:
             return self.max_token_len
-        return 250 if self.fast else 200 if self.pi05 else 48
+        return self.family.default_token_len
 
     @property
     def uses_discrete_state(self) -> bool:
-        return self.pi05 if self.discrete_state_input is None else self.discrete_state_input
+        return self.family.discrete_state if self.discrete_state_input is None else self.discrete_state_input
 
     @property
     def tokens_per_image(self) -> int:
@@ -298,9 +316,8 @@ class Pi0Config:
 
     @property
     def suffix_len(self) -> int:
-        if self.fast:
-            return 0  # the action tokens are part of the token sequence (max_token_len)
-        return self.action_horizon + (0 if self.pi05 else 1)
+        """Tokens after the prefix: pi0's state and action tokens (pi0-FAST: 0, its actions are text tokens)."""
+        return self.family.suffix_len(self)
 
 
 _TINY = Pi0Config(

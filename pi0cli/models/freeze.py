@@ -62,12 +62,7 @@ def trainable_filter(mode: str = "full", *, freeze_vision: bool = False):
     return nnx.Param if frozen is nnx.Nothing else nnx.All(nnx.Param, nnx.Not(frozen))
 
 
-def freeze_mode_for(config: Pi0Config) -> str:
-    """The reference's choice: freeze the LLM weights of whichever experts carry LoRA adapters (pi0-FAST has
-    only the VLM: its action expert variant is ignored)."""
-    vlm, expert = config.vlm.attn_lora or config.vlm.ffn_lora, config.expert.attn_lora or config.expert.ffn_lora
-    if config.fast:
-        expert = None
-    return {(False, False): "full", (True, False): "lora_vlm", (False, True): "lora_expert", (True, True): "lora_both"}[
-        (vlm is not None, expert is not None)
-    ]
+def freeze_mode_for(config: Pi0Config) -> FreezeMode:
+    """The reference's choice: freeze the LLM weights of whichever experts carry LoRA adapters. The model's
+    family decides (pi0-FAST has only the VLM: its action expert variant is ignored)."""
+    return config.family.freeze_mode(config)

@@ -10,7 +10,7 @@ layers stacked on axis 0, action-expert names suffixed ``_1``) and the top-level
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,8 @@ from pi0cli.transforms import flatten, unflatten
 
 if TYPE_CHECKING:
     from pi0cli.models.config import Pi0Config
+    from pi0cli.models.families import PolicyModel
     from pi0cli.models.pi0 import Pi0
-    from pi0cli.models.pi0_fast import Pi0FAST
 
 __all__ = [
     "ParamTreeError", "build_any_model", "build_model", "check_params", "count_params", "export_flat",
@@ -130,10 +130,9 @@ def build_model(model_config: Pi0Config, params: Mapping[str, Any]) -> Pi0:
     return model
 
 
-def build_any_model(model_config: Pi0Config, params: Mapping[str, Any]) -> Pi0 | Pi0FAST:
-    """The model ``model_config.model_type`` calls for (``Pi0`` or ``Pi0FAST``) holding ``params``."""
-    from pi0cli.models import create_model
-
-    model = nnx.eval_shape(lambda: create_model(model_config, nnx.Rngs(0)))
-    import_params(model, params)
+def build_any_model(model_config: Pi0Config, params: Mapping[str, Any]) -> PolicyModel:
+    """The model of ``model_config.model_type``'s family (``Pi0``, ``Pi0FAST``, ...) holding ``params``."""
+    family = model_config.family
+    model = nnx.eval_shape(lambda: family.build(model_config, nnx.Rngs(0)))
+    import_params(cast("nnx.Module", model), params)
     return model

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pi0cli.checkpoint import (
     CONFIG_FILENAME,
@@ -19,14 +19,14 @@ from pi0cli.checkpoint import (
     read_tokenizer,
     resolve_step,
 )
+from pi0cli.models.families import FamilyError
 from pi0cli.normstats import NormStats, load_norm_stats
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
-    from pi0cli.models.pi0 import Pi0
-    from pi0cli.models.pi0_fast import Pi0FAST
-    from pi0cli.models.tokenizer import FASTTokenizer, PaligemmaTokenizer
+    from pi0cli.models.families import PolicyModel
+    from pi0cli.models.tokenizer import PaligemmaTokenizer
     from pi0cli.pipeline import Pipeline
     from pi0cli.policy.policy import Policy
 
@@ -89,7 +89,7 @@ def load_training_pipeline(
     embodiment: Embodiment,
     model: str | Pi0Config | None = None,
     initial_weights: bool = False,
-) -> tuple[Pi0 | Pi0FAST, Pipeline]:
+) -> tuple[PolicyModel, Pipeline]:
     """A checkpoint's model (its trained or, with ``initial_weights``, its initial weights) and the training
     pipeline it learned through (dataset row -> model example), to measure its loss on held-out data."""
     from pi0cli.pipeline import Pipeline
@@ -108,9 +108,10 @@ class _Loaded:
     directory: Path
     saved: dict
     model_config: Pi0Config
-    module: Pi0 | Pi0FAST
+    module: PolicyModel
     norm_stats: dict[str, NormStats]
-    tokenizer: PaligemmaTokenizer | FASTTokenizer
+    #: what the family's pipeline tokenizes with (the prompt tokenizer, or pi0-FAST's FASTTokenizer around it)
+    tokenizer: Any
     delta_action_mask: Sequence[bool] | None | str
 
 
@@ -140,10 +141,13 @@ def _load(directory: str | os.PathLike[str], embodiment: Embodiment, model: str 
     if saved.get("format") != FORMAT and mask is None:  # a training config: None means the embodiment's mask
         mask = "embodiment"
     prompt = _tokenizer(directory, tokenizer, model_config.token_len)
-    sequences: PaligemmaTokenizer | FASTTokenizer = prompt
-    if model_config.fast:
-        sequences = _fast_tokenizer(directory, asset_id or saved.get("asset_id") or embodiment.asset_id, prompt,
-                                    model_config)
+    # The family's tokenizer assets (pi0-FAST: its FAST tokenizer), from assets/<asset_id>/, else the only ones.
+    assets = directory / "assets"
+    wanted = asset_id or saved.get("asset_id") or embodiment.asset_id
+    try:
+        sequences = model_config.family.sequence_tokenizer(model_config, prompt, [assets / wanted], search=assets)
+    except FamilyError as exc:
+        raise CheckpointError(f"{model_config.model_type} checkpoint {directory}: {exc}") from None
     return _Loaded(directory, saved, model_config, module, norm_stats, sequences, mask)
 
 
@@ -194,23 +198,6 @@ def _norm_stats(directory: Path, wanted: str, fall_back: bool) -> dict[str, Norm
                                   + (f"; the checkpoint has {found}" if found else "")
                                   + "; compute them with `pi0 norm-stats` and copy them there")
     return load_norm_stats(stats_file)
-
-
-def _fast_tokenizer(directory: Path, asset_id: str, prompt: PaligemmaTokenizer, config: Pi0Config) -> FASTTokenizer:
-    """pi0-FAST: the checkpoint's FAST tokenizer (``assets/<asset_id>/fast_tokenizer``, else the only one)."""
-    from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer
-    from pi0cli.models.tokenizer import FASTTokenizer
-
-    assets = directory / "assets"
-    found = sorted(assets.rglob(f"{ASSET_DIR}/processor_config.json")) if assets.is_dir() else []
-    wanted = assets / asset_id / ASSET_DIR
-    if not (wanted / "processor_config.json").is_file():
-        if len(found) != 1:
-            raise CheckpointError(f"pi0-FAST checkpoint {directory} has no FAST tokenizer at {wanted}; copy the one "
-                                  "it was trained with there (`pi0 norm-stats --fast-tokenizer` writes one)")
-        wanted = found[0].parent
-    return FASTTokenizer(prompt, FastActionTokenizer.load(wanted), max_len=config.token_len,
-                         vocab_size=config.vlm.vocab_size)
 
 
 def _tokenizer(directory: Path, explicit: str | os.PathLike[str] | None, max_len: int) -> PaligemmaTokenizer:

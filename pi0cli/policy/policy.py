@@ -5,9 +5,9 @@
 
 The input and output transforms are plain callables (:func:`make_transforms` gives the standard chains of
 :class:`pi0cli.pipeline.Pipeline`, the ones training uses). The model part is a
-``sample(rng, batch) -> actions [B, H, A]`` callable; :meth:`Policy.from_model` builds it from a ``Pi0`` module
-with one ``jax.jit`` whose weights are an argument (not baked-in constants), compiled once per batch size in
-:meth:`Policy.warmup`.
+``sample(rng, batch) -> actions [B, H, A]`` callable; :meth:`Policy.from_model` builds it from a model module
+and its family's sampler (:meth:`pi0cli.models.families.ModelFamily.sampler`) with one ``jax.jit`` whose weights
+are an argument (not baked-in constants), compiled once per batch size in :meth:`Policy.warmup`.
 
 Requests are padded to the smallest of ``batch_sizes`` that fits (by repeating the first request), so the
 server never triggers a compilation in steady state.
@@ -28,8 +28,12 @@ from pi0cli.policy import rtc as rtc_fields
 from pi0cli.transforms import Data, compose, stack_trees
 
 if TYPE_CHECKING:
+    import jax
+    from flax import nnx
+
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
+    from pi0cli.models.families import PolicyModel
     from pi0cli.models.tokenizer import FASTTokenizer
     from pi0cli.normstats import NormStats
     from pi0cli.pipeline import PromptTokenizer
@@ -38,6 +42,16 @@ if TYPE_CHECKING:
 MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask", "token_ar_mask")
 
 SampleFn = Callable[[Any, Mapping[str, Any]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+    """The serving options handed to a model family's sampler (:meth:`ModelFamily.sampler`)."""
+
+    num_steps: int = 10
+    max_decoding_steps: int = 256
+    temperature: float = 0.0
+    rtc_max_guidance: float | None = None
 
 
 class PolicyError(Pi0Error):
@@ -148,49 +162,37 @@ class Policy:
     # ---------------------------------------------------------------------------------------- construction
 
     @classmethod
-    def from_model(cls, model: Any, *, num_steps: int = 10, max_decoding_steps: int = 256,
+    def from_model(cls, model: PolicyModel, *, num_steps: int = 10, max_decoding_steps: int = 256,
                    temperature: float = 0.0, rtc_max_guidance: float | None = None, **kwargs: Any) -> Policy:
-        """A policy around a ``Pi0`` module: ``sample_actions`` jitted with the weights as an argument.
+        """A policy around a model module (``Pi0``, ``Pi0FAST``, any family's): its family's sampler jitted with
+        the weights as an argument.
 
-        A ``Pi0FAST`` module decodes up to ``max_decoding_steps`` tokens (greedy, or sampled at ``temperature``);
-        its "actions" are token ids, which the output transforms decode (:class:`FastActionOutputs`).
-        ``rtc_max_guidance``: the clip of real-time chunking's guidance weight (default: the paper's 5)."""
+        The sampler reads the options it knows: pi0 and pi0.5 take ``num_steps`` denoising steps and real-time
+        chunking (``rtc_max_guidance``: the clip of its guidance weight; default the paper's 5); pi0-FAST decodes
+        up to ``max_decoding_steps`` tokens (greedy, or sampled at ``temperature``), and its "actions" are token
+        ids, which the output transforms decode (:class:`~pi0cli.models.tokenizer.FastActionOutputs`)."""
         import jax
         from flax import nnx
 
-        from pi0cli.models.observation import Observation
-        from pi0cli.models.rtc import RTCInputs
-
+        config = model.config
+        family = config.family
+        options = SamplerOptions(num_steps=num_steps, max_decoding_steps=max_decoding_steps,
+                                 temperature=temperature, rtc_max_guidance=rtc_max_guidance)
+        call = family.sampler(config, options)
         graphdef, state = nnx.split(model)
-        if getattr(model.config, "fast", False):
-
-            @jax.jit
-            def decode(state, rng, batch):
-                module = nnx.merge(graphdef, state)
-                return module.sample_actions(rng, Observation.from_dict(batch), max_decoding_steps=max_decoding_steps,
-                                             temperature=temperature)
-
-            kwargs.setdefault("rtc_shape", None)  # real-time chunking is a flow-matching feature
-            return cls(lambda rng, batch: decode(state, rng, batch),
-                       rng_fn=lambda seed, counter: jax.random.fold_in(jax.random.key(seed), counter), **kwargs)
-
-        guidance = {} if rtc_max_guidance is None else {"max_guidance_weight": float(rtc_max_guidance)}
 
         @jax.jit
-        def sample(state, rng, batch):
-            module = nnx.merge(graphdef, state)
-            # Every batch carries RTC inputs (plain rows have no overlap): one program serves both kinds.
-            rtc = RTCInputs(*(batch[k] for k in rtc_fields.MODEL_KEYS))
-            return module.sample_actions(rng, Observation.from_dict(batch), num_steps=num_steps, rtc=rtc,
-                                         **guidance)
+        def sample(state: nnx.State, rng: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
+            return call(nnx.merge(graphdef, state), rng, batch)
 
-        def run(rng, batch):
+        def run(rng: Any, batch: Mapping[str, Any]) -> Any:
             return sample(state, rng, batch)
 
-        def rng_fn(seed: int, counter: int):
+        def rng_fn(seed: int, counter: int) -> Any:
             return jax.random.fold_in(jax.random.key(seed), counter)
 
-        kwargs.setdefault("rtc_shape", (model.config.action_horizon, model.config.action_dim))
+        # (horizon, action_dim) when the sampler takes real-time chunking inputs (a flow-matching feature).
+        kwargs.setdefault("rtc_shape", (config.action_horizon, config.action_dim) if family.supports_rtc else None)
         return cls(run, rng_fn=rng_fn, **kwargs)
 
     @property
