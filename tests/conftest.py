@@ -1,33 +1,12 @@
-"""Test-wide settings: nothing writes into the home directory, nothing reaches a hub."""
+"""Fixtures shared by the core tests: the ``pi0`` executable, the ALOHA-sim embodiment and a tiny checkpoint
+(the session-wide settings, which the robot plugins' tests need too, are in the root conftest.py)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _offline_home(tmp_path_factory: pytest.TempPathFactory) -> None:
-    home = tmp_path_factory.mktemp("hf-home")
-    os.environ.setdefault("HF_HOME", str(home))
-    os.environ.setdefault("HF_LEROBOT_HOME", str(home / "lerobot"))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.pop("PI0_DEBUG", None)
-    # Many tests compile the same tiny programs: a persistent compilation cache shared by the session (and
-    # by the CLI subprocesses it starts) pays for each compilation once.
-    cache = str(tmp_path_factory.mktemp("jax-cache"))
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    if "jax" in sys.modules:
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +16,18 @@ def pi0_exe() -> str:
     if not exe.exists():
         pytest.fail(f"{exe} not found: install the project (pip install -r requirements-dev.txt)")
     return str(exe)
+
+
+@pytest.fixture(scope="session")
+def aloha_sim():
+    from pi0_embodiment_aloha import ALOHA_SIM
+
+    return ALOHA_SIM
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, aloha_sim):
+    """A random-weight tiny pi0 checkpoint for ALOHA sim (action_dim 32, horizon 10)."""
+    from pi0cli.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_aloha_sim", aloha_sim)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from net_helpers import free_port  # noqa: F401  (re-exported for the serving tests)
+from obs_helpers import sim_obs  # noqa: F401  (re-exported for the serving tests)
 
 from pi0cli.transforms import PadStatesAndActions, compose
 
@@ -31,13 +32,3 @@ def fake_policy(embodiment: Any, *, delay_s: float = 0.0, batch_sizes=(1, 2, 4, 
         metadata={"reset_pose": [0.0, -1.5, 1.5], "server": "fake"},
         example=lambda: embodiment.example_observation(0),
     )
-
-
-def sim_obs(seed: int = 0) -> dict[str, Any]:
-    """A valid aloha_sim observation as a client sends it (CHW uint8 image, 14 state dims, prompt)."""
-    rng = np.random.default_rng(seed)
-    return {
-        "images": {"cam_high": rng.integers(0, 256, (3, 224, 224), dtype=np.uint8)},
-        "state": rng.uniform(-1, 1, 14).astype(np.float32),
-        "prompt": "Transfer cube",
-    }

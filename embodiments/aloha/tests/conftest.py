@@ -1,4 +1,5 @@
-"""Simulation tests render headless: choose Mesa's EGL (software llvmpipe) unless the user chose a back end.
+"""The ALOHA plugin's tests. Simulation tests render headless: choose Mesa's EGL (software llvmpipe) unless the
+user chose a back end.
 
 EGL is what the Debian image provides (``libegl1``, ``libegl-mesa0``, ``libgl1-mesa-dri``) and needs neither a
 display nor a GPU; ``osmesa`` would need ``libosmesa6``. MuJoCo and dm_control read the variable when first
@@ -9,8 +10,4 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 os.environ.setdefault("MUJOCO_GL", "egl")
-
-pytest.importorskip("gym_aloha", reason="gym-aloha is not installed (pip install gym-aloha)")

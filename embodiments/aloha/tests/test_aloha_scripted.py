@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytest.importorskip("gym_aloha", reason="gym-aloha is not installed (pip install gym-aloha)")
+
 from pi0_embodiment_aloha.sim.episodes import rollout, scripted_episode, scripted_episodes
 from pi0_embodiment_aloha.sim.scripted import ArmIK, pointing, run_script
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from serving_helpers import sim_obs
+from obs_helpers import sim_obs
 
 from pi0cli.checkpoint import CheckpointError, config_from_dict, save_policy_checkpoint
 from pi0cli.errors import ObservationError

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytest.importorskip("gym_aloha", reason="gym-aloha is not installed (pip install gym-aloha)")
+
 from pi0_embodiment_aloha.sim import PROMPTS, SIMULATOR, task_name
 from pi0_embodiment_aloha.sim.env import MAX_STEPS, AlohaSim, make_env, sample_object_poses
 

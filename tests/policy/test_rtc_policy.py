@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serving_helpers import sim_obs
+from obs_helpers import sim_obs
 
 from pi0cli.policy import load_policy
 from pi0cli.policy.rtc import RTCRequestError
