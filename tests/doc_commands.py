@@ -203,7 +203,7 @@ def _prepare(command: Any, words: list[str], is_group: bool, complete: bool) -> 
         if takes_value and index + 1 == len(words) and not complete:
             out.pop()
             break
-        if takes_value and index + 1 < len(words):
+        if param is not None and takes_value and index + 1 < len(words):
             value = words[index + 1]
             if PLACEHOLDER.fullmatch(value):
                 value = _sample(param, value)
@@ -242,7 +242,8 @@ def check_cli(words: list[str], complete: bool) -> str | None:
     from pi0cli.cli.app import app
 
     command: Any = typer.main.get_command(app)
-    name, ctx, path = "pi0", None, ()
+    name, ctx = "pi0", None
+    path: tuple[str, ...] = ()
     args = list(words)
     while True:
         is_group = isinstance(command, TyperGroup)
