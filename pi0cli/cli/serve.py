@@ -14,10 +14,11 @@ from pi0cli.cli.embodiments import complete_embodiment
 # The parameters below are a declarative table (typer reads the signature: one flag, its bounds and help each);
 # their repeated shape is how typer declares options, not logic to share.
 def serve(
-    embodiment: Annotated[str, typer.Option(
-        "--embodiment", "-e", help="Robot the policy drives (see `pi0 embodiments list`).",
+    embodiment: Annotated[str | None, typer.Option(
+        "--embodiment", "-e", help="Robot the policy drives (see `pi0 embodiments list`); with --artifact, default "
+                                   "the artifact's.",
         autocompletion=complete_embodiment,
-    )],
+    )] = None,
     checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", "-c",
         help="Checkpoint dir (holding params/ and assets/); default: the embodiment's default checkpoint.",
@@ -120,6 +121,13 @@ def serve(
              "or lenient (cut or zero-fill the highest frequencies).",
     )] = "strict",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
+    artifact: Annotated[Path | None, typer.Option(
+        "--artifact", help="Serve an ONNX artifact (`pi0 export`) on ONNX Runtime instead of a checkpoint (no JAX).",
+    )] = None,
+    onnx_provider: Annotated[list[str] | None, typer.Option(
+        "--onnx-provider", help="With --artifact: ONNX Runtime execution provider, repeatable in order of preference "
+                                "(e.g. TensorrtExecutionProvider); default CPUExecutionProvider.",
+    )] = None,
 ) -> None:
     """Serve a policy over websockets (openpi-compatible; openpi-client works unchanged)."""
     if fast_decode not in ("strict", "lenient"):
@@ -129,11 +137,18 @@ def serve(
     import signal
 
     from pi0cli.errors import Pi0Error
+    if artifact is not None and checkpoint is not None:
+        raise Pi0Error("pass --checkpoint or --artifact, not both")
+    if artifact is not None and embodiment is None:
+        from pi0cli.runtime.manifest import read_manifest
+
+        embodiment = str(read_manifest(artifact, check_files=False).get("embodiment"))
+    if embodiment is None:
+        raise Pi0Error("pass --embodiment ROBOT (see `pi0 embodiments list`)")
     emb = console.registry().embodiment(embodiment)
-    if checkpoint is None and emb.default_checkpoint is None:
+    if checkpoint is None and artifact is None and emb.default_checkpoint is None:
         raise Pi0Error(f"embodiment {emb.name!r} has no default checkpoint; pass --checkpoint DIR")
-    location = checkpoint or emb.default_checkpoint
-    assert location is not None
+    location = checkpoint or emb.default_checkpoint or ""
     model_name = model if (model or checkpoint) else emb.default_model
 
     from pi0cli.downloads import resolve_checkpoint
@@ -147,18 +162,25 @@ def serve(
 
         recorder = Recorder.for_embodiment(record, emb, max_queue_bytes=int(record_queue_mb * 2**20),
                                            max_unknown_key_bytes=int(record_unknown_key_kb * 1024))
-    directory = resolve_checkpoint(location)
+    directory = resolve_checkpoint(location) if artifact is None else artifact
     if checkpoint is not None:
         from pi0cli.cli.checkpoints import step_dir
 
         directory = step_dir(directory)  # an experiment folder: its latest complete step, said on stderr
     sizes = batch_sizes_up_to(max_batch)
     with console.err.status(f"loading {directory} ..."):
-        policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
-                             tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed,
-                             max_decoding_steps=max_decoding_steps, temperature=temperature,
-                             fast_decode=cast("Literal['strict', 'lenient']", fast_decode),
-                             rtc_max_guidance=rtc_max_guidance)
+        if artifact is not None:
+            from pi0cli.runtime import load_artifact
+
+            policy = load_artifact(artifact, embodiment=emb, seed=seed, default_prompt=default_prompt,
+                                   providers=onnx_provider or None)
+            sizes = policy.batch_sizes
+        else:
+            policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
+                                 tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed,
+                                 max_decoding_steps=max_decoding_steps, temperature=temperature,
+                                 fast_decode=cast("Literal['strict', 'lenient']", fast_decode),
+                                 rtc_max_guidance=rtc_max_guidance)
     policy.max_input_std = max_input_std
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = PolicyServer(

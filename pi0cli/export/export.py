@@ -188,7 +188,7 @@ def _write_stablehlo(directory: Path, fn: Callable[..., Any], state: Any, bspec:
         # npz has no bfloat16: store its bits (the loader views them back through the manifest's dtype)
         arrays[name] = array.view(np.uint16) if array.dtype.name == "bfloat16" else array
     with (directory / "weights.npz").open("wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)
     return {"graph": "model.stablehlo", "weights": "weights.npz", "weight_order": names,
             "weight_dtypes": [np.asarray(v).dtype.name for v in leaves], "jax_version": jax.__version__,
             "calling_convention_version": int(exported.calling_convention_version)}

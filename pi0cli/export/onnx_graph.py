@@ -175,26 +175,26 @@ def convert(closed: jcore.ClosedJaxpr, *, inputs: Sequence[str | Weight], output
     graph_inputs = []
     for var, spec in zip(jaxpr.invars, inputs, strict=True):
         if isinstance(spec, Weight):
-            value = spec.value
-            data_type = elem_type(value.dtype, float16=float16)
+            array = spec.value
+            data_type = elem_type(array.dtype, float16=float16)
             if data_type == TensorProto.FLOAT16:
-                value = value.astype(np.float16)
-            graph.initializers.append(weights.tensor(spec.name, value, data_type))
+                array = array.astype(np.float16)
+            graph.initializers.append(weights.tensor(spec.name, array, data_type))
             env[var] = _Tensor(spec.name)
         else:
             env[var] = _Tensor(spec)
             graph_inputs.append(helper.make_tensor_value_info(
-                spec, elem_type(var.aval.dtype, float16=float16), list(var.aval.shape)))
+                spec, elem_type(_dtype(var), float16=float16), list(_shape(var))))
     for var, const in zip(jaxpr.constvars, closed.consts, strict=True):
         env[var] = np.asarray(const)
     _emit(graph, jaxpr, env)
     graph_outputs = []
-    for var, out in zip(jaxpr.outvars, outputs, strict=True):
-        value = _read(env, var)
-        source = graph.const(value) if isinstance(value, np.ndarray) else value.name
+    for atom, out in zip(jaxpr.outvars, outputs, strict=True):
+        result = _read(env, atom)
+        source = graph.const(result) if isinstance(result, np.ndarray) else result.name
         graph.node("Identity", [source], [out])
         graph_outputs.append(helper.make_tensor_value_info(
-            out, elem_type(var.aval.dtype, float16=float16), list(var.aval.shape)))
+            out, elem_type(_dtype(atom), float16=float16), list(_shape(atom))))
     model = helper.make_model(
         helper.make_graph(graph.nodes, name, graph_inputs, graph_outputs, graph.initializers),
         opset_imports=[helper.make_opsetid("", OPSET)], producer_name="pi0", doc_string=doc)
@@ -204,7 +204,7 @@ def convert(closed: jcore.ClosedJaxpr, *, inputs: Sequence[str | Weight], output
 
 def _read(env: Mapping[Any, Value], atom: Any) -> Value:
     if isinstance(atom, jcore.Literal):
-        return np.asarray(atom.val, dtype=atom.aval.dtype)
+        return np.asarray(atom.val, dtype=_dtype(atom))
     return env[atom]
 
 
@@ -232,7 +232,7 @@ def _emit(graph: _Graph, jaxpr: jcore.Jaxpr, env: dict[Any, Value]) -> None:
 
 
 def _foldable(eqn: jcore.JaxprEqn) -> bool:
-    return all(math.prod(v.aval.shape) <= _FOLD_LIMIT for v in eqn.outvars if hasattr(v.aval, "shape"))
+    return all(math.prod(_shape(v)) <= _FOLD_LIMIT for v in eqn.outvars if hasattr(v.aval, "shape"))
 
 
 def _name(graph: _Graph, value: Value) -> str:
@@ -263,8 +263,12 @@ def _shape(var: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in var.aval.shape)
 
 
+def _dtype(var: Any) -> np.dtype:
+    return np.dtype(var.aval.dtype)
+
+
 def _logical(graph: _Graph, eqn: jcore.JaxprEqn, names: list[str], op: str, bitwise: str) -> str:
-    return graph.one(op if eqn.outvars[0].aval.dtype == np.bool_ else bitwise, names)
+    return graph.one(op if _dtype(eqn.outvars[0]) == np.bool_ else bitwise, names)
 
 
 def _square(graph: _Graph, eqn: jcore.JaxprEqn, names: list[str]) -> str:
@@ -282,7 +286,7 @@ def _integer_pow(graph: _Graph, eqn: jcore.JaxprEqn, names: list[str]) -> str:
         for _ in range(y - 1):
             out = graph.one("Mul", [out, names[0]])
         return out if y > 1 else graph.one("Identity", [out])
-    exponent = graph.const(np.asarray(y, dtype=eqn.invars[0].aval.dtype))
+    exponent = graph.const(np.asarray(y, dtype=_dtype(eqn.invars[0])))
     return graph.one("Pow", [names[0], exponent])
 
 
@@ -355,7 +359,7 @@ def _select_n(graph: _Graph, eqn: jcore.JaxprEqn, names: list[str]) -> str:
     if len(names) != 3:
         raise OnnxExportError(f"select_n with {len(names) - 1} cases is not supported (only 2)")
     pred = names[0]
-    if eqn.invars[0].aval.dtype != np.bool_:
+    if _dtype(eqn.invars[0]) != np.bool_:
         pred = graph.one("Cast", [pred], to=TensorProto.BOOL)
     return graph.one("Where", [pred, names[2], names[1]])
 
@@ -403,8 +407,8 @@ def _dot_general(graph: _Graph, eqn: jcore.JaxprEqn, names: list[str]) -> str:
     lf = tuple(d for d in range(len(ls)) if d not in lc and d not in lb)
     rf = tuple(d for d in range(len(rs)) if d not in rc and d not in rb)
     lhs, rhs = names
-    out_dtype = eqn.outvars[0].aval.dtype
-    lhs_dtype, rhs_dtype = eqn.invars[0].aval.dtype, eqn.invars[1].aval.dtype
+    out_dtype = _dtype(eqn.outvars[0])
+    lhs_dtype, rhs_dtype = _dtype(eqn.invars[0]), _dtype(eqn.invars[1])
     if lhs_dtype != rhs_dtype or lhs_dtype != out_dtype:  # one compute dtype for MatMul: the output's
         to = elem_type(out_dtype, float16=graph.float16)
         lhs = lhs if lhs_dtype == out_dtype else graph.one("Cast", [lhs], to=to)

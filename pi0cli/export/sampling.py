@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -44,16 +44,16 @@ def euler_times(num_steps: int) -> list[float]:
     return times
 
 
-def tracing_config(config: Pi0Config, dtype: str) -> Pi0Config:
+def tracing_config(config: Pi0Config, dtype: Literal["float32", "bfloat16"]) -> Pi0Config:
     """``config`` rebuilt for tracing: layers unrolled, attention and MLP unchunked, compute in ``dtype``."""
-    param_dtype = "float32" if dtype == "float32" else "bfloat16"
+    param_dtype: Literal["float32", "bfloat16"] = "float32" if dtype == "float32" else "bfloat16"
     big = 1 << 30
     return dataclasses.replace(config, scan=False, remat=False, remat_llm=None, remat_vision=None,
                                attention_impl="chunked", attention_chunk=big, mlp_chunk=None, dtype=dtype,
                                param_dtype=param_dtype)
 
 
-def tracing_model(model: Pi0, dtype: str) -> Pi0:
+def tracing_model(model: Any, dtype: Literal["float32", "bfloat16"]) -> Pi0:
     """The same weights in a module built by :func:`tracing_config` (``dtype``: float32 or bfloat16)."""
     params = jax.tree.map(np.asarray, export_params(model))
     rebuilt = build_any_model(tracing_config(model.config, dtype), params)
@@ -112,7 +112,7 @@ def leaf_names(tree: Any, prefix: str = "") -> list[str]:
     return names
 
 
-def reference_actions(model: Pi0, batch: dict[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
+def reference_actions(model: Any, batch: dict[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
     """The JAX model's own ``sample_actions`` (its while loop, KV cache) on prepared ``batch`` and ``noise``."""
     graphdef, state = nnx.split(model)
 

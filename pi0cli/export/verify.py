@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def verify_artifact(artifact: str | os.PathLike[str], checkpoint: str | os.PathL
     module, pipeline = load_training_pipeline(checkpoint, embodiment=embodiment)
     config = module.config
     mask = pipeline.delta_action_mask
-    inputs, _ = make_transforms(embodiment, config, pipeline.norm_stats, tokenizer=pipeline.tokenizer,
+    inputs, _ = make_transforms(embodiment, config, pipeline.norm_stats or {}, tokenizer=pipeline.tokenizer,
                                 default_prompt=pipeline.default_prompt, delta_action_mask=list(mask or []))
     prepared = [inputs({"prompt": embodiment.default_prompt or "do the task", **embodiment.example_observation(i)})
                 for i in range(batch_size)]
@@ -72,13 +72,13 @@ def verify_artifact(artifact: str | os.PathLike[str], checkpoint: str | os.PathL
 
     params: Any = None
 
-    def model_in(compute: str) -> Any:
+    def model_in(compute: Literal["float32", "bfloat16"]) -> Any:
         """The checkpoint's model computing in ``compute`` (weights in float32 for float32, else bfloat16)."""
         nonlocal params
-        weights = "float32" if compute == "float32" else "bfloat16"
+        weights: Literal["float32", "bfloat16"] = "float32" if compute == "float32" else "bfloat16"
         if (config.dtype, config.param_dtype) == (compute, weights):
             return module
-        params = params if params is not None else export_params(module)
+        params = params if params is not None else export_params(cast("Any", module))
         return build_any_model(dc.replace(config, dtype=compute, param_dtype=weights), params)
 
     reference = reference_actions(model_in("float32"), batch, noise, num_steps)
