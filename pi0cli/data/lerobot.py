@@ -193,6 +193,19 @@ def read_numeric(root: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def hub_error(source: str, cache: Path, exc: BaseException) -> DatasetError:
+    """One line for a repo id that is neither in the local cache nor fetchable from the hub, with the ways out."""
+    why = " ".join(str(exc).split())[:200]
+    if type(exc).__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
+        why = f"the hub has no dataset {source!r} this machine may read ({type(exc).__name__})"
+    else:
+        why = f"the Hugging Face hub could not be reached or refused it ({type(exc).__name__}: {why})"
+    return DatasetError(
+        f"dataset {source!r} is not in the local cache ({cache}) and could not be downloaded: {why}. Record one "
+        "with `pi0 record`, pass --dataset PATH to a local LeRobot dataset, or go online and check the repo id"
+    )
+
+
 def quiet_lerobot_import() -> None:
     """Call before importing lerobot: without system FFmpeg it logs a long torchcodec traceback at import,
     irrelevant here because pi0 decodes and encodes video through PyAV."""
@@ -244,24 +257,25 @@ class LeRobotFrames:
         quiet_lerobot_import()
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-        fps = None
-        if self.info is not None:
-            fps = self.info["fps"]
-        delta = None
-        if self.action_horizon:
-            if fps is None:
-                from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
-
-                fps = LeRobotDatasetMetadata(self.repo_id).fps
-            delta = {self.action_key: [t / fps for t in range(self.action_horizon)]}
+        local = self.root.is_dir()
         try:
+            fps = self.info["fps"] if self.info is not None else None
+            delta = None
+            if self.action_horizon:
+                if fps is None:
+                    from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
+
+                    fps = LeRobotDatasetMetadata(self.repo_id).fps
+                delta = {self.action_key: [t / fps for t in range(self.action_horizon)]}
             dataset = LeRobotDataset(
-                self.repo_id, root=self.root if self.root.is_dir() else None, episodes=self.episodes,
+                self.repo_id, root=self.root if local else None, episodes=self.episodes,
                 delta_timestamps=delta, video_backend=self.video_backend, return_uint8=True,
             )
         except Pi0Error:
             raise
         except Exception as exc:
+            if not local:
+                raise hub_error(self.source, self.root, exc) from None
             raise DatasetError(
                 f"cannot open dataset {self.source!r} at {self.root}: {type(exc).__name__}: {exc}") from None
         if self.info is None:
@@ -284,9 +298,16 @@ class LeRobotFrames:
                 out[key] = _to_numpy(value)
         return out
 
+    def fetch(self) -> LeRobotFrames:
+        """Make sure the dataset is on this machine (a repo id not in the cache is downloaded now, or fails with
+        one :class:`DatasetError` saying what to do); ``info`` is set afterwards."""
+        if self.info is None:
+            _ = self.dataset  # opening it downloads it and reads its info
+        return self
+
     @property
     def tasks(self) -> list[str]:
-        return read_tasks(self.root)
+        return read_tasks(self.fetch().root)  # the task table is only there once the dataset is
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -254,8 +254,9 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
     check_experiment_dir(exp_dir, resume=resume, overwrite=overwrite)
     stats = find_norm_stats(config, embodiment.asset_id, norm_stats, warn=warn)
     frames = LeRobotFrames(config.dataset, action_key=embodiment.action_key, action_horizon=config.model.action_horizon)
-    if frames.info is not None:
-        check_dataset_fits(embodiment, frames.info, config.dataset)
+    frames.fetch()  # a repo id not in the cache is downloaded before anything reads its files (tasks, info)
+    assert frames.info is not None
+    check_dataset_fits(embodiment, frames.info, config.dataset)
     tok, tokenizer_bytes = _tokenizer(config, tokenizer, frames)
     sequences: PaligemmaTokenizer | FASTTokenizer = tok
     fast_files: dict[str, bytes] = {}
