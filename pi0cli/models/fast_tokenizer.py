@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from pi0cli.errors import Pi0Error
+from pi0cli.models.fast_grammar import ACCEPT, token_transitions
 
 #: Where a fitted FAST tokenizer lives beside an asset id's ``norm_stats.json`` (``assets/<asset_id>/``).
 ASSET_DIR = "fast_tokenizer"
@@ -120,6 +121,9 @@ class FastActionTokenizer:
         self.time_horizon = time_horizon
         self._json = bpe_json
         self._bpe = self._load_bpe(bpe_json)
+        # What each id does to the decoded text, per UTF-8 automaton state (constrained decoding reads it).
+        self.transitions: tuple[np.ndarray, np.ndarray] = token_transitions(
+            self._bpe.get_vocab(with_added_tokens=True), self.vocab_size)
 
     @staticmethod
     def _load_bpe(bpe_json: str) -> Any:
@@ -137,6 +141,12 @@ class FastActionTokenizer:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._bpe = self._load_bpe(self._json)
+
+    @property
+    def coefficients_per_token(self) -> np.ndarray:
+        """``[vocab_size]``: coefficients each id decodes to at a character boundary (0 for an id that starts
+        mid-character there or is unused; the exact, context-dependent rule is ``transitions``)."""
+        return self.transitions[1][ACCEPT]
 
     @property
     def bpe_vocab_size(self) -> int:
@@ -391,31 +401,3 @@ def fit_from_blocks(
 def asset_path(assets_dir: str | os.PathLike[str], asset_id: str) -> Path:
     """``<assets_dir>/<asset_id>/fast_tokenizer``: where ``pi0 norm-stats --fast-tokenizer`` writes one."""
     return Path(assets_dir) / asset_id / ASSET_DIR
-
-
-def fit_on_dataset(
-    embodiment: Any,
-    source: str | os.PathLike[str],
-    norm_stats: Any,
-    *,
-    horizon: int,
-    delta_action_mask: tuple[bool, ...] | None = None,
-    scale: float = 10.0,
-    vocab_size: int = 1024,
-    max_chunks: int | None = 200_000,
-) -> tuple[FastActionTokenizer, FitReport]:
-    """Fit on a LeRobot dataset's action chunks as pi0-FAST sees them: the embodiment's inputs and delta
-    actions, then quantile normalisation with ``norm_stats`` (``{"actions": NormStats, ...}``). Reads the
-    numeric parquet columns only (no video)."""
-    from pi0cli.data.stats import RobotBlocks, load_columns
-    from pi0cli.transforms import Normalize
-
-    if "actions" not in norm_stats:
-        raise FastTokenizerError("the norm stats have no 'actions' entry; compute them first (pi0 norm-stats)")
-    normalize = Normalize({"actions": norm_stats["actions"]}, use_quantiles=True)
-    blocks = RobotBlocks(load_columns(embodiment, Path(source)), horizon, delta_action_mask)
-    return fit_from_blocks(
-        (actions for _, actions in blocks),
-        normalize=lambda a: np.asarray(normalize({"actions": a})["actions"]),
-        scale=scale, vocab_size=vocab_size, max_chunks=max_chunks,
-    )

@@ -26,6 +26,12 @@ after ``max_decoding_steps``. Two conventions (``Pi0Config.fast_decoding``):
   prefix tokens are contiguous: a masked camera (e.g. a zero padding image with mask False) in front of the
   prompt makes the decoder attend that camera's tokens and miss the first ones of the first camera, and its
   positions no longer match training. The reference's FAST robots never mask a camera, so it rarely shows.
+
+Either convention can decode under a :class:`~pi0cli.models.fast_grammar.ChunkGrammar` (``grammar=``,
+``fast_decode="constrained"``): each row's place in the grammar rides in the loop's carry
+(:class:`GrammarWalk`) and :func:`constrained_step` masks the FAST ids that would make a malformed chunk, so
+every row decodes; a row that has finished repeats EOS (the reference convention then stops as soon as every
+row has finished).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pi0cli.models.config import FastDecoding, Pi0Config
+from pi0cli.models.fast_grammar import ACCEPT, ChunkGrammar
 from pi0cli.models.gemma import Gemma, KVCache
 from pi0cli.models.observation import ModelInputError, Observation, preprocess_observation
 from pi0cli.models.pi0 import PaliGemma, make_attn_mask, vision_tower
@@ -62,6 +69,59 @@ def reference_decode_window(aligned_mask: jax.Array) -> jax.Array:
     s = aligned_mask.shape[1]
     start = s - jnp.sum(aligned_mask, axis=-1)
     return jnp.arange(s)[None, :] >= start[:, None]
+
+
+def choose(logits: jax.Array, key: jax.Array, temperature: float) -> jax.Array:
+    """One token id per row ``[B]`` int32: greedy (``temperature`` 0) or sampled at ``temperature``."""
+    if temperature > 0:
+        return jax.random.categorical(key, logits.astype(jnp.float32) / temperature, axis=-1).astype(jnp.int32)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GrammarWalk:
+    """Where each row stands in a :class:`~pi0cli.models.fast_grammar.ChunkGrammar`: program counter, UTF-8
+    automaton state and coefficients emitted so far (each ``[B]`` int32)."""
+
+    pc: jax.Array
+    utf8: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def start(cls, batch: int) -> GrammarWalk:
+        zero = jnp.zeros((batch,), jnp.int32)
+        return cls(zero, zero + ACCEPT, zero)
+
+
+def constrained_step(grammar: ChunkGrammar, logits: jax.Array, key: jax.Array, temperature: float,
+                     walk: GrammarWalk, steps_left: jax.Array) -> tuple[jax.Array, GrammarWalk]:
+    """One constrained decoding step: the token per row ``[B]`` and the rows' next place in the grammar.
+
+    Outside the FAST phase the program's token is forced. In it, a FAST id is allowed when its bytes are valid
+    from the row's UTF-8 state, it does not overshoot the coefficient count, and the fewest ids that finish the
+    chunk from where it leads, plus the delimiter and EOS, fit in the ``steps_left - 1`` steps after this one;
+    greedy or sampled choice runs over the allowed ids only (the model's distribution renormalised over them).
+    Costs a few gathers of ``[B, F]`` from the grammar's tables (F = FAST vocabulary) per step."""
+    nxt_table, emitted_table = jnp.asarray(grammar.next_state), jnp.asarray(grammar.emitted)
+    n, size = grammar.coefficients, grammar.next_state.shape[1]
+    nxt, emitted = nxt_table[walk.utf8], emitted_table[walk.utf8]  # [B, F]
+    left = n - walk.count[:, None] - emitted
+    finish = jnp.asarray(grammar.min_tokens)[jnp.maximum(nxt, 0), jnp.clip(left, 0, n)]
+    allowed = (nxt >= 0) & (left >= 0) & (finish + grammar.tail <= steps_left - 1)
+    # FAST id f is model id fast_top - f: the FAST logits are a reversed static slice of the vocabulary.
+    fast_logits = jax.lax.slice_in_dim(logits, grammar.fast_top - size + 1, grammar.fast_top + 1, axis=-1)[:, ::-1]
+    fast = choose(jnp.where(allowed, fast_logits, -jnp.inf), key, temperature)
+    program = jnp.asarray(grammar.program, jnp.int32)
+    last = len(grammar.program) - 1
+    in_fast = walk.pc == grammar.fast_phase
+    token = jnp.where(in_fast, grammar.fast_top - fast, program[jnp.minimum(walk.pc, last)])
+    pick = fast[:, None]
+    utf8 = jnp.where(in_fast, jnp.take_along_axis(nxt, pick, axis=1)[:, 0], walk.utf8)
+    count = jnp.where(in_fast, walk.count + jnp.take_along_axis(emitted, pick, axis=1)[:, 0], walk.count)
+    advance = ~in_fast | (count == n)  # a chunk's last id leads to ACCEPT (min_tokens[s, 0] is 0 only there)
+    pc = jnp.where(advance, jnp.minimum(walk.pc + 1, last), walk.pc)
+    return token.astype(jnp.int32), GrammarWalk(pc, utf8, count)
 
 
 @jax.tree_util.register_dataclass
@@ -207,9 +267,11 @@ class Pi0FAST(nnx.Module):
         temperature: float = 0.0,
         decoding: FastDecoding | None = None,
         return_logits: bool = False,
+        grammar: ChunkGrammar | None = None,
     ) -> Generation:
         """Autoregressive decoding with a KV cache (see the module docstring); ``decoding`` defaults to the
-        config's ``fast_decoding``."""
+        config's ``fast_decoding``. ``grammar``: constrained decoding (:func:`constrained_step`); the logits
+        returned are the model's, before the constraint."""
         decoding = decoding or self.config.fast_decoding
         if decoding not in ("training", "reference"):
             raise ModelInputError(f"decoding {decoding!r} is not supported; use training or reference")
@@ -224,13 +286,12 @@ class Pi0FAST(nnx.Module):
         all_logits = jnp.zeros((b, steps, logits.shape[-1]), logits.dtype) if return_logits else None
 
         def step(carry):
-            rng, logits, tokens, k_buf, v_buf, done, stop, i, all_logits = carry
+            rng, logits, tokens, k_buf, v_buf, done, stop, i, all_logits, walk = carry
             rng, key = jax.random.split(rng)
-            if temperature > 0:
-                token = jax.random.categorical(key, logits.astype(jnp.float32) / temperature, axis=-1)
+            if grammar is None:
+                token = choose(logits, key, temperature)
             else:
-                token = jnp.argmax(logits, axis=-1)
-            token = token.astype(jnp.int32)
+                token, walk = constrained_step(grammar, logits, key, temperature, walk, steps - i)
             tokens = tokens.at[:, i].set(token)
             if all_logits is not None:
                 all_logits = all_logits.at[:, i].set(logits)
@@ -250,14 +311,15 @@ class Pi0FAST(nnx.Module):
             k_buf = jax.lax.dynamic_update_slice_in_dim(k_buf, k_all[:, :, -1:].astype(k_buf.dtype), s + i, axis=2)
             v_buf = jax.lax.dynamic_update_slice_in_dim(v_buf, v_all[:, :, -1:].astype(v_buf.dtype), s + i, axis=2)
             logits = self.lm_head(out[:, -1]).astype(logits.dtype)
-            return rng, logits, tokens, k_buf, v_buf, done, stop, i + 1, all_logits
+            return rng, logits, tokens, k_buf, v_buf, done, stop, i + 1, all_logits, walk
 
         def cond(carry):
             stop, i = carry[6], carry[7]
             return (~stop) & (i < steps)
 
+        walk = None if grammar is None else GrammarWalk.start(b)
         init = (rng, logits, jnp.zeros((b, steps), jnp.int32), k_buf, v_buf, jnp.zeros((b,), bool),
-                jnp.asarray(False), jnp.asarray(0, jnp.int32), all_logits)
+                jnp.asarray(False), jnp.asarray(0, jnp.int32), all_logits, walk)
         # The loop body only reads the weights: a plain lax.while_loop closing over the module is enough.
         out = jax.lax.while_loop(cond, step, init)
         return Generation(tokens=out[2], steps=out[7], logits=out[8])
@@ -270,10 +332,13 @@ class Pi0FAST(nnx.Module):
         max_decoding_steps: int = 256,
         temperature: float = 0.0,
         decoding: FastDecoding | None = None,
+        grammar: ChunkGrammar | None = None,
     ) -> jax.Array:
         """Generated token ids ``[B, max_decoding_steps]`` int32 (before detokenization; 0 after the stop).
 
-        Detokenize with :meth:`pi0cli.models.tokenizer.FASTTokenizer.extract_actions`."""
+        Detokenize with :meth:`pi0cli.models.tokenizer.FASTTokenizer.extract_actions`. ``grammar``
+        (:meth:`~pi0cli.models.tokenizer.FASTTokenizer.chunk_grammar`): only well-formed chunks."""
         return self.generate(
-            rng, obs, max_decoding_steps=max_decoding_steps, temperature=temperature, decoding=decoding
+            rng, obs, max_decoding_steps=max_decoding_steps, temperature=temperature, decoding=decoding,
+            grammar=grammar,
         ).tokens

@@ -37,6 +37,7 @@ from pi0cli.downloads import cache_dir, fetch, offline, openpi_cache_dir
 from pi0cli.errors import Pi0Error
 
 if TYPE_CHECKING:
+    from pi0cli.models.fast_grammar import ChunkGrammar
     from pi0cli.models.fast_tokenizer import FastActionTokenizer
 
 #: The reference's file name of the shared PaliGemma model (``big_vision/`` in its cache); a checkpoint's
@@ -343,6 +344,26 @@ class FASTTokenizer:
                 end = int(np.argmin(in_range)) if not in_range.all() else len(rest)
                 return self.model_to_fast_ids(rest[:end]).tolist()
         return None
+
+    def chunk_grammar(self, action_horizon: int, action_dim: int, max_decoding_steps: int) -> ChunkGrammar:
+        """The well-formed outputs for chunks ``[action_horizon, action_dim]`` (constrained decoding): this
+        tokenizer's marker, FAST ids, delimiter and EOS. Refuses a ``max_decoding_steps`` too small to hold one."""
+        from pi0cli.models.fast_grammar import ChunkGrammar, GrammarError
+
+        next_state, emitted = self.fast.transitions
+        try:
+            grammar = ChunkGrammar.build(
+                next_state, emitted, coefficients=action_horizon * action_dim,
+                marker=self.paligemma.encode("Action: "), delimiter=self.paligemma.encode("|"),
+                eos=self.paligemma.eos_id, fast_top=self.vocab_size - 1 - FAST_SKIP_TOKENS)
+        except GrammarError as exc:
+            raise TokenizerError(str(exc)) from None
+        if grammar.min_steps > max_decoding_steps:
+            raise TokenizerError(
+                f"max_decoding_steps {max_decoding_steps} cannot hold one chunk of {action_horizon}x{action_dim} "
+                f"coefficients (at least {grammar.min_steps} tokens); raise --max-decoding-steps to "
+                f"{grammar.min_steps} or more")
+        return grammar
 
     def extract_actions(
         self, output: np.ndarray | Sequence[int], action_horizon: int, action_dim: int, *, lenient: bool = False
