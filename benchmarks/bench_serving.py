@@ -64,12 +64,19 @@ class NullPolicy:
     """Answers every request with zeros at once: what is left is codec + websocket + batcher overhead."""
 
     metadata: dict = {}
+    max_batch = 8
 
     def warmup(self) -> None:
         pass
 
-    def infer_batch(self, items, return_exceptions=True):
+    def prepare(self, obs):
+        return obs
+
+    def run_prepared(self, items, /, *, return_exceptions=True):
         return [{"actions": np.zeros((10, 14), np.float32), "policy_timing": {"infer_ms": 0.0}} for _ in items]
+
+    def infer(self, obs):
+        return self.run_prepared([obs])[0]
 
 
 def null_server(port: int) -> None:

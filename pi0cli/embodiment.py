@@ -27,6 +27,8 @@ import numpy as np
 
 from pi0cli.errors import ContractError, ObservationError
 from pi0cli.models.config import IMAGE_KEYS, ModelType
+from pi0cli.observation_check import check_observation
+from pi0cli.observation_types import Array, Observation
 from pi0cli.transforms import Data, Repack, Transform, has_path, lookup, to_uint8_hwc
 
 #: The model's image slots (pi0 / pi0.5), in the order the model consumes them (the models' own list).
@@ -94,14 +96,14 @@ class Embodiment:
     #: actions executed from each predicted chunk before asking again (the action-chunk broker's horizon).
     open_loop_steps: int = 10
     #: extra metadata the policy server sends on connect (e.g. ``reset_pose``).
-    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    metadata: Mapping[str, object] = dataclasses.field(default_factory=dict)
     #: turns a raw simulator/driver observation into this embodiment's observation (what a client sends).
-    observation_adapter: Callable[[Data], Data] | None = None
+    observation_adapter: Callable[[Data], Observation] | None = None
     #: name of the simulator this embodiment runs in, if any (e.g. ``"gym_aloha"``); informative only: ``pi0 record``
     #: and ``pi0 eval`` use the :class:`~pi0cli.simulator.Simulator` a plugin registers for the embodiment.
     simulator: str | None = None
     #: makes an example observation from a numpy Generator; by default one is built from the declaration.
-    example: Callable[[np.random.Generator], Data] | None = None
+    example: Callable[[np.random.Generator], Observation] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset_keys", MappingProxyType(dict(self.dataset_keys)))
@@ -172,12 +174,12 @@ class Embodiment:
         optional = frozenset(c.key for c in self.cameras if not c.required)
         return Repack(dict(self.dataset_keys), optional=optional)
 
-    def example_observation(self, seed: int = 0) -> Data:
+    def example_observation(self, seed: int = 0) -> Observation:
         """A valid observation for this robot (random images and state), as a client would send it."""
         rng = np.random.default_rng(seed)
         if self.example is not None:
             return self.example(rng)
-        obs: dict[str, Any] = {}
+        obs: Observation = {}
         for cam in self.cameras:
             shape = (3, cam.height, cam.width) if cam.channels_first else (cam.height, cam.width, 3)
             obs[cam.key] = rng.integers(0, 256, size=shape, dtype=np.uint8)
@@ -189,29 +191,19 @@ class Embodiment:
 
     # ---------------------------------------------------------------------------------------- checks
 
-    def validate_observation(self, obs: Mapping[str, Any]) -> None:
-        """Raise :class:`ObservationError` naming the first key that breaks this embodiment's contract."""
-        if not isinstance(obs, Mapping):
-            raise ObservationError(f"{self.name}: an observation must be a map of keys to arrays, got "
-                                   f"{type(obs).__name__}")
-        for cam in self.cameras:
-            if not has_path(obs, cam.key):
-                if cam.required:
-                    raise ObservationError(
-                        f"{self.name}: observation has no image {cam.key!r}; send it as a uint8 HxWx3 (or 3xHxW) array"
-                    )
-                continue
-            _check_image(self.name, cam.key, lookup(obs, cam.key))
-        for field in self.state:
-            if not has_path(obs, field.key):
-                raise ObservationError(f"{self.name}: observation has no {field.key!r}; send a float vector of "
-                                       f"{field.dim}")
-            _check_vector(self.name, field.key, lookup(obs, field.key), field.dim)
-        if "prompt" in obs and not isinstance(obs["prompt"], str):
-            raise ObservationError(f"{self.name}: 'prompt' must be a string, got {type(obs['prompt']).__name__}")
+    def validate_observation(self, obs: object) -> Observation:
+        """``obs`` if it satisfies this robot's contract; otherwise :class:`ObservationError` naming the first
+        key that breaks it (the one check serving, offline evaluation and simulators share:
+        :mod:`pi0cli.observation_check`)."""
+        return check_observation(obs, self)
+
+    @property
+    def observation_keys(self) -> frozenset[str]:
+        """The observation paths this robot's contract reads: its cameras, its state fields and ``prompt``."""
+        return frozenset([c.key for c in self.cameras] + [f.key for f in self.state] + ["prompt"])
 
     def describe(self) -> dict[str, Any]:
-        """The whole contract as JSON-ready data."""
+        """The whole contract as JSON-ready data (``pi0 embodiments show --json``; values of many kinds)."""
         return {
             "name": self.name,
             "description": self.description,
@@ -236,7 +228,7 @@ class Embodiment:
         }
 
 
-def describe_transform(transform: Any) -> str:
+def describe_transform(transform: object) -> str:
     """A one-line summary of a transform: the steps of a composition, small settings shown inline."""
     from pi0cli.transforms import Compose
 
@@ -250,13 +242,13 @@ def describe_transform(transform: Any) -> str:
     return _callable_name(transform) or repr(transform)
 
 
-def _callable_name(fn: Callable[..., Any] | None) -> str | None:
+def _callable_name(fn: object) -> str | None:
     if fn is None:
         return None
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: object) -> object:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -266,30 +258,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _check_image(robot: str, key: str, image: Any) -> None:
-    arr = np.asarray(image) if isinstance(image, np.ndarray) else None
-    if arr is None:
-        raise ObservationError(f"{robot}: image {key!r} must be a numpy array, got {type(image).__name__}")
-    if arr.ndim != 3 or 3 not in (arr.shape[0], arr.shape[-1]):
-        raise ObservationError(f"{robot}: image {key!r} must be HxWx3 or 3xHxW, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ObservationError(f"{robot}: image {key!r} must be uint8 or float in [0, 1], got dtype {arr.dtype}")
-    if not np.isfinite(arr).all() or arr.min(initial=0.0) < 0.0 or arr.max(initial=0.0) > 1.0:
-        raise ObservationError(f"{robot}: float image {key!r} must hold finite values in [0, 1]")
-
-
-def _check_vector(robot: str, key: str, value: Any, dim: int) -> None:
-    arr = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple, float, int)) else None
-    if arr is None or arr.dtype.kind not in "fiub":
-        raise ObservationError(f"{robot}: {key!r} must be a numeric vector of {dim}, got {type(value).__name__}")
-    if arr.shape != (dim,):
-        raise ObservationError(f"{robot}: {key!r} must have shape ({dim},), got {arr.shape}")
-    if not np.isfinite(arr.astype(np.float64)).all():
-        raise ObservationError(f"{robot}: {key!r} holds NaN or infinity")
 
 
 # ------------------------------------------------------------------------------------ generic robot IO
@@ -306,7 +274,7 @@ class RobotInputs:
     state: tuple[StateField, ...]
 
     def __call__(self, data: Data) -> Data:
-        images: dict[str, np.ndarray] = {}
+        images: dict[str, Array] = {}
         masks: dict[str, np.bool_] = {}
         for cam in self.cameras:
             if cam.slot is None or not has_path(data, cam.key):

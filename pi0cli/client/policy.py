@@ -6,10 +6,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pi0cli.errors import Pi0Error
+from pi0cli.observation_types import Observation, ObservationValue, Reply
 from pi0cli.serving import protocol
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 
 class PolicyServerError(Pi0Error):
@@ -23,7 +27,7 @@ class ServerUnreachableError(PolicyServerError):
 class BasePolicy:
     """What a policy offers a robot: ``infer(obs) -> {"actions": [H, D], ...}`` and ``reset()``."""
 
-    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+    def infer(self, obs: Observation) -> Reply:
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -67,7 +71,7 @@ class WebsocketClientPolicy(BasePolicy):
 
     # -------------------------------------------------------------------------------------------- connect
 
-    def _connect(self, timeout: float | None, interval: float) -> tuple[Any, dict[str, Any]]:
+    def _connect(self, timeout: float | None, interval: float) -> tuple[ClientConnection, dict[str, ObservationValue]]:
         from websockets.exceptions import InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
 
@@ -100,7 +104,12 @@ class WebsocketClientPolicy(BasePolicy):
                 if isinstance(first, str):
                     ws.close()
                     raise PolicyServerError(f"{self.uri} sent an error instead of metadata: {first}")
-                return ws, protocol.unpackb(first)
+                metadata = protocol.unpackb(first)
+                if not isinstance(metadata, dict):
+                    ws.close()
+                    raise PolicyServerError(f"{self.uri} sent metadata that is not a map "
+                                            f"({type(metadata).__name__}); is it a pi0 or openpi policy server?")
+                return ws, metadata
             if deadline is not None and time.monotonic() >= deadline:
                 raise ServerUnreachableError(f"no policy server at {self.uri} after {timeout:g} s ({last}); start "
                                              "one with `pi0 serve` or check the host and port")
@@ -108,17 +117,20 @@ class WebsocketClientPolicy(BasePolicy):
                 self._on_wait(time.monotonic() - start, last)
             time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
 
-    def get_server_metadata(self) -> dict[str, Any]:
+    def get_server_metadata(self) -> dict[str, ObservationValue]:
         return self._metadata
 
     # ------------------------------------------------------------------------------------------- requests
 
-    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+    def infer(self, obs: Observation) -> Reply:
         self._ws.send(self._packer.pack(obs))
-        reply = self._ws.recv(timeout=self.request_timeout)
-        if isinstance(reply, str):
-            raise PolicyServerError(f"the policy server rejected the request: {reply.removeprefix('Error: ')}")
-        return protocol.unpackb(reply)
+        frame = self._ws.recv(timeout=self.request_timeout)
+        if isinstance(frame, str):
+            raise PolicyServerError(f"the policy server rejected the request: {frame.removeprefix('Error: ')}")
+        reply = protocol.unpackb(frame)
+        if not isinstance(reply, dict):
+            raise PolicyServerError(f"the policy server's reply is not a map ({type(reply).__name__})")
+        return reply
 
     def reset(self) -> None:
         pass

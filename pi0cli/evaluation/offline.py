@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from pi0cli.errors import Pi0Error
+from pi0cli.errors import ObservationError, Pi0Error
+from pi0cli.observation_types import Observation, Reply
 
 if TYPE_CHECKING:
     from pi0cli.data.lerobot import LeRobotFrames
@@ -36,9 +37,9 @@ class OfflineEvalError(Pi0Error):
 
 
 class BatchPolicy(Protocol):
-    """What offline evaluation needs of a policy: one result (with ``actions`` [H, A]) per observation."""
+    """What offline evaluation needs of a policy: one reply (with ``actions`` [H, A]) per observation."""
 
-    def infer_batch(self, observations: Sequence[dict[str, Any]]) -> list[Any]: ...
+    def infer_batch(self, observations: Sequence[Observation], /) -> Sequence[Reply]: ...
 
 
 def require_matplotlib() -> None:
@@ -88,13 +89,7 @@ def evaluate_offline(
     hold_error, hold_count = 0.0, 0.0
     for start in range(0, len(indices), batch_size):
         rows = [frames[i] for i in indices[start:start + batch_size]]
-        observations = []
-        for row in rows:
-            obs = embodiment.repack(row)
-            obs.pop("actions", None)
-            if row.get("prompt"):
-                obs["prompt"] = row["prompt"]
-            observations.append(obs)
+        observations = [_observation(row, embodiment) for row in rows]
         results = policy.infer_batch(observations)
         for row, result in zip(rows, results, strict=True):
             recorded = np.asarray(row[action_key], np.float64)
@@ -166,6 +161,20 @@ def heldout_loss(frames: LeRobotFrames, models: Mapping[str, Any], example: Call
         for name, loss in losses.items():
             totals[name] += float(loss(rng, batch).sum())
     return {name: total / len(indices) for name, total in totals.items()}
+
+
+def _observation(row: dict[str, Any], embodiment: Embodiment) -> Observation:
+    """A dataset frame as the robot would have sent it, through the embodiment's one observation check."""
+    obs = embodiment.repack(row)
+    obs.pop("actions", None)
+    if row.get("prompt"):
+        obs["prompt"] = row["prompt"]
+    try:
+        return embodiment.validate_observation(obs)
+    except ObservationError as exc:
+        raise OfflineEvalError(f"episode {row.get('episode_index')} frame {row.get('frame_index')} of the dataset is "
+                               f"not a valid {embodiment.name} observation ({exc}); fix the dataset or evaluate "
+                               "other episodes") from None
 
 
 def _errors(recorded: np.ndarray, predicted: np.ndarray, valid: np.ndarray) -> dict[str, Any]:

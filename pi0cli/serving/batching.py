@@ -23,7 +23,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from pi0cli.errors import Pi0Error
 
@@ -41,9 +40,9 @@ class BatcherClosedError(Pi0Error):
 
 
 @dataclasses.dataclass
-class _Pending:
-    item: Any
-    future: asyncio.Future
+class _Pending[T, R]:
+    item: T
+    future: asyncio.Future[R]
     loop: asyncio.AbstractEventLoop
     arrived: float
 
@@ -52,11 +51,11 @@ class _Pending:
 class BatchStats:
     batches: int = 0
     items: int = 0
-    sizes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    sizes: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
     busy_s: float = 0.0
 
 
-def _resolve(future: asyncio.Future, result: Any) -> None:
+def _resolve[R](future: asyncio.Future[R], result: R | BaseException) -> None:
     if future.done():  # the client went away and its handler was cancelled
         return
     if isinstance(result, BaseException):
@@ -65,8 +64,9 @@ def _resolve(future: asyncio.Future, result: Any) -> None:
         future.set_result(result)
 
 
-class DynamicBatcher:
-    """Collects submitted items into batches for ``process`` on one worker thread.
+class DynamicBatcher[T, R]:
+    """Collects submitted items (``T``) into batches for ``process`` on one worker thread; each gets its
+    result (``R``) or has its exception raised.
 
     ``warmup`` (optional) runs on the worker thread before the first batch (e.g. compiling every batch
     size); ``ready`` is set once it has finished. ``active_clients`` (optional) returns how many clients
@@ -78,7 +78,7 @@ class DynamicBatcher:
 
     def __init__(
         self,
-        process: Callable[[Sequence[Any]], Sequence[Any]],
+        process: Callable[[Sequence[T]], Sequence[R | BaseException]],
         *,
         max_batch: int = 8,
         window_s: float = 0.005,
@@ -101,7 +101,7 @@ class DynamicBatcher:
         self._active_clients = active_clients
         self._incoming = incoming
         self._on_batch = on_batch
-        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self.ready = threading.Event()
@@ -112,7 +112,7 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
-    def start(self) -> DynamicBatcher:
+    def start(self) -> DynamicBatcher[T, R]:
         self._thread.start()
         return self
 
@@ -129,11 +129,11 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------------------------ submitting
 
-    async def submit(self, item: Any, arrived: float | None = None) -> Any:
+    async def submit(self, item: T, arrived: float | None = None) -> R:
         """Queue ``item`` and wait for its result (raises the item's exception, if any). ``arrived``: when the
         request reached the server (``time.perf_counter()``), if earlier than now; the window counts from it."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[R] = loop.create_future()
         with self._cond:
             if self._closed:
                 raise BatcherClosedError("the server is shutting down")
@@ -151,17 +151,17 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------------------------------ worker
 
-    def _post(self, pending: _Pending, result: Any) -> None:
+    def _post(self, pending: _Pending[T, R], result: R | BaseException) -> None:
         try:
             pending.loop.call_soon_threadsafe(_resolve, pending.future, result)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
-    def _post_all(self, batch: list[_Pending], results: list[Any]) -> None:
+    def _post_all(self, batch: list[_Pending[T, R]], results: list[R | BaseException]) -> None:
         for pending, result in zip(batch, results, strict=True):
             self._post(pending, result)
 
-    def _take_batch(self) -> list[_Pending] | None:
+    def _take_batch(self) -> list[_Pending[T, R]] | None:
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
@@ -207,6 +207,7 @@ class DynamicBatcher:
             if not batch:
                 continue
             start = time.perf_counter()
+            results: list[R | BaseException]
             try:
                 results = list(self.process([p.item for p in batch]))
                 if len(results) != len(batch):

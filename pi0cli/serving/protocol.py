@@ -14,22 +14,22 @@ characters of what the client sent). Its cost is bounded: a message holds at mos
 elements and :data:`MAX_DEPTH` levels. Decoded arrays are read-only views of the message bytes (as in the
 reference); copy one before writing into it.
 
+The codec only decodes: whether a decoded request is a valid observation (its shapes, NaN, the prompt) is
+the embodiment's check (:mod:`pi0cli.observation_check`).
+
 This module imports numpy and msgpack only, so the robot-side client can use it without JAX.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import cast
 
 import msgpack
 import numpy as np
 
-from pi0cli.errors import ObservationError, Pi0Error
-
-if TYPE_CHECKING:
-    from pi0cli.embodiment import Embodiment
+from pi0cli.errors import Pi0Error
+from pi0cli.observation_types import Array, Observation, ObservationValue
 
 NDARRAY_KEY = b"__ndarray__"
 NPGENERIC_KEY = b"__npgeneric__"
@@ -37,8 +37,6 @@ NPGENERIC_KEY = b"__npgeneric__"
 ALLOWED_KINDS = frozenset("biuf")
 MAX_NDIM = 32
 MAX_DEPTH = 32
-#: Longest prompt accepted in a request (characters).
-MAX_PROMPT_CHARS = 4096
 #: Most msgpack elements (each container counts 1 plus its length) one message may hold by default.
 MAX_ELEMENTS = 2**15
 #: Longest error text sent to a client (characters).
@@ -52,7 +50,7 @@ class ProtocolError(Pi0Error, ValueError):
 # -------------------------------------------------------------------------------------------------- encoding
 
 
-def _encode_default(obj: Any) -> Any:
+def _encode_default(obj: object) -> object:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in ALLOWED_KINDS:
             raise ProtocolError(f"cannot send an array of dtype {obj.dtype} (kind {obj.dtype.kind!r}); "
@@ -69,7 +67,7 @@ def _encode_default(obj: Any) -> Any:
                         "and numpy arrays")
 
 
-def _raw_bytes(arr: np.ndarray) -> Any:
+def _raw_bytes(arr: Array) -> bytes | memoryview:
     """The array's C-order bytes without a copy (msgpack packs a byte memoryview as bin, like bytes)."""
     if arr.size == 0:
         return b""
@@ -79,10 +77,10 @@ def _raw_bytes(arr: np.ndarray) -> Any:
         return arr.tobytes()
 
 
-def packb(obj: Any) -> bytes:
+def packb(obj: object) -> bytes:
     """Serialise ``obj`` (nested dicts/lists of numbers, strings and numpy arrays) to one msgpack message."""
     try:
-        return msgpack.packb(obj, default=_encode_default, use_bin_type=True)
+        return cast(bytes, msgpack.packb(obj, default=_encode_default, use_bin_type=True))
     except ProtocolError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -95,9 +93,9 @@ class Packer:
     def __init__(self) -> None:
         self._packer = msgpack.Packer(default=_encode_default, use_bin_type=True)
 
-    def pack(self, obj: Any) -> bytes:
+    def pack(self, obj: object) -> bytes:
         try:
-            return self._packer.pack(obj)
+            return cast(bytes, self._packer.pack(obj))
         except ProtocolError:
             self._packer.reset()
             raise
@@ -132,7 +130,7 @@ def clip(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
-def _decode_dtype(raw: Any, where: str) -> np.dtype:
+def _decode_dtype(raw: object, where: str) -> np.dtype[np.generic]:
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("ascii")
@@ -153,7 +151,7 @@ _NDARRAY_FIELDS = frozenset({NDARRAY_KEY, b"data", b"dtype", b"shape"})
 _NPGENERIC_FIELDS = frozenset({NPGENERIC_KEY, b"data", b"dtype"})
 
 
-def _object_hook(obj: dict) -> Any:
+def _object_hook(obj: dict[object, object]) -> object:
     if NDARRAY_KEY in obj:
         if obj.keys() != _NDARRAY_FIELDS:
             missing = sorted(k.decode() for k in _NDARRAY_FIELDS - obj.keys())
@@ -205,24 +203,24 @@ class _Budget:
     def __init__(self, max_elements: int):
         self.left = max_elements
 
-    def list_hook(self, value: list) -> list:
+    def list_hook(self, value: list[object]) -> list[object]:
         self.left -= len(value) + 1
         if self.left < 0:
             raise _BudgetExceeded
         return value
 
-    def object_hook(self, value: dict) -> Any:
+    def object_hook(self, value: dict[object, object]) -> object:
         self.left -= len(value) + 1
         if self.left < 0:
             raise _BudgetExceeded
         return _object_hook(value)
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+def _ext_hook(code: int, data: bytes) -> object:
     raise _HookError(f"msgpack extension type {code} is not allowed")
 
 
-def unpackb(message: bytes | bytearray | memoryview | str, *, max_elements: int = MAX_ELEMENTS) -> Any:
+def unpackb(message: bytes | bytearray | memoryview | str, *, max_elements: int = MAX_ELEMENTS) -> ObservationValue:
     """Deserialise one message; raises :class:`DecodeError` for anything that is not plain msgpack-numpy
     within the limits (at most ``max_elements`` msgpack elements, :data:`MAX_DEPTH` levels, str map keys).
 
@@ -231,18 +229,18 @@ def unpackb(message: bytes | bytearray | memoryview | str, *, max_elements: int 
     strings unless it has an error to report.
     """
     obj = _unpack(message, max_elements)
-    _check_tree(obj, finite=False)
+    _check_tree(obj)
     return obj
 
 
-def _unpack(message: Any, max_elements: int) -> Any:
+def _unpack(message: object, max_elements: int) -> ObservationValue:
     if isinstance(message, str):
         raise DecodeError("expected a binary msgpack frame, got a text frame; send msgpack-numpy bytes")
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise DecodeError(f"expected bytes, got {type(message).__name__}")
     budget = _Budget(max_elements)
     try:
-        return msgpack.unpackb(
+        return cast(ObservationValue, msgpack.unpackb(
             message,
             object_hook=budget.object_hook,
             list_hook=budget.list_hook,
@@ -253,7 +251,7 @@ def _unpack(message: Any, max_elements: int) -> Any:
             timestamp=0,
             max_array_len=max_elements,
             max_map_len=max_elements,
-        )
+        ))
     except _BudgetExceeded:
         raise DecodeError(f"the message holds more than {max_elements} msgpack elements (the server's "
                           "--max-message-elements); send arrays as numpy arrays, not as lists") from None
@@ -271,12 +269,12 @@ def _unpack(message: Any, max_elements: int) -> Any:
                           "send msgpack-numpy bytes") from None
 
 
-# Leaves that need no check; float leaves need one only for finiteness.
-_PLAIN = frozenset({int, bool, str, bytes, type(None)})
-_NUMBERS = frozenset({int, bool, float})
+# Leaves that need no check.
+_PLAIN = frozenset({int, bool, float, str, bytes, type(None)})
 _CONTAINERS = (dict, list)
 
-_Link = tuple[Any, Any] | None  # (parent link, key or index): a path, built into a string only for errors
+#: (parent link, key or index): a path, built into a string only for errors.
+type _Link = tuple[_Link, object] | None
 
 
 def _path(link: _Link) -> str:
@@ -290,49 +288,34 @@ def _path(link: _Link) -> str:
     return repr(text) if len(text) <= 200 else f"{text[:200]!r}..."
 
 
-def _check_tree(obj: Any, *, finite: bool) -> None:
-    """One iterative pass over a decoded message: str map keys, allowed leaf types, depth, and (``finite``)
-    no NaN or infinity in floats and float arrays. Error texts name the key path."""
-    stack: list[tuple[Any, int, _Link]] = [(obj, 0, None)]
+def _check_tree(obj: object) -> None:
+    """One iterative pass over a decoded message: str map keys, allowed leaf types, depth. Error texts name
+    the key path."""
+    stack: list[tuple[object, int, _Link]] = [(obj, 0, None)]
     while stack:
         value, depth, link = stack.pop()
         kind = type(value)
-        if kind is dict:
+        if isinstance(value, dict):
             if value and set(map(type, value)) != {str}:
                 bad = next(k for k in value if type(k) is not str)
                 raise ProtocolError(f"map key {clip(bad)} at {_path(link)} is not a string; keys must be str")
-            _check_children(stack, list(value.values()), list(value), depth, link, finite)
-        elif kind is list:
-            _check_children(stack, value, None, depth, link, finite)
-        elif kind is np.ndarray:
-            if finite and value.dtype.kind == "f" and value.size and not np.isfinite(value).all():
-                raise ProtocolError(f"{_path(link)} holds NaN or infinity; send finite values")
-        elif kind is float:
-            if finite and not math.isfinite(value):
-                raise ProtocolError(f"{_path(link)} is NaN or infinity; send a finite value")
-        elif isinstance(value, np.generic):
-            if finite and isinstance(value, np.floating) and not np.isfinite(value):
-                raise ProtocolError(f"{_path(link)} is NaN or infinity; send a finite value")
-        elif kind not in _PLAIN:  # msgpack Timestamp and the like
-            raise ProtocolError(f"value of type {kind.__name__} at {_path(link)} is not allowed")
+            _check_children(stack, list(value.values()), list(value), depth, link)
+        elif isinstance(value, list):
+            _check_children(stack, value, None, depth, link)
+        elif kind is not np.ndarray and kind not in _PLAIN and not isinstance(value, np.generic):
+            raise ProtocolError(f"value of type {kind.__name__} at {_path(link)} is not allowed")  # e.g. Timestamp
 
 
-def _check_children(stack: list[tuple[Any, int, _Link]], values: list[Any], keys: list[Any] | None, depth: int,
-                    link: _Link, finite: bool) -> None:
+def _check_children(stack: list[tuple[object, int, _Link]], values: list[object], keys: list[str] | None,
+                    depth: int, link: _Link) -> None:
     if not values:
         return
     if depth >= MAX_DEPTH:
         raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels at {_path(link)}")
-    kinds = set(map(type, values))
-    if kinds <= _PLAIN:  # the common case: checked at C speed
-        return
-    if kinds <= _NUMBERS and (not finite or all(map(math.isfinite, values))):
+    if set(map(type, values)) <= _PLAIN:  # the common case: checked at C speed
         return
     for i, item in enumerate(values):
-        kind = type(item)
-        if kind in _PLAIN or (kind is float and not finite):
-            continue
-        if isinstance(item, _CONTAINERS) and not item:
+        if type(item) in _PLAIN or (isinstance(item, _CONTAINERS) and not item):
             continue  # an empty container needs no visit (its depth is within the limit, checked above)
         stack.append((item, depth + 1, (link, i if keys is None else keys[i])))
 
@@ -340,60 +323,15 @@ def _check_children(stack: list[tuple[Any, int, _Link]], values: list[Any], keys
 # -------------------------------------------------------------------------------------------------- requests
 
 
-def decode_request(message: Any, embodiment: Embodiment | None = None, *,
-                   max_elements: int = MAX_ELEMENTS) -> dict[str, Any]:
-    """Decode and validate one observation request; :class:`ProtocolError` / ``ObservationError`` name the key."""
-    return validate_request(_unpack(message, max_elements), embodiment)
-
-
-def validate_request(obs: Any, embodiment: Embodiment | None = None) -> dict[str, Any]:
-    """Check a decoded request: a map of str keys whose arrays are numeric and finite, an optional str
-    ``prompt``, and (given an embodiment) the embodiment's own observation contract, with every image it
-    reads non-empty. Keys the embodiment does not know pass unchecked (beyond the codec's own checks)."""
+def decode_request(message: object, *, max_elements: int = MAX_ELEMENTS) -> Observation:
+    """Decode one observation request: a msgpack map of str keys (:class:`DecodeError` / :class:`ProtocolError`
+    otherwise). Only decodes: whether it is a valid observation is the embodiment's check
+    (:meth:`pi0cli.embodiment.Embodiment.validate_observation`)."""
+    obs = _unpack(message, max_elements)
     if not isinstance(obs, dict):
         raise ProtocolError(f"a request must be a msgpack map of observation keys, got {type(obs).__name__}")
-    if not obs:
-        raise ProtocolError("the request is an empty map; send the robot's observation")
-    _check_tree(obs, finite=True)
-    prompt = obs.get("prompt")
-    if prompt is not None:
-        if not isinstance(prompt, str):
-            raise ProtocolError(f"'prompt' must be a string, got {type(prompt).__name__}")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ProtocolError(f"'prompt' has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are accepted")
-    if embodiment is not None:
-        try:
-            embodiment.validate_observation(obs)
-        except ObservationError as exc:
-            raise ObservationError(clip_text(str(exc))) from None
-        except Exception as exc:  # a plugin's validator that trips over odd input must not crash the server
-            raise ObservationError(f"{embodiment.name}: invalid observation "
-                                   f"({type(exc).__name__}: {clip_text(str(exc), 120)})") from None
-        _check_embodiment_arrays(obs, embodiment)
+    _check_tree(obs)
     return obs
-
-
-def _lookup(obs: Mapping[str, Any], key: str) -> Any:
-    node: Any = obs
-    for part in key.split("/"):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _check_embodiment_arrays(obs: Mapping[str, Any], embodiment: Embodiment) -> None:
-    """What the embodiment's own check lets through but its transforms cannot take: empty images
-    (0x0x3, 3x0x5) and empty state fields."""
-    for cam in embodiment.cameras:
-        image = _lookup(obs, cam.key)
-        if isinstance(image, np.ndarray) and image.size == 0:
-            raise ObservationError(f"{embodiment.name}: image {cam.key!r} has shape {image.shape}, with an empty "
-                                   "dimension; send a non-empty HxWx3 (or 3xHxW) image")
-    for field in embodiment.state:
-        value = _lookup(obs, field.key)
-        if isinstance(value, np.ndarray) and value.size == 0:
-            raise ObservationError(f"{embodiment.name}: {field.key!r} is empty; send a vector of {field.dim}")
 
 
 def clip_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:

@@ -31,11 +31,12 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
 from pi0cli.errors import Pi0Error
+from pi0cli.observation_types import Array, Observation, ObservationValue, Reply
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
@@ -65,16 +66,19 @@ def unescape_key(part: str) -> str:
     return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), part)
 
 
-def known_keys(embodiment: Embodiment) -> frozenset[str]:
-    """The request keys an embodiment reads: its cameras, its state fields and the prompt."""
-    return frozenset([c.key for c in embodiment.cameras] + [f.key for f in embodiment.state] + ["prompt"])
+class Record(TypedDict, total=False):
+    """One recording read back: the request, the reply, and (if any) the sizes of keys left out."""
+
+    inputs: Observation
+    outputs: Reply
+    omitted: dict[str, int]
 
 
-def _leaves(tree: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
+def _leaves(tree: Mapping[str, object]) -> Iterator[tuple[str, str, object]]:
     """``(escaped path, plain path, leaf)`` of every leaf, walking with an explicit stack (no recursive
     closure: a closure that refers to itself is a reference cycle, which would keep every recorded request
     alive until the cycle collector runs)."""
-    stack: list[tuple[str, str, Any]] = [("", "", tree)]
+    stack: list[tuple[str, str, object]] = [("", "", tree)]
     while stack:
         escaped, plain, node = stack.pop()
         if isinstance(node, Mapping):
@@ -86,7 +90,7 @@ def _leaves(tree: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
             yield escaped, plain, node
 
 
-def _to_array(value: Any) -> np.ndarray:
+def _to_array(value: object) -> Array:
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, bytes):
@@ -106,13 +110,13 @@ def _to_array(value: Any) -> np.ndarray:
     return arr if arr.dtype.kind in "biufU" else np.asarray(str(value))
 
 
-def to_record(request: Mapping[str, Any], reply: Mapping[str, Any], *, known: Iterable[str] | None = None,
-              max_unknown_key_bytes: int | None = None) -> dict[str, np.ndarray]:
+def to_record(request: Mapping[str, object], reply: Mapping[str, object], *, known: Iterable[str] | None = None,
+              max_unknown_key_bytes: int | None = None) -> dict[str, Array]:
     """The flat ``{key: array}`` mapping saved for one request. With ``known`` (the request keys the
     embodiment reads) and ``max_unknown_key_bytes``, larger leaves under other keys are replaced by their size
     under ``omitted/inputs/<path>``."""
     known_set = frozenset(known) if known is not None else None
-    flat: dict[str, np.ndarray] = {}
+    flat: dict[str, Array] = {}
     for escaped, plain, leaf in _leaves(request):
         arr = _to_array(leaf)
         if (max_unknown_key_bytes is not None and known_set is not None and plain not in known_set
@@ -125,7 +129,7 @@ def to_record(request: Mapping[str, Any], reply: Mapping[str, Any], *, known: It
     return flat
 
 
-def save_record(path: str | os.PathLike[str], request: Mapping[str, Any], reply: Mapping[str, Any], *,
+def save_record(path: str | os.PathLike[str], request: Mapping[str, object], reply: Mapping[str, object], *,
                 known: Iterable[str] | None = None, max_unknown_key_bytes: int | None = None) -> Path:
     """Write one record atomically (see :func:`to_record` for the keys)."""
     path = Path(path)
@@ -133,12 +137,13 @@ def save_record(path: str | os.PathLike[str], request: Mapping[str, Any], reply:
     return path
 
 
-def _savez_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def _savez_atomic(path: Path, arrays: Mapping[str, Array]) -> None:
     """``np.savez`` into a temporary name renamed into place; the temporary file is removed if anything fails."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **cast("dict[str, Any]", arrays))  # keys start inputs/ or outputs/
+            # Keys start inputs/ or outputs/, never a savez parameter (numpy's stub types **kwds like allow_pickle).
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -146,10 +151,10 @@ def _savez_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         raise
 
 
-def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_record(path: str | os.PathLike[str]) -> Record:
     """One recording as ``{"inputs": nested observation, "outputs": nested reply}`` (strings back to ``str``),
     plus ``"omitted": {request key path: size in bytes}`` when keys were left out."""
-    nested: dict[str, Any] = {"inputs": {}, "outputs": {}}
+    tree: dict[str, ObservationValue] = {"inputs": {}, "outputs": {}}
     omitted: dict[str, int] = {}
     with np.load(path, allow_pickle=False) as data:
         for key in data.files:
@@ -157,23 +162,30 @@ def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
             if parts[:2] == ["omitted", "inputs"]:
                 omitted["/".join(parts[2:])] = int(data[key])
                 continue
-            node = nested
+            node = tree
             for part in parts[:-1]:
                 child = node.setdefault(part, {})
                 if not isinstance(child, dict):
                     raise ValueError(f"{path}: key {key!r} runs through a leaf")
                 node = child
             node[parts[-1]] = _from_array(data[key])
+    record = Record(inputs=_branch(tree, "inputs"), outputs=_branch(tree, "outputs"))
     if omitted:
-        nested["omitted"] = omitted
-    return nested
+        record["omitted"] = omitted
+    return record
 
 
-def _from_array(arr: np.ndarray) -> Any:
+def _branch(tree: dict[str, ObservationValue], name: str) -> dict[str, ObservationValue]:
+    value = tree[name]
+    return value if isinstance(value, dict) else {}
+
+
+def _from_array(arr: Array) -> ObservationValue:
     if arr.ndim == 0 and arr.dtype.kind == "U":
         return str(arr)
     if arr.ndim == 0:
-        return arr.item()
+        value: ObservationValue = arr.item()
+        return value
     return arr
 
 
@@ -182,13 +194,13 @@ def record_files(directory: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in Path(directory).glob(f"{PREFIX}*.npz") if _INDEX.fullmatch(p.name))
 
 
-def load_records(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+def load_records(directory: str | os.PathLike[str]) -> Iterator[Record]:
     """Every recording in ``directory``, in serving order (see :func:`load_record`)."""
     for file in record_files(directory):
         yield load_record(file)
 
 
-def _nbytes(tree: Any) -> int:
+def _nbytes(tree: object) -> int:
     """About how many bytes a request or reply holds (arrays, bytes and strings; containers count 64)."""
     total, stack = 0, [tree]
     while stack:
@@ -236,7 +248,7 @@ class Recorder:
         self.max_queue_bytes = int(max_queue_bytes)
         self.known = frozenset(known) if known is not None else None
         self.max_unknown_key_bytes = max_unknown_key_bytes
-        self._queue: queue.Queue[tuple[int, Mapping[str, Any], Mapping[str, Any], int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, Mapping[str, object], Mapping[str, object], int] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._queue_bytes = 0
         self.saved = 0
@@ -248,8 +260,11 @@ class Recorder:
         self._thread.start()
 
     @classmethod
-    def for_embodiment(cls, directory: str | os.PathLike[str], embodiment: Embodiment, **kwargs: Any) -> Recorder:
-        return cls(directory, known=known_keys(embodiment), **kwargs)
+    def for_embodiment(cls, directory: str | os.PathLike[str], embodiment: Embodiment, *,
+                       max_queue_bytes: int = 256 * 2**20, max_unknown_key_bytes: int | None = 2**20) -> Recorder:
+        """A recorder that caps the keys ``embodiment``'s contract does not read."""
+        return cls(directory, known=embodiment.observation_keys, max_queue_bytes=max_queue_bytes,
+                   max_unknown_key_bytes=max_unknown_key_bytes)
 
     @property
     def dropped(self) -> int:
@@ -259,7 +274,7 @@ class Recorder:
         return {"saved": self.saved, "queue_full": self.dropped_queue_full, "write_failed": self.failed_writes,
                 "omitted_keys": self.omitted_keys, "queue_bytes": self._queue_bytes}
 
-    def record(self, request: Mapping[str, Any], reply: Mapping[str, Any], nbytes: int | None = None) -> bool:
+    def record(self, request: Mapping[str, object], reply: Mapping[str, object], nbytes: int | None = None) -> bool:
         """Queue one pair (``nbytes``: its size if known, e.g. the frame lengths); False if it was dropped."""
         size = int(nbytes) if nbytes is not None else _nbytes(request) + _nbytes(reply)
         first = False
@@ -299,7 +314,7 @@ class Recorder:
                     self._queue_bytes -= size
                 self._queue.task_done()
 
-    def _write(self, index: int, request: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
+    def _write(self, index: int, request: Mapping[str, object], reply: Mapping[str, object]) -> None:
         flat = to_record(request, reply, known=self.known, max_unknown_key_bytes=self.max_unknown_key_bytes)
         omitted = [k for k in flat if k.startswith("omitted/")]
         if omitted:

@@ -9,22 +9,16 @@ it>"`` of at most a few hundred characters -- the reference client raises it as 
 connection keeps serving. A bug answers ``"Error: internal server error (request id ...)"``; the details go
 to the log only.
 
-Bounded work per client: decoding (at most ``max_elements`` msgpack elements), validation and the input
-transforms run on a small thread pool, the model on the batcher's thread (:mod:`pi0cli.serving.batching`),
-so the event loop only moves frames and answers health checks. Each connection has at most one request in
-flight and at most ``max_buffered_frames`` frames buffered (the socket is not read further meanwhile).
-Large or costly frames that are refused draw on a server-wide budget (:class:`RejectedBytesBudget`), so
-hostile clients cannot keep the event loop or the workers busy with them.
-Beyond ``max_connections`` a new connection is closed at once with code 1013 (try again later); a
-connection that sends nothing for ``idle_timeout_s`` is closed with code 1000. Only connections that asked
-within the last few seconds count as active clients for the batcher's window.
-
-HTTP ``GET /healthz``: 503 ``"compiling\\n"`` until the model has been compiled for every batch size, then
-200 ``"OK\\n"`` (500 if warm-up failed; the reason goes to the log). ``GET /metrics``: Prometheus text format
-(:mod:`pi0cli.serving.metrics`). With an API key, the websocket handshake (and ``/metrics``) must carry exactly
-one ``Authorization: Api-Key <key>`` header (what openpi-client sends) or it is refused with 401. Messages
+One path per request, whatever the policy (:class:`~pi0cli.serving.served.ServedPolicy`): decode
+(:mod:`~pi0cli.serving.protocol`), validate (the embodiment's one check), ``policy.prepare`` -- all on a small
+thread pool -- then ``policy.run_prepared`` on the batcher's thread (:mod:`~pi0cli.serving.batching`), so the
+event loop only moves frames. Each connection has at most one request in flight and at most
+``max_buffered_frames`` frames buffered (the socket is not read further meanwhile). Costly refused frames
+draw on a server-wide budget and connections are capped (:mod:`~pi0cli.serving.limits`); a connection
+that sends nothing for ``idle_timeout_s`` is closed with code 1000, one beyond ``max_connections`` with 1013
+(try again later). ``/healthz``, ``/metrics`` and the API key: :mod:`~pi0cli.serving.endpoints`. Messages
 above the size limit close that connection with code 1009 (the websockets library's limit; nothing is
-buffered past it). Warnings about refused connections are rate-limited.
+buffered past it).
 """
 
 from __future__ import annotations
@@ -32,37 +26,53 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
-import hmac
-import http
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pi0cli.errors import Pi0Error
+import numpy as np
+
+from pi0cli.errors import ObservationError, Pi0Error
 from pi0cli.models.tokenizer import DECODE_FAILURES_KEY
+from pi0cli.observation_check import check_observation
+from pi0cli.observation_types import Observation, ObservationValue, Reply
 from pi0cli.serving import protocol
 from pi0cli.serving.batching import DynamicBatcher
-from pi0cli.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from pi0cli.serving.endpoints import HEALTH_PATH, METRICS_PATH, Endpoints, Health
+from pi0cli.serving.limits import (
+    ACTIVE_S,
+    Connection,
+    Connections,
+    RateLimitedLog,
+    RejectedBytesBudget,
+    peer_name,
+)
+from pi0cli.serving.metrics import ServerMetrics
+from pi0cli.serving.served import PreparedRequest, ServedPolicy, describe_missing
 
 if TYPE_CHECKING:
+    from websockets.asyncio.server import Server, ServerConnection
+    from websockets.http11 import Request, Response
+
     from pi0cli.embodiment import Embodiment
     from pi0cli.serving.recording import Recorder
 
+__all__ = ["ACTIVE_S", "HEALTH_PATH", "METRICS_PATH", "InternalServerError", "PolicyServer", "RateLimitedLog",
+           "RejectedBytesBudget", "ServerError", "ServerThread"]
+
 log = logging.getLogger("pi0.serve")
 
-HEALTH_PATH = "/healthz"
-METRICS_PATH = "/metrics"
 #: Close code for "the server is full" (RFC 6455 registry: Try Again Later).
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_NORMAL = 1000
-#: A connection counts as an active client while a request is in flight and this long after its last reply.
-ACTIVE_S = 2.0
 #: How long a closing handshake may take (a vanished peer must not hold a connection, or shutdown, longer).
 CLOSE_TIMEOUT_S = 2.0
+
+#: What the worker pool hands back for one frame: (prepared request, validated observation) or the error.
+type _Admitted = tuple[PreparedRequest, Observation] | BaseException
 
 
 class ServerError(Pi0Error):
@@ -78,84 +88,24 @@ class InternalServerError(Pi0Error):
         super().__init__(f"internal server error (request id {request_id}); the details are in the server log")
 
 
-class RateLimitedLog:
-    """Warnings of one kind at most once per ``interval_s``, the next one saying how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0):
-        self._logger = logger
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def warning(self, kind: str, message: str, *args: Any, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(kind)
-            if last is not None and now - last < self.interval_s:
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            suppressed = self._suppressed.pop(kind, 0)
-        if suppressed:
-            message += " (and %d more like this in the last %.0f s)"
-            args = (*args, suppressed, self.interval_s)
-        self._logger.warning(message, *args, exc_info=exc_info)
-
-
-class RejectedBytesBudget:
-    """A token bucket shared by every connection for *rejected* frames that were costly: at least
-    ``min_bytes`` long, or at least ``min_work_s`` of decoding and validation on the worker pool.
-
-    Receiving a frame costs the event loop about 2-3 ms per MiB inside the websockets library (copies and
-    unmasking) before any of our code runs, and a frame that fills the element budget costs a worker a few
-    ms. A client whose costly frame is refused waits, before its next frame is read, until the bucket has
-    paid for it: its bytes at ``bytes_per_s`` plus ``work_factor`` times its worker time. Together, hostile
-    connections can then spend only a small, bounded share of the event loop and of the workers. Clients
-    sending valid requests, or cheap invalid ones, never wait.
-    """
-
-    def __init__(self, bytes_per_s: float, min_bytes: int = 64 * 1024, min_work_s: float = 0.002,
-                 work_factor: float = 4.0):
-        self.bytes_per_s = float(bytes_per_s)
-        self.min_bytes = min_bytes
-        self.min_work_s = min_work_s
-        self.work_factor = work_factor
-        self._free_at = 0.0
-
-    def delay(self, nbytes: int, work_s: float = 0.0) -> float:
-        """Seconds the sender of a rejected frame of ``nbytes`` (``work_s`` on a worker) waits."""
-        if nbytes < self.min_bytes and work_s < self.min_work_s:
-            return 0.0
-        now = time.monotonic()
-        self._free_at = max(now, self._free_at) + nbytes / self.bytes_per_s + work_s * self.work_factor
-        return self._free_at - now
-
-
-@dataclasses.dataclass(eq=False)
-class _Connection:
-    peer: str
-    in_flight: bool = False
-    last_active: float = float("-inf")
-
-
 def _error_kind(exc: BaseException) -> str:
-    return getattr(exc, "kind", "invalid") if isinstance(exc, Pi0Error) else "internal"
+    kind = getattr(exc, "kind", "invalid") if isinstance(exc, Pi0Error) else "internal"
+    return str(kind)
 
 
 class PolicyServer:
-    """Serves a policy (anything with ``infer_batch(list, return_exceptions=True)``, ``warmup()``, ``metadata``).
+    """Serves a :class:`~pi0cli.serving.served.ServedPolicy`.
 
-    ``embodiment`` (optional) validates every request before it is queued. ``recorder`` (optional) gets
-    ``record(request, reply, nbytes)`` for every served request. Limits: ``max_message_bytes`` (frame size),
-    ``max_elements`` (msgpack elements per frame), ``max_connections``, ``idle_timeout_s`` (None or 0: none),
-    ``max_buffered_frames`` (per connection), ``rejected_bytes_per_s`` (see :class:`RejectedBytesBudget`;
-    None: off).
+    ``embodiment`` (optional) validates every request before it is prepared (without one, only the
+    robot-independent rules apply). ``recorder`` (optional) gets ``record(request, reply, nbytes)`` for every
+    served request. Limits: ``max_message_bytes`` (frame size), ``max_elements`` (msgpack elements per
+    frame), ``max_connections``, ``idle_timeout_s`` (None or 0: none), ``max_buffered_frames`` (per
+    connection), ``rejected_bytes_per_s`` (see :class:`RejectedBytesBudget`; None: off).
     """
 
     def __init__(
         self,
-        policy: Any,
+        policy: ServedPolicy,
         *,
         embodiment: Embodiment | None = None,
         host: str = "127.0.0.1",
@@ -170,10 +120,14 @@ class PolicyServer:
         max_buffered_frames: int = 2,
         rejected_bytes_per_s: float | None = 4 * 2**20,
         recorder: Recorder | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, object] | None = None,
         warmup: bool = True,
         prepare_threads: int = 2,
     ):
+        missing = describe_missing(policy)
+        if missing:
+            raise ServerError(f"cannot serve a {type(policy).__name__}: it has no {', '.join(missing)}; a served "
+                              "policy implements pi0cli.serving.served.ServedPolicy")
         if max_connections < 1:
             raise ServerError(f"--max-connections must be at least 1, got {max_connections}")
         if max_elements < 16:
@@ -182,37 +136,35 @@ class PolicyServer:
         self.embodiment = embodiment
         self.host = host
         self.port = port
-        self.api_key = api_key or None
         self.max_message_bytes = max_message_bytes
         self.max_elements = int(max_elements)
-        self.max_connections = int(max_connections)
         self.idle_timeout_s = idle_timeout_s or None
         self.max_buffered_frames = max(1, int(max_buffered_frames))
         self._rejected = RejectedBytesBudget(rejected_bytes_per_s) if rejected_bytes_per_s else None
         self.recorder = recorder
-        self.metadata = dict(metadata if metadata is not None else getattr(policy, "metadata", {}) or {})
+        self.metadata = dict(metadata if metadata is not None else policy.metadata)
         self._metadata_frame = protocol.packb(self.metadata)
-        self._connections: set[_Connection] = set()
+        self.connections = Connections(max_connections)
         self._preparing = 0
         self._preparing_lock = threading.Lock()
         self._ids = itertools.count(1)
         self.requests = 0
         self.errors = 0
         self.warmup_s: float | None = None
-        self._server: Any = None
+        self._server: Server | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warn = RateLimitedLog(log)
         # Decoding, validation and the per-request input transforms (image resizing, tokenizing) run on a small
         # pool, overlapping the model and keeping the event loop free.
-        self._prepare = getattr(policy, "prepare", None)
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, prepare_threads), thread_name_prefix="pi0-prepare")
-        self.metrics = ServerMetrics(open_connections=lambda: len(self._connections),
-                                     active_connections=self.active_clients, ready=lambda: float(self.ready),
+        self.metrics = ServerMetrics(open_connections=lambda: len(self.connections),
+                                     active_connections=self.connections.active, ready=lambda: float(self.ready),
                                      recorder=recorder)
-        self.batcher = DynamicBatcher(
+        self.endpoints = Endpoints(api_key=api_key, metrics=self.metrics, health=self._health, warn=self._warn)
+        self.batcher: DynamicBatcher[PreparedRequest, Reply] = DynamicBatcher(
             self._process, max_batch=max_batch, window_s=batch_window_ms / 1000.0,
-            warmup=self._warmup if warmup else None, active_clients=self.active_clients,
+            warmup=self._warmup if warmup else None, active_clients=self.connections.active,
             incoming=lambda: self._preparing, on_batch=self.metrics.observe_batch,
         )
 
@@ -224,10 +176,16 @@ class PolicyServer:
         self.warmup_s = time.perf_counter() - start
         log.info("model compiled for every batch size in %.1f s", self.warmup_s)
 
-    def _process(self, items: Sequence[Any]) -> list[Any]:
-        if self._prepare is not None:
-            return self.policy.run_prepared(items, return_exceptions=True)
-        return self.policy.infer_batch(items, return_exceptions=True)
+    def _process(self, items: Sequence[PreparedRequest]) -> list[Reply | BaseException]:
+        return self.policy.run_prepared(items, return_exceptions=True)
+
+    @property
+    def api_key(self) -> str | None:
+        return self.endpoints.api_key
+
+    @property
+    def max_connections(self) -> int:
+        return self.connections.limit
 
     @property
     def ready(self) -> bool:
@@ -235,76 +193,34 @@ class PolicyServer:
 
     @property
     def open_connections(self) -> int:
-        return len(self._connections)
+        return len(self.connections)
 
     def active_clients(self) -> int:
         """Connections with a request in flight or answered within :data:`ACTIVE_S` (thread-safe)."""
-        now = time.perf_counter()
-        return sum(1 for c in list(self._connections) if c.in_flight or now - c.last_active < ACTIVE_S)
+        return self.connections.active()
 
-    # ---------------------------------------------------------------------------------------------- HTTP
+    def _health(self) -> Health:
+        if self.batcher.failed is not None:
+            return "failed"
+        return "ready" if self.ready else "compiling"
 
-    def _auth_problem(self, request: Any) -> str | None:
-        """Why a request's API key is refused (None: accepted). Never quotes what the client sent."""
-        if self.api_key is None:
-            return None
-        values = request.headers.get_all("Authorization")
-        if not values:
-            return "missing API key"
-        if len(values) > 1:
-            return "more than one Authorization header"
-        expected = f"Api-Key {self.api_key}".encode()
-        if not hmac.compare_digest(values[0].encode("utf-8", "surrogateescape"), expected):
-            return "wrong API key"
-        return None
-
-    def _process_request(self, connection: Any, request: Any) -> Any:
-        try:
-            return self._route(connection, request)
-        except Exception:  # noqa: BLE001 - a bug here must not log a traceback per hostile attempt
-            self._warn.warning("http", "could not answer an HTTP request from %s", _peer(connection), exc_info=True)
-            return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error\n")
-
-    def _route(self, connection: Any, request: Any) -> Any:
-        path = request.path.split("?", 1)[0]
-        if path == HEALTH_PATH:
-            if self.batcher.failed is not None:
-                return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR,
-                                          "model failed to start; see the server log\n")
-            if not self.ready:
-                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "compiling\n")
-            return connection.respond(http.HTTPStatus.OK, "OK\n")
-        problem = self._auth_problem(request)
-        if problem is not None:
-            self.metrics.refused.labels("auth").inc()
-            self._warn.warning("auth", "refused a connection from %s: %s", _peer(connection), problem)
-            return connection.respond(
-                http.HTTPStatus.UNAUTHORIZED,
-                f"{problem}: send one header 'Authorization: Api-Key <key>' "
-                "(openpi-client: WebsocketClientPolicy(..., api_key=KEY))\n",
-            )
-        if path == METRICS_PATH:
-            response = connection.respond(http.HTTPStatus.OK, self.metrics.render().decode())
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-            return response
-        return None
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        return self.endpoints(connection, request)
 
     # ---------------------------------------------------------------------------------------- websocket
 
-    async def _handler(self, ws: Any) -> None:
+    async def _handler(self, ws: ServerConnection) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        peer = _peer(ws)
-        if len(self._connections) >= self.max_connections:
+        peer = peer_name(ws)
+        if self.connections.full:
             self.metrics.refused.labels("full").inc()
             self._warn.warning("full", "refused a connection from %s: %d connections open (--max-connections)",
-                               peer, len(self._connections))
+                               peer, len(self.connections))
             await ws.close(CLOSE_TRY_AGAIN_LATER, f"server full: {self.max_connections} connections open "
                                                   "(--max-connections); retry later")
             return
-        conn = _Connection(peer)
-        self._connections.add(conn)
+        conn = self.connections.open(peer)
         log.info("client connected: %s", peer)
         prev_total_ms: float | None = None
         try:
@@ -318,10 +234,10 @@ class PolicyServer:
         except ConnectionClosed:
             pass
         finally:
-            self._connections.discard(conn)
+            self.connections.close(conn)
             log.info("client disconnected: %s", peer)
 
-    async def _next_frame(self, ws: Any) -> Any:
+    async def _next_frame(self, ws: ServerConnection) -> str | bytes | None:
         """The next frame, or None once the connection was idle for ``idle_timeout_s`` (then closed)."""
         if self.idle_timeout_s is None:
             return await ws.recv()
@@ -330,25 +246,23 @@ class PolicyServer:
                 return await ws.recv()
         except TimeoutError:
             self.metrics.closed_idle.inc()
-            log.info("closing idle connection %s", _peer(ws))
+            log.info("closing idle connection %s", peer_name(ws))
             await ws.close(CLOSE_NORMAL, f"idle for {self.idle_timeout_s:g} s (--idle-timeout-s); reconnect")
             return None
 
-    def _admit(self, message: Any, request_id: str, peer: str) -> tuple[tuple[Any, Any] | BaseException, float]:
-        """Decode, validate and transform one frame (on the pool): ``(model item, request)`` or the error, and
-        the seconds it took."""
+    def _admit(self, message: str | bytes, request_id: str, peer: str) -> tuple[_Admitted, float]:
+        """Decode, validate and prepare one frame (on the pool): ``(prepared request, observation)`` or the
+        error, and the seconds it took."""
         start = time.perf_counter()
         return self._admit_one(message, request_id, peer), time.perf_counter() - start
 
-    def _admit_one(self, message: Any, request_id: str, peer: str) -> tuple[Any, Any] | BaseException:
+    def _admit_one(self, message: str | bytes, request_id: str, peer: str) -> _Admitted:
         try:
-            obs = protocol.decode_request(message, self.embodiment, max_elements=self.max_elements)
-            if self._prepare is None:
-                return obs, obs
+            obs = self._validate(protocol.decode_request(message, max_elements=self.max_elements))
             with self._preparing_lock:
                 self._preparing += 1
             try:
-                return self._prepare(obs), obs
+                return self.policy.prepare(obs), obs
             finally:
                 with self._preparing_lock:
                     self._preparing -= 1
@@ -358,17 +272,31 @@ class PolicyServer:
         except Exception as exc:  # noqa: BLE001 - a bug must not take the connection or server down
             return self._internal(exc, request_id, peer)
 
+    def _validate(self, obs: Observation) -> Observation:
+        """The embodiment's one check; its error text cut to one short line (it may quote client data)."""
+        try:
+            if self.embodiment is None:
+                return check_observation(obs)
+            return self.embodiment.validate_observation(obs)
+        except ObservationError as exc:
+            raise ObservationError(protocol.clip_text(str(exc))) from None
+        except Exception as exc:  # a validator that trips over odd input must not cost the connection
+            name = self.embodiment.name if self.embodiment is not None else "observation"
+            raise ObservationError(f"{name}: invalid observation "
+                                   f"({type(exc).__name__}: {protocol.clip_text(str(exc), 120)})") from None
+
     def _internal(self, exc: BaseException, request_id: str, peer: str) -> InternalServerError:
         log.error("request %s from %s failed", request_id, peer, exc_info=exc)
         exc.__traceback__ = None
         return InternalServerError(request_id)
 
-    async def _send_error(self, ws: Any, exc: BaseException) -> None:
+    async def _send_error(self, ws: ServerConnection, exc: BaseException) -> None:
         self.errors += 1
         self.metrics.error(_error_kind(exc))
         await ws.send(protocol.error_text(exc))
 
-    async def _serve_one(self, ws: Any, conn: _Connection, message: Any, prev_total_ms: float | None) -> float | None:
+    async def _serve_one(self, ws: ServerConnection, conn: Connection, message: str | bytes,
+                         prev_total_ms: float | None) -> float | None:
         start = time.perf_counter()
         self.requests += 1
         self.metrics.requests.inc()
@@ -396,10 +324,10 @@ class PolicyServer:
             conn.in_flight = False
             conn.last_active = time.perf_counter()
         del item
-        timing = {"infer_ms": (time.perf_counter() - start) * 1000.0}
+        timing: dict[str, ObservationValue] = {"infer_ms": (time.perf_counter() - start) * 1000.0}
         if prev_total_ms is not None:
             timing["prev_total_ms"] = prev_total_ms
-        reply = {**result, "server_timing": timing}
+        reply: Reply = {**result, "server_timing": timing}
         try:
             frame = protocol.packb(reply)
         except Pi0Error as exc:
@@ -407,8 +335,9 @@ class PolicyServer:
             return prev_total_ms
         await ws.send(frame)
         self.metrics.replies.inc()
-        if DECODE_FAILURES_KEY in result:
-            self.metrics.action_decode_failures.inc(int(result[DECODE_FAILURES_KEY]))
+        failures = result.get(DECODE_FAILURES_KEY)
+        if isinstance(failures, (int, np.integer)) and failures:
+            self.metrics.action_decode_failures.inc(int(failures))
         self.metrics.request_seconds.observe(time.perf_counter() - start)
         if self.recorder is not None:
             self.recorder.record(obs, reply, nbytes=len(message) + len(frame))
@@ -517,11 +446,3 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _peer(connection: Any) -> str:
-    try:
-        host, port = connection.remote_address[:2]
-        return f"{host}:{port}"
-    except Exception:  # noqa: BLE001
-        return "?"

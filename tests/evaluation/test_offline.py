@@ -10,6 +10,7 @@ import pytest
 from plugin_helpers import run_pi0
 
 from pi0cli.data.synthetic import write_synthetic_dataset
+from pi0cli.errors import Pi0Error
 from pi0cli.evaluation.offline import episode_indices, evaluate_offline, open_frames
 from pi0cli.plugins.manager import load_registry
 
@@ -107,3 +108,20 @@ def test_cli_errors(tmp_path, dataset):
         assert result.returncode == 1 and len(lines) == 1 and needle in lines[0], (args, result.stderr)
     usage = run_pi0("eval")
     assert usage.returncode == 2 and "--dataset" in usage.stderr
+
+
+def test_a_frame_that_is_not_a_valid_observation_is_named(dataset, aloha):
+    """Dataset frames go through the embodiment's one observation check, as a served request would."""
+    frames = open_frames(dataset, aloha, 4, [0, 1])
+    state_column = aloha.dataset_keys["state"]
+
+    class NaNFrame:
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, index):
+            row = frames[index]
+            return row | {state_column: np.full_like(row[state_column], np.nan)} if index == 3 else row
+
+    with pytest.raises(Pi0Error, match=r"episode 0 frame 3 .* 'state' holds NaN"):
+        evaluate_offline(NaNFrame(), ZeroPolicy(4, aloha.action_dim), aloha, stride=3)

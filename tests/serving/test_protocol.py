@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pi0cli.errors import ObservationError
 from pi0cli.serving import protocol
 from pi0cli.serving.protocol import ProtocolError
 
@@ -140,18 +139,13 @@ def test_text_frames_are_rejected():
         protocol.unpackb("hello")
 
 
-def test_validate_request(aloha_sim):
-    from serving_helpers import sim_obs
-
-    obs = sim_obs()
-    assert protocol.validate_request(obs, aloha_sim) is obs
-    with pytest.raises(ProtocolError, match="map"):
-        protocol.validate_request([1], aloha_sim)
-    with pytest.raises(ProtocolError, match="NaN"):
-        protocol.validate_request({**obs, "state": np.full(14, np.nan, np.float32)}, aloha_sim)
-    with pytest.raises(ProtocolError, match="prompt"):
-        protocol.validate_request({**obs, "prompt": 3}, aloha_sim)
-    with pytest.raises(ObservationError, match="state"):
-        protocol.validate_request({**obs, "state": np.zeros(13, np.float32)}, aloha_sim)
-    with pytest.raises(ObservationError, match="cam_high"):
-        protocol.validate_request({"state": obs["state"]}, aloha_sim)
+def test_decode_request_only_decodes():
+    """The codec checks the wire format, nothing about the robot: NaN, shapes and prompts are the
+    embodiment's check (tests/serving/test_validation.py)."""
+    obs = {"state": np.full(14, np.nan, np.float32), "prompt": 3, "images": {"cam_high": np.zeros((0, 0, 3))}}
+    decoded = protocol.decode_request(protocol.packb(obs))
+    assert np.isnan(decoded["state"]).all() and decoded["prompt"] == 3
+    with pytest.raises(ProtocolError, match="must be a msgpack map"):
+        protocol.decode_request(protocol.packb([1]))
+    with pytest.raises(ProtocolError, match="not a string"):
+        protocol.decode_request(msgpack.packb({1: 2}))
