@@ -23,8 +23,9 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -211,6 +212,26 @@ def write_params(params_dir: Path, params: Mapping[str, Any]) -> None:
     ocp.PyTreeCheckpointer().save(Path(params_dir).absolute(), {"params": _as_numpy_tree(params)})
 
 
+def _without_closed_loop_echoes(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+    """``hook`` minus the echoes of a failed orbax read.
+
+    Orbax restores on an event loop of its own and closes it as soon as one read fails; tensorstore then
+    finishes the reads still in flight and reports each reply into the closed loop as an unraisable
+    ``RuntimeError: Event loop is closed`` (up to one traceback per array, printed after our one-line error).
+    They repeat the failure already raised, so they are dropped; anything else, and everything under
+    ``PI0_DEBUG=1``, reaches ``hook``.
+    """
+
+    def filtered(unraisable: Any) -> object:
+        error = unraisable.exc_value
+        if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+                and not os.environ.get("PI0_DEBUG")):
+            return None
+        return hook(unraisable)
+
+    return filtered
+
+
 def read_params(params_dir: Path) -> dict[str, Any]:
     """The reference-named parameter tree of a ``params/`` item (numpy arrays; ``value`` leaves stripped).
 
@@ -223,6 +244,8 @@ def read_params(params_dir: Path) -> dict[str, Any]:
     from pi0cli.models.params import strip_value_leaves
 
     checkpointer = ocp.PyTreeCheckpointer()
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _without_closed_loop_echoes(previous_hook)
     try:
         metadata = checkpointer.metadata(params_dir.absolute())
         tree_metadata = getattr(metadata, "item_metadata", metadata)
@@ -231,7 +254,8 @@ def read_params(params_dir: Path) -> dict[str, Any]:
         tree = checkpointer.restore(params_dir.absolute(), restore_args=restore_args)
     except Exception as exc:  # orbax raises many types for unreadable directories
         reason = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"cannot read the parameters in {params_dir}: {reason}") from None
+        raise CheckpointError(f"cannot read the parameters in {params_dir}: {reason}") from None  # echoes follow
+    sys.unraisablehook = previous_hook
     if isinstance(tree, Mapping) and set(tree) == {"params"}:
         tree = tree["params"]
     return strip_value_leaves(tree)
