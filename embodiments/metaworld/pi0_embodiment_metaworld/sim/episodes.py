@@ -12,6 +12,7 @@ simulated without a camera first and rendered only when they succeeded.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -123,7 +124,9 @@ def run_script(task: str, seed: int, *, max_steps: int | None = None) -> tuple[n
 
     policy = expert(task)
     actions = []
-    with MetaWorldSim(task, max_steps=max_steps or MAX_STEPS) as sim:
+    with MetaWorldSim(task, max_steps=max_steps or MAX_STEPS) as sim, warnings.catch_warnings():
+        # Some experts' gains exceed 1 and metaworld says so at every step; the clip below is the answer.
+        warnings.filterwarnings("ignore", "Constant", UserWarning)
         obs, done = sim.reset(seed), False
         while not done:
             action = np.clip(np.asarray(policy.get_action(obs), dtype=np.float32), -1.0, 1.0)
