@@ -277,3 +277,67 @@ def test_record_saves_every_request_and_reply(aloha_sim, tmp_path):
         assert rec["outputs"]["policy_timing"]["infer_ms"] == pytest.approx(reply["policy_timing"]["infer_ms"])
     for file in (tmp_path / "rec").iterdir():
         np.load(file, allow_pickle=False)  # readable without pickle
+
+
+# ------------------------------------------------------------------------------------------ served policy
+
+
+class MinimalServed:
+    """A ServedPolicy and nothing more (no infer_batch): the server must need only the protocol."""
+
+    metadata = {"kind": "minimal"}
+    max_batch = 4
+
+    def __init__(self):
+        self.prepared: list[dict] = []
+        self.batches: list[int] = []
+
+    def warmup(self):
+        return None
+
+    def prepare(self, obs, /):
+        self.prepared.append(obs)
+        return float(np.asarray(obs["state"]).sum())
+
+    def run_prepared(self, items, /, *, return_exceptions=True):
+        self.batches.append(len(items))
+        return [{"actions": np.full((2, 14), total, np.float32)} for total in items]
+
+    def infer(self, obs, /):
+        return self.run_prepared([self.prepare(obs)])[0]
+
+
+def test_every_served_policy_goes_through_prepare_and_run_prepared(aloha_sim):
+    from pi0cli.policy.policy import Policy
+    from pi0cli.serving.served import ServedPolicy
+
+    assert isinstance(fake_policy(aloha_sim), Policy) and isinstance(fake_policy(aloha_sim), ServedPolicy)
+    policy = MinimalServed()
+    with ServerThread(PolicyServer(policy, embodiment=aloha_sim, port=0)) as thread:
+        ws, metadata = open_ws(thread, headers=None)
+        assert metadata == {"kind": "minimal"}
+        obs = sim_obs()
+        ws.send(protocol.packb(obs))
+        reply = protocol.unpackb(ws.recv(timeout=10))
+        ws.send(protocol.packb(sim_obs() | {"state": np.zeros(13, np.float32)}))  # refused before prepare
+        assert "shape (14,)" in ws.recv(timeout=10)
+        ws.close()
+    np.testing.assert_allclose(reply["actions"], float(obs["state"].sum()), rtol=1e-6)
+    assert len(policy.prepared) == 1 and set(policy.prepared[0]) == set(obs) and policy.batches == [1]
+
+
+def test_a_policy_that_is_not_servable_is_refused_in_one_line(aloha_sim):
+    from pi0cli.errors import Pi0Error
+
+    class OnlyInferBatch:
+        metadata: dict = {}
+
+        def warmup(self):
+            pass
+
+        def infer_batch(self, items, return_exceptions=True):
+            return []
+
+    with pytest.raises(Pi0Error, match="no max_batch, prepare, run_prepared, infer; a served policy implements "
+                                       "pi0cli.serving.served.ServedPolicy"):
+        PolicyServer(OnlyInferBatch(), embodiment=aloha_sim, port=0)
