@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-#: Any numpy array (whatever its dtype and shape).
+#: A numpy array of whatever dtype and shape.
 type Array = npt.NDArray[np.generic]
 #: A leaf of an observation or reply.
 type Leaf = Array | np.generic | str | bytes | int | float | bool | None

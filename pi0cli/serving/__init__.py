@@ -1,8 +1,12 @@
 """``pi0 serve``: the openpi-compatible websocket policy server.
 
-- ``protocol``: the msgpack-numpy codec (reference layout) and request validation (numpy + msgpack only).
+- ``served``: the :class:`~pi0cli.serving.served.ServedPolicy` protocol, all the server knows of a policy.
+- ``protocol``: the msgpack-numpy codec (reference layout); it only decodes (numpy + msgpack only). Requests
+  are validated by the embodiment's one check (:mod:`pi0cli.observation_check`).
 - ``batching``: the dynamic batcher (requests of many connections in one model call).
-- ``server``: the websockets server (metadata frame, health check, API key, limits, error frames).
+- ``server``: the websocket loop (metadata frame, one path per request, error frames).
+- ``endpoints``: ``/healthz``, ``/metrics`` and the API key of the handshake.
+- ``limits``: the connection cap, the rejected-bytes budget and rate-limited warnings.
 - ``recording``: ``--record DIR`` (npz files, no pickle) and :func:`~pi0cli.serving.recording.load_records`.
 
 Importing this package imports nothing heavy.
