@@ -33,6 +33,7 @@ import numpy as np
 
 from pi0cli.errors import Pi0Error, read_json
 from pi0cli.normstats import NormStats, save_norm_stats
+from pi0cli.transforms import strip_value_leaves
 
 if TYPE_CHECKING:
     from pi0cli.models.config import Pi0Config
@@ -240,8 +241,6 @@ def read_params(params_dir: Path) -> dict[str, Any]:
     """
     import jax
     import orbax.checkpoint as ocp
-
-    from pi0cli.models.params import strip_value_leaves
 
     checkpointer = ocp.PyTreeCheckpointer()
     previous_hook = sys.unraisablehook

@@ -40,6 +40,7 @@ from pi0cli.transforms import (
     Compose,
     Data,
     DeltaActions,
+    KeepKeys,
     Normalize,
     Repack,
     Transform,
@@ -110,21 +111,6 @@ class RepackRow:
             out["prompt"] = data["task"]
         if self.pad_column in data:
             out[PAD_KEY] = np.asarray(data[self.pad_column], dtype=bool)
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class KeepKeys:
-    """Run ``inner`` and carry ``keys`` of its input past it (robot transforms drop what they don't know)."""
-
-    inner: Transform
-    keys: tuple[str, ...]
-
-    def __call__(self, data: Data) -> Data:
-        out = self.inner(data)
-        for key in self.keys:
-            if key in data and key not in out:
-                out = {**out, key: data[key]}
         return out
 
 

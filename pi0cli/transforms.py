@@ -68,6 +68,20 @@ def unflatten(flat: Mapping[str, Any], sep: str = "/") -> Data:
     return nested
 
 
+def strip_value_leaves(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace every ``{"value": leaf}`` node by ``leaf`` (the layout of trained reference checkpoints)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            if set(v) == {"value"} and not isinstance(v["value"], Mapping):
+                out[k] = v["value"]
+            else:
+                out[k] = strip_value_leaves(v)
+        else:
+            out[k] = v
+    return out
+
+
 def stack_trees(trees: Sequence[Mapping[str, Any]], *, concatenate: bool = False) -> Data:
     """Trees of the same nested keys -> one tree: array leaves stacked on a new leading axis (or, with
     ``concatenate``, joined along the existing one). Stacking turns string leaves into a list; concatenating
@@ -144,6 +158,21 @@ def compose(*transforms: Transform | None) -> Compose:
         else:
             flat.append(transform)
     return Compose(tuple(flat))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepKeys:
+    """Run ``inner`` and carry ``keys`` of its input past it (robot transforms drop what they don't know)."""
+
+    inner: Transform
+    keys: tuple[str, ...]
+
+    def __call__(self, data: Data) -> Data:
+        out = self.inner(data)
+        for key in self.keys:
+            if key in data and key not in out:
+                out = {**out, key: data[key]}
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -81,8 +81,8 @@ def evaluate(
 
     setting = None if execution is None else Execution(execution, latency_ms, real_time=real_time)
     from pi0cli.cli.sim_common import open_policy, simulated, task_of
-    from pi0cli.evaluation.closed_loop import EpisodeResult
     from pi0cli.evaluation.closed_loop import evaluate as run
+    from pi0cli.evaluation.episode import EpisodeResult
 
     emb, simulator = simulated(embodiment)
     sim_task = task_of(simulator, task)

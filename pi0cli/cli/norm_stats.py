@@ -89,11 +89,12 @@ def norm_stats(
     path = save_norm_stats(stats, out / emb.asset_id, computed_for=computed_for)
     fast: dict = {}
     if fast_tokenizer:
-        from pi0cli.models.fast_tokenizer import ASSET_DIR, fit_on_dataset
+        from pi0cli.data.stats import fit_fast_tokenizer
+        from pi0cli.models.fast_tokenizer import ASSET_DIR
 
         with console.err.status(f"fitting the FAST tokenizer on {dataset} ..."):
-            tok, report = fit_on_dataset(emb, dataset, stats, horizon=horizon, vocab_size=vocab_size or 1024,
-                                         scale=scale)
+            tok, report = fit_fast_tokenizer(emb, dataset, stats, horizon=horizon, vocab_size=vocab_size or 1024,
+                                             scale=scale)
         fast = {"fast_tokenizer": str(tok.save(path.parent / ASSET_DIR)), "vocab_size": tok.vocab_size,
                 "chunks": report.chunks,
                 "max_abs_error": report.max_abs_error, "mean_abs_error": report.mean_abs_error,

@@ -18,11 +18,11 @@ import numpy as np
 
 from pi0cli.data.lerobot import DatasetError, check_dataset_fits, read_info, read_numeric, resolve_dataset
 from pi0cli.normstats import ExactStats, NormStats
-from pi0cli.pipeline import KeepKeys
-from pi0cli.transforms import NORM_EPS, DeltaActions, compose
+from pi0cli.transforms import NORM_EPS, DeltaActions, KeepKeys, Normalize, compose
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
+    from pi0cli.models.fast_tokenizer import FastActionTokenizer, FitReport
 
 BLOCK_FRAMES = 4096
 
@@ -220,3 +220,23 @@ def summarize(reports: Sequence[DimReport]) -> dict[str, Any]:
         "near_constant": [f"{r.key}[{r.dim}]" for r in reports if r.near_constant],
         "drifted": [f"{r.key}[{r.dim}]" for r in reports if r.drifted],
     }
+
+
+def fit_fast_tokenizer(embodiment: Embodiment, source: str | Path, norm_stats: Mapping[str, NormStats], *,
+                       horizon: int, delta_action_mask: tuple[bool, ...] | None = None, scale: float = 10.0,
+                       vocab_size: int = 1024,
+                       max_chunks: int | None = 200_000) -> tuple[FastActionTokenizer, FitReport]:
+    """Fit pi0-FAST's action tokenizer on a LeRobot dataset's action chunks as the model sees them: the
+    embodiment's inputs and delta actions, then quantile normalisation with ``norm_stats``. Reads the numeric
+    parquet columns only (no video). Lives here, not beside the tokenizer, so the model layer reads no dataset."""
+    from pi0cli.models.fast_tokenizer import FastTokenizerError, fit_from_blocks
+
+    if "actions" not in norm_stats:
+        raise FastTokenizerError("the norm stats have no 'actions' entry; compute them first (pi0 norm-stats)")
+    normalize = Normalize({"actions": norm_stats["actions"]}, use_quantiles=True)
+    blocks = RobotBlocks(load_columns(embodiment, Path(source)), horizon, delta_action_mask)
+    return fit_from_blocks(
+        (actions for _, actions in blocks),
+        normalize=lambda a: np.asarray(normalize({"actions": a})["actions"]),
+        scale=scale, vocab_size=vocab_size, max_chunks=max_chunks,
+    )

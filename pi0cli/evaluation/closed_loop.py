@@ -5,7 +5,6 @@ with provenance."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -18,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pi0cli.client.policy import BasePolicy
+from pi0cli.evaluation.episode import EpisodeResult, play
+from pi0cli.evaluation.realtime import Execution, run_realtime_episode, summary
 from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY
-from pi0cli.simulator import checked
-from pi0cli.transforms import lookup, to_uint8_hwc
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
-    from pi0cli.evaluation.realtime import Execution
-    from pi0cli.simulator import Act, Simulator
+    from pi0cli.simulator import Simulator
 
 REPORT_FILENAME = "report.json"
 
@@ -41,50 +39,6 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-@dataclasses.dataclass(frozen=True)
-class EpisodeResult:
-    seed: int
-    success: bool
-    episode_return: float
-    max_reward: float
-    steps: int
-    seconds: float
-    video: str | None
-    # SHA-256 of the executed actions (float32, in order): equal digests mean two evaluations drove the robot
-    # identically, e.g. ``--server`` against ``--checkpoint``.
-    actions_sha256: str
-
-
-def play(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, act: Act, *, video: Path | None = None,
-         shadows: bool = False, max_steps: int | None = None) -> EpisodeResult:
-    """Run one episode of ``simulator`` with ``act`` choosing each action: its return, success, the digest of
-    the actions ``act`` returned and (with ``video``) an mp4 of the observation image at ``simulator.video_key``
-    (default: the embodiment's first camera). The first frame is checked against the embodiment's contract."""
-    video_key = simulator.video_key or (embodiment.cameras[0].key if embodiment.cameras else None)
-    images: list[np.ndarray] = []
-    total, best, steps, success = 0.0, 0.0, 0, False
-    digest = hashlib.sha256()
-
-    def digested(obs: dict[str, Any]) -> np.ndarray:
-        action = np.asarray(act(obs), dtype=np.float32)
-        digest.update(np.ascontiguousarray(action).tobytes())
-        return action
-
-    start = time.perf_counter()
-    frames = simulator.rollout(task, seed, digested, shadows=shadows, max_steps=max_steps)
-    for frame in checked(frames, simulator, embodiment):
-        total += frame["reward"]
-        best = max(best, frame["reward"])
-        steps += 1
-        success = success or frame["success"]
-        if video is not None and video_key is not None:
-            images.append(to_uint8_hwc(lookup(frame["observation"], video_key)))
-    if video is not None and images:
-        write_video(video, images, embodiment.control_hz)
-    return EpisodeResult(seed, success, total, best, steps, time.perf_counter() - start,
-                         str(video) if video is not None and images else None, digest.hexdigest())
-
-
 def run_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, policy: BasePolicy, *,
                 open_loop_steps: int, video: Path | None = None, shadows: bool = False) -> EpisodeResult:
     """One closed-loop episode: the policy is asked for a chunk every ``open_loop_steps`` steps."""
@@ -93,24 +47,6 @@ def run_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: i
     broker = ActionChunkBroker(policy, action_horizon=open_loop_steps)
     return play(simulator, embodiment, task, seed, lambda obs: broker.infer(obs)["actions"], video=video,
                 shadows=shadows)
-
-
-def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
-    """An H.264 mp4 of uint8 HWC frames (PyAV, no system FFmpeg needed)."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames[0].shape[:2]
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
-        for image in frames:
-            cropped = np.ascontiguousarray(image[: stream.height, : stream.width])
-            frame = av.VideoFrame.from_ndarray(cropped, format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
@@ -122,12 +58,6 @@ def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def _execution_summary(results: Sequence[EpisodeResult], execution: Execution, open_loop_steps: int) -> dict[str, Any]:
-    from pi0cli.evaluation.realtime import summary
-
-    return summary(results, execution, open_loop_steps)
 
 
 class DecodeFailureCounter(BasePolicy):
@@ -175,8 +105,6 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
             result = run_episode(simulator, embodiment, task, seed, policy, open_loop_steps=open_loop_steps,
                                  video=video, shadows=shadows)
         else:
-            from pi0cli.evaluation.realtime import run_realtime_episode
-
             result = run_realtime_episode(simulator, embodiment, task, seed, policy, execution,
                                           open_loop_steps=open_loop_steps, video=video, shadows=shadows)
         results.append(result)
@@ -194,7 +122,7 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
         "open_loop_steps": open_loop_steps,
         **counter.summary(),
         "render": {"shadows": shadows},
-        **({} if execution is None else _execution_summary(results, execution, open_loop_steps)),
+        **({} if execution is None else summary(results, execution, open_loop_steps)),
         "per_episode": [dataclasses.asdict(r) for r in results],
         "provenance": {**provenance, "simulator": simulator.name, "seeds": list(seeds),
                        "packages": package_versions(simulator.packages),

@@ -30,7 +30,7 @@ from pi0cli.client.realtime import (
     SimulatedLatency,
     ThreadedRequester,
 )
-from pi0cli.evaluation.closed_loop import EpisodeResult, play
+from pi0cli.evaluation.episode import EpisodeResult, play
 
 if TYPE_CHECKING:
     from pi0cli.client.policy import BasePolicy

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from pi0cli.errors import Pi0Error
-from pi0cli.transforms import flatten, unflatten
+from pi0cli.transforms import flatten, strip_value_leaves, unflatten
 
 if TYPE_CHECKING:
     from pi0cli.models.config import Pi0Config
@@ -39,20 +39,6 @@ class ParamTreeError(Pi0Error, ValueError):
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         super().__init__(f"parameter tree does not match the model ({len(problems)} problem(s)):\n  "
                          + "\n  ".join(shown) + f"\n{hint}")
-
-
-def strip_value_leaves(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace every ``{"value": leaf}`` node by ``leaf`` (the layout of trained reference checkpoints)."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            if set(v) == {"value"} and not isinstance(v["value"], Mapping):
-                out[k] = v["value"]
-            else:
-                out[k] = strip_value_leaves(v)
-        else:
-            out[k] = v
-    return out
 
 
 def export_params(model: nnx.Module) -> dict[str, Any]:

@@ -206,7 +206,8 @@ def _fast_tokenizer(config: TrainConfig, embodiment: Embodiment, explicit: Path 
                     prompt: PaligemmaTokenizer, warn: Callable[[str], None] | None) -> FASTTokenizer:
     """pi0-FAST's token sequences: the FAST action tokenizer beside the norm stats used (``fast_tokenizer/``,
     written by ``pi0 norm-stats --fast-tokenizer``), else one fitted on the dataset now (and ``warn``-ed about)."""
-    from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer, fit_on_dataset
+    from pi0cli.data.stats import fit_fast_tokenizer
+    from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer
     from pi0cli.models.tokenizer import FASTTokenizer, fast_vocab_that_fits
     from pi0cli.normstats import norm_stats_path
 
@@ -223,8 +224,8 @@ def _fast_tokenizer(config: TrainConfig, embodiment: Embodiment, explicit: Path 
     if warn is not None:
         warn(f"no FAST tokenizer beside the norm stats; fitting one on {config.dataset} (vocabulary {vocab}); "
              "`pi0 norm-stats --fast-tokenizer` writes one to reuse")
-    fast, _ = fit_on_dataset(embodiment, str(config.dataset), stats, horizon=model.action_horizon,
-                             delta_action_mask=config.delta_action_mask, vocab_size=vocab)
+    fast, _ = fit_fast_tokenizer(embodiment, str(config.dataset), stats, horizon=model.action_horizon,
+                                 delta_action_mask=config.delta_action_mask, vocab_size=vocab)
     return FASTTokenizer(prompt, fast, max_len=model.token_len, vocab_size=model.vlm.vocab_size)
 
 

@@ -16,8 +16,7 @@ from datahelpers import HORIZON, LENGTHS, embodiment
 from pi0cli.data.lerobot import DatasetError, LeRobotFrames
 from pi0cli.data.stats import check_norm_stats, compute_norm_stats, load_columns
 from pi0cli.normstats import ExactStats, NormStats, load_norm_stats, save_norm_stats
-from pi0cli.pipeline import KeepKeys
-from pi0cli.transforms import DeltaActions, compose
+from pi0cli.transforms import DeltaActions, KeepKeys, compose
 
 pytestmark = pytest.mark.slow
 

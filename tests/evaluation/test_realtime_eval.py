@@ -110,8 +110,13 @@ def test_real_time_execution_measures_the_latency(aloha):
     policy = SleepyPolicy()
     result = run_realtime_episode(sim, emb, "transfer_cube", 3, policy, Execution("rtc", real_time=True),
                                   open_loop_steps=5, max_steps=30)
-    assert result.steps == 30 and policy.calls == result.chunk_switches >= 2
-    assert min(result.measured_latency_ms) >= 50.0
+    # Only what holds at any machine speed: a busy (shared) core slows the simulator and the worker thread
+    # unevenly, so how many chunks arrive in 30 steps varies, and the last request may still be in flight
+    # when the episode ends (it is then dropped, never executed).
+    assert result.steps == 30 and result.chunk_switches >= 1
+    assert policy.calls - result.chunk_switches in (0, 1)
+    assert len(result.measured_latency_ms) == result.chunk_switches
+    assert min(result.measured_latency_ms) >= 50.0  # the policy's real 50 ms, measured on the control clock
     assert result.control_seconds >= 30 / emb.control_hz  # paced to the control rate in wall-clock time
     with pytest.raises(RealtimeError, match="measures the latency"):
         Execution("rtc", 100.0, real_time=True)

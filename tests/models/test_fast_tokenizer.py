@@ -345,15 +345,15 @@ def test_round_trip_on_recorded_chunks_is_within_the_quantization_bound(monkeypa
 
 @pytest.mark.slow
 def test_fit_on_a_lerobot_dataset(tmp_path):
-    from pi0cli.data.stats import compute_norm_stats
+    from pi0cli.data.stats import compute_norm_stats, fit_fast_tokenizer
     from pi0cli.data.synthetic import write_synthetic_dataset
-    from pi0cli.models.fast_tokenizer import asset_path, fit_on_dataset
+    from pi0cli.models.fast_tokenizer import asset_path
     from pi0cli.plugins.manager import get_registry
 
     emb = get_registry().embodiment("droid")
     root = write_synthetic_dataset(tmp_path / "ds", emb, episodes=2, frames=(30, 20), seed=1)
     stats = compute_norm_stats(emb, root, horizon=10)
-    tok, report = fit_on_dataset(emb, root, stats, horizon=10, vocab_size=600)
+    tok, report = fit_fast_tokenizer(emb, root, stats, horizon=10, vocab_size=600)
     assert (tok.time_horizon, tok.action_dim) == (10, emb.action_dim)
     assert report.chunks == 50 and report.decode_failures == 0
     assert report.max_abs_error <= quantization_error_bound(10, tok.scale)
