@@ -8,7 +8,8 @@ the whole batch to ``process`` and resolves each request's future on the event l
 
 ``process`` gets a list of items and returns one result per item; an item's result may be an exception
 instance, which is raised in that request's handler only, so one bad request never fails its batchmates.
-Padding to the few compiled batch sizes is the policy's business (:meth:`pi0cli.policy.Policy.infer_batch`).
+Padding to the few compiled batch sizes is the policy's business
+(:meth:`~pi0cli.serving.served.ServedPolicy.run_prepared`).
 
 Fairness: a connection has at most one request in flight (the handler awaits its reply before reading the
 next frame), so a client that floods frames only queues behind itself, and a client that stops reading its
