@@ -92,3 +92,93 @@ def test_a_corrupt_checkpoint_is_one_line_and_no_traceback(command, corrupt_chec
         line = _one_error_line(_pi0(tmp_path, *args))
         assert "cannot read the parameters" in line
         assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------ 5. Ctrl-C, then resume
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A directory with a small aloha_sim dataset (lerobot's writer) and its norm stats under ./assets."""
+    from pi0cli.data.synthetic import write_synthetic_dataset
+    from pi0cli.plugins.manager import load_registry
+
+    root = tmp_path_factory.mktemp("newcomer-two")
+    write_synthetic_dataset(root / "sim", load_registry({}).embodiment("aloha_sim"), episodes=2, frames=16,
+                            image_size=(32, 32), tasks=("Transfer cube",))
+    made = _pi0(root, "norm-stats", "aloha_sim", "--dataset", "sim", "--preset", "pi0_aloha_sim_tiny")
+    assert made.returncode == 0, made.stderr
+    return root
+
+
+def test_resume_with_no_complete_step_starts_from_zero_before_compiling(workdir):
+    """Stopped before its first save (orbax's unfinished step folder and the metrics file are all there is):
+    --resume starts from step 0 and says so; the checks after it still run before anything compiles (here
+    --from a missing checkpoint stops the run right there)."""
+    exp = workdir / "checkpoints" / "pi0_aloha_sim_tiny" / "early"
+    (exp / "2.orbax-checkpoint-tmp").mkdir(parents=True)
+    (exp / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    result = _pi0(workdir, "train", "pi0_aloha_sim_tiny", "--dataset", "sim", "--exp", "early", "--resume",
+                  "--from", str(workdir / "missing"))
+    assert "has no complete checkpoint yet; starting from step 0" in result.stderr, result.stderr
+    assert "--from" in _one_error_line(result) and "compiling" not in result.stderr
+
+    fresh = _pi0(workdir, "train", "pi0_aloha_sim_tiny", "--dataset", "sim", "--exp", "never", "--resume",
+                 "--from", str(workdir / "missing"))
+    assert "starting from step 0" in fresh.stderr and "nothing to resume" not in fresh.stderr, fresh.stderr
+
+
+def _interrupt_when(needle: str, args: list[str], cwd: Path, stream: str = "stdout",
+                    timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Start the CLI, send SIGINT (Ctrl-C) once ``needle`` appears on ``stream``, and collect the rest."""
+    import signal
+    import threading
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PI0_")} | {"COLUMNS": "80"}
+    # A shell's background job ignores SIGINT and a child inherits that: give the CLI the default back.
+    proc = subprocess.Popen([sys.executable, "-m", "pi0cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    watched, other = (proc.stdout, proc.stderr) if stream == "stdout" else (proc.stderr, proc.stdout)
+    assert watched is not None and other is not None
+    rest: list[str] = []
+    drain = threading.Thread(target=lambda: rest.append(other.read()), daemon=True)
+    drain.start()
+    seen = []
+    for line in watched:
+        seen.append(line)
+        if needle in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    seen.append(watched.read())
+    proc.wait(timeout)
+    drain.join(timeout)
+    out, err = ("".join(seen), "".join(rest)) if stream == "stdout" else ("".join(rest), "".join(seen))
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_names_the_last_saved_step_and_the_resume_command(workdir):
+    args = ["train", "pi0_aloha_sim_tiny", "--dataset", "sim", "--exp", "ctrl_c", "--steps", "500",
+            "--batch-size", "4", "--save-interval", "2", "--log-interval", "1"]
+    result = _interrupt_when("pi0_aloha_sim_tiny: 3/500", args, workdir)
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    import re
+
+    match = re.search(r"interrupted after step (\d+) of 500: the last complete checkpoint is step (\d+) \((.*?)\)\. "
+                      r"Continue with: (.*)$", result.stderr, re.M)
+    assert match is not None, result.stderr
+    assert int(match[1]) >= 3 and int(match[2]) >= 2 and (Path(match[3]) / "params").is_dir()
+    assert match[4] == ("pi0 train pi0_aloha_sim_tiny --dataset sim --exp ctrl_c --steps 500 --batch-size 4 "
+                        "--save-interval 2 --log-interval 1 --resume")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_recording_says_what_was_kept(workdir):
+    result = _interrupt_when("recording: 1/", ["record", "aloha_sim", "--scripted", "--episodes", "20",
+                                               "--out", "rec"], workdir, stream="stderr")
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"interrupted: {workdir / 'rec'} keeps the " in result.stderr, result.stderr
+    assert (workdir / "rec" / "meta" / "info.json").is_file()

@@ -80,12 +80,20 @@ def record(
         source = rollouts()
     writer = DatasetWriter(out, fps=emb.control_hz, features=embodiment_features(emb), robot_type=emb.name,
                            overwrite=overwrite)
-    with console.Progress("recording", episodes, unit="episodes") as progress, writer:
-        for frames in source:
-            for frame in frames:
-                writer.add_frame(frame_from_observation(emb, frame["observation"], frame["action"]), prompt)
-            writer.save_episode()
-            progress.advance()
+    try:
+        with console.Progress("recording", episodes, unit="episodes") as progress, writer:
+            for frames in source:
+                for frame in frames:
+                    writer.add_frame(frame_from_observation(emb, frame["observation"], frame["action"]), prompt)
+                writer.save_episode()
+                progress.advance()
+    except KeyboardInterrupt:
+        # The writer has published the complete episodes (the one under way is dropped) before we get here.
+        kept = (f"{Path(out).absolute()} keeps the {writer.episodes} complete episode(s)" if writer.episodes else
+                f"no episode was complete, so nothing was written to {Path(out).absolute()}")
+        console.err.print(f"interrupted: {kept}; record more into another --out (datasets are written whole, "
+                          "not appended to)", markup=False, highlight=False)
+        raise typer.Exit(130) from None
     console.out.print(f"wrote {writer.episodes} episodes to {Path(out).absolute()}")
     if scripted and succeeded:
         attempts = succeeded[-1] - seed + 1

@@ -118,12 +118,14 @@ def train(
     with console.Progress(config.name, config.num_train_steps, unit="steps", lines=console.out) as progress:
 
         first: dict[str, float] = {}  # when the run started, until the first report says what compiling cost
+        reached: list[int] = []  # the last step reported, for a Ctrl-C's note
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             if first:
                 console.err.print(f"the first {step - int(first['step'])} step(s) took "
                                   f"{time.perf_counter() - first['at']:.1f} s, compiling included")
                 first.clear()
+            reached.append(step)
             progress.update(step, line=True, loss=f"{metrics['loss']:.4f}",
                             grad=f"{metrics.get('grad_norm', float('nan')):.3f}",
                             rate=f"{metrics['steps_per_s']:.2f} steps/s")
@@ -134,11 +136,38 @@ def train(
             console.err.print(f"compiling the train step of {config.name}: the first step takes longest (tens of "
                               "seconds on a CPU), later ones run at the rate shown")
 
-        result = launch.train(config, registry.embodiment(config.embodiment),
-                              exp_dir=checkpoint_dir / config.name / exp, resume=resume, overwrite=overwrite,
-                              norm_stats=norm_stats, tokenizer=tokenizer, wandb=wandb, warn=console.warn,
-                              on_start=on_start, on_step=on_step)
+        exp_dir = checkpoint_dir / config.name / exp
+        try:
+            result = launch.train(config, registry.embodiment(config.embodiment), exp_dir=exp_dir, resume=resume,
+                                  overwrite=overwrite, norm_stats=norm_stats, tokenizer=tokenizer, wandb=wandb,
+                                  warn=console.warn, on_start=on_start, on_step=on_step)
+        except KeyboardInterrupt:
+            _print_interrupted(exp_dir, reached[-1] if reached else None, config)
+            raise typer.Exit(130) from None
     _print_summary(result)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues the run ``argv`` started: the same flags, --resume instead of
+    --overwrite (``--resume`` with nothing saved yet starts from step 0, so it is always the next step)."""
+    import shlex
+
+    args = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["pi0", *args, *([] if "--resume" in args else ["--resume"])])
+
+
+def _print_interrupted(exp_dir: Path, step: int | None, config: TrainConfig) -> None:
+    """What Ctrl-C left behind: the step reached, the last complete checkpoint, and how to go on."""
+    import sys
+
+    from pi0cli.checkpoint import latest_step_dir
+
+    saved = latest_step_dir(exp_dir)
+    where = "before its first logged step" if step is None else f"after step {step} of {config.num_train_steps}"
+    kept = (f"the last complete checkpoint is step {saved.name} ({saved.absolute()})" if saved is not None else
+            f"no checkpoint was saved yet (one every {config.save_interval} steps)")
+    console.err.print(f"interrupted {where}: {kept}. Continue with: {resume_command(sys.argv[1:])}",
+                      markup=False, highlight=False)
 
 
 def _print_summary(result: RunResult | None) -> None:

@@ -95,16 +95,24 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
     init(coordinator, num_processes, process_id)
 
 
-def check_experiment_dir(exp_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing experiment needs --resume or --overwrite, --resume needs one."""
+def check_experiment_dir(exp_dir: Path, *, resume: bool, overwrite: bool,
+                         warn: Callable[[str], None] | None = None) -> bool:
+    """Refuse to mix runs: an existing experiment needs --resume or --overwrite. Returns whether to resume:
+    --resume on an experiment with no complete step (never started, or stopped before its first save) starts
+    from step 0, ``warn``-ed about, so "run it again with --resume" always works."""
+    from pi0cli.checkpoint import latest_step_dir
+
     exists = exp_dir.exists() and any(exp_dir.iterdir())
-    if resume and not exists:
-        raise ExperimentError(f"--resume: {exp_dir} does not exist, so there is nothing to resume; drop --resume")
+    if resume and latest_step_dir(exp_dir) is None:
+        if warn is not None:
+            warn(f"--resume: {exp_dir} has no complete checkpoint yet; starting from step 0")
+        return False
     if exists and not resume and not overwrite:
         raise ExperimentError(
             f"experiment {exp_dir} already exists: pass --resume to continue it, --overwrite to start again, "
             "or choose another --exp"
         )
+    return resume
 
 
 def find_norm_stats(config: TrainConfig, asset_id: str, explicit: Path | None,
@@ -252,7 +260,7 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
     if not config.dataset:
         raise Pi0Error(f"preset {config.name!r} names no dataset: pass --dataset ROOT_OR_REPO_ID")
     exp_dir = Path(exp_dir).absolute()
-    check_experiment_dir(exp_dir, resume=resume, overwrite=overwrite)
+    resume = check_experiment_dir(exp_dir, resume=resume, overwrite=overwrite, warn=warn)
     stats = find_norm_stats(config, embodiment.asset_id, norm_stats, warn=warn)
     frames = LeRobotFrames(config.dataset, action_key=embodiment.action_key, action_horizon=config.model.action_horizon)
     frames.fetch()  # a repo id not in the cache is downloaded before anything reads its files (tasks, info)

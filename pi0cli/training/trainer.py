@@ -268,7 +268,8 @@ def run(
         data = batches(start)
         pending: list[tuple[int, dict[str, jax.Array]]] = []
         last_log = time.perf_counter()
-        with log_path.open("a") as log:
+        # closing: an interrupted run (Ctrl-C) still finishes the save in flight, so its step is complete.
+        with log_path.open("a") as log, contextlib.closing(checkpoints):
             for step in range(start, end):
                 batch = sharding.global_batch(next(data), mesh)
                 state, metrics = step_fn(state, batch)
@@ -290,5 +291,4 @@ def run(
                 if (done % config.save_interval == 0 and done > start) or done == end:
                     checkpoints.save(done, params=export_checkpoint_params(static, state), train_state=state,
                                      assets=assets)
-        checkpoints.close()
     return RunResult(exp_dir=exp_dir, last_step=end, losses=losses)

@@ -84,7 +84,6 @@ def test_tiny_preset_trains_on_a_lerobot_dataset_and_loads_back(workdir):
 
 @pytest.mark.parametrize("args, message", [
     (["pi0_aloha_sim_tiny", "--dataset", "droid"], "has no action column 'action'"),
-    (["pi0_aloha_sim_tiny", "--dataset", "sim", "--exp", "new", "--resume"], "nothing to resume"),
     (["pi0_aloha_sim_tiny", "--dataset", "sim", "--resume", "--overwrite"], "contradict"),
     (["pi0_ur5_tiny", "--dataset", "sim"], "no norm stats for asset 'ur5e'"),
     (["pi0_aloha_sim_tiny", "--dataset", "missing"], "missing"),
