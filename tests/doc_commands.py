@@ -13,6 +13,7 @@ Run as a script, it reads ``[[words, complete], ...]`` as JSON on stdin and prin
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import re
@@ -231,17 +232,24 @@ def _check_values(path: tuple[str, ...], params: dict[str, Any]) -> str | None:
     return None
 
 
+@functools.cache
+def _root() -> Any:
+    """The CLI's click command tree (typer builds it from the function signatures: once is enough)."""
+    import typer.main
+
+    from pi0cli.cli.app import app
+
+    return typer.main.get_command(app)
+
+
 def check_cli(words: list[str], complete: bool) -> str | None:
     """``None`` when ``pi0 WORDS`` parses as a real run would parse it, else the reason it does not.
 
     A fragment (``complete=False``) may leave out required arguments and options."""
-    import typer.main
     from typer._click.exceptions import MissingParameter, NoArgsIsHelpError, UsageError
     from typer.core import TyperGroup
 
-    from pi0cli.cli.app import app
-
-    command: Any = typer.main.get_command(app)
+    command: Any = _root()
     name, ctx = "pi0", None
     path: tuple[str, ...] = ()
     args = list(words)
