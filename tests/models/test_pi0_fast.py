@@ -242,6 +242,31 @@ def test_early_stop_and_sampling():
     assert not np.array_equal(hot[0], hot[1])  # sampling draws
 
 
+@pytest.mark.parametrize("decoding", ["training", "reference"])
+def test_constrained_decoding_of_an_untrained_model_always_decodes(decoding):
+    """Random weights emit garbage freely; under the chunk grammar every row of a batch is a chunk, greedy and
+    sampled, in both conventions."""
+    from test_fast_tokenizer import smooth_chunks, train_sentencepiece
+
+    from pi0cli.models.fast_tokenizer import FastActionTokenizer
+    from pi0cli.models.tokenizer import FASTTokenizer, PaligemmaTokenizer
+
+    cfg = C.preset("pi0_fast_tiny", max_token_len=16, fast_decoding=decoding)
+    model = tiny("pi0_fast_tiny", max_token_len=16, fast_decoding=decoding)
+    fast = FastActionTokenizer.fit(list(smooth_chunks(100, horizon=cfg.action_horizon, dim=2)), scale=60.0,
+                                   vocab_size=300)
+    tok = FASTTokenizer(PaligemmaTokenizer(16, train_sentencepiece()), fast, max_len=16,
+                        vocab_size=cfg.vlm.vocab_size)
+    grammar = tok.chunk_grammar(cfg.action_horizon, 2, 64)
+    obs = make_obs(cfg, [10, 14, 7], seed=3)
+    free = np.asarray(model.sample_actions(jax.random.key(0), obs, max_decoding_steps=64))
+    assert not any(tok.extract_actions(row, cfg.action_horizon, 2)[1] for row in free)
+    for temperature in (0.0, 2.0):
+        out = np.asarray(model.sample_actions(jax.random.key(1), obs, max_decoding_steps=64,
+                                              temperature=temperature, grammar=grammar))
+        assert all(tok.extract_actions(row, cfg.action_horizon, 2)[1] for row in out), out
+
+
 # -------------------------------------------------------------------------------------- import, LoRA, train
 def test_flat_reference_dict_imports_through_the_params_path():
     model = tiny()
@@ -309,6 +334,14 @@ def test_tiny_fast_model_overfits_one_batch():
         actions, ok = tok.extract_actions(out[b], cfg.action_horizon, 3)
         assert ok
         np.testing.assert_allclose(actions, fast.decode(fast.encode(chunks[b]))[0], atol=1e-9)
+    # Its free greedy output is well formed, so constrained decoding picks the same tokens (up to each EOS;
+    # a finished row then repeats EOS until every row has finished, and the loop stops: zeros after).
+    grammar = tok.chunk_grammar(cfg.action_horizon, 3, 40)
+    constrained = np.asarray(model.sample_actions(jax.random.key(0), pobs, max_decoding_steps=40, grammar=grammar))
+    for b in range(2):
+        n = int(mask[b].sum() - n_prefix[b])
+        assert constrained[b, :n].tolist() == out[b, :n].tolist()
+        assert set(constrained[b, n:].tolist()) <= {tok.paligemma.eos_id, 0}
 
 
 @pytest.mark.slow
