@@ -11,7 +11,7 @@ Given one trained step directory of each model it reports, per model, measured i
 - pi0-FAST only: tokens generated per chunk and chunks that did not decode (``--fast-decode strict,lenient``
   evaluates it once per decoding rule).
 
-Then the ratios FAST / pi0. How the two checkpoints were trained is the caller's business; the README's
+Then the ratios FAST / pi0. How the two checkpoints were trained is the caller's business; docs/benchmarks.md's
 numbers come from the recipe there (both presets trained from one recording, concurrently, one core each for
 the same wall-clock):
 

@@ -1,4 +1,4 @@
-"""Benchmark: chunk execution strategies under inference latency in simulation (the README's RTC table).
+"""Benchmark: chunk execution strategies under inference latency in simulation (the RTC table of docs/benchmarks.md).
 
 For every latency (ms of simulated "thinking", at the embodiment's control rate) and every strategy
 (``sync`` pauses while the policy thinks, ``naive`` switches when a chunk arrives, ``ensemble`` averages
@@ -9,7 +9,7 @@ step (the scale of a jump), mean jerk, simulated episode duration (sync's pauses
 steps. Per latency it adds the ratios the issue's targets are stated in, measured in the same run: RTC's
 mean boundary jump over naive's, and whether RTC's and naive's success rates lie in sync's interval.
 
-    # the README table: a trained small-preset checkpoint (50-step chunks; s = 25 leaves room for 300 ms =
+    # the table in docs/benchmarks.md: a trained small-preset checkpoint (50-step chunks; s = 25 leaves room for 300 ms =
     # 15 steps of delay), 4 latencies x 4 strategies x 20 episodes
     .venv/bin/python benchmarks/bench_rtc.py --checkpoint runs/aloha_small/5000 --open-loop-steps 25 \
         --episodes 20 --out benchmarks/results/rtc.json

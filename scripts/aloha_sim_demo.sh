@@ -3,7 +3,7 @@
 # simulated ALOHA, compute norm stats, train the tiny pi0 preset on the CPU, and evaluate it closed-loop.
 #
 # Sizes come from the environment; the defaults finish in minutes on 2 cores (and learn little). The longer
-# setting (see README.md for what it reaches):
+# setting (see docs/main-job.md for what it reaches):
 #   PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=5000 EVAL_EPISODES=50 bash scripts/aloha_sim_demo.sh
 set -euo pipefail
 
@@ -14,7 +14,7 @@ HELDOUT_EPISODES=${HELDOUT_EPISODES:-2}
 BATCH_SIZE=${BATCH_SIZE:-16}
 PRESET=${PRESET:-pi0_aloha_sim_tiny}
 # Norm stats over the preset's action chunks (the small preset predicts 50 steps, the tiny one 10); the small
-# preset executes each whole chunk before asking again (measured better than 25 or 10 steps, see README.md).
+# preset executes each whole chunk before asking again (measured better than 25 or 10 steps, see docs/main-job.md).
 if [[ $PRESET == pi0_aloha_sim_small ]]; then
   HORIZON=${HORIZON:-50}; OPEN_LOOP_STEPS=${OPEN_LOOP_STEPS:-50}
 else
@@ -45,5 +45,5 @@ echo "== 4/5 evaluate $EVAL_EPISODES episodes closed-loop"
 echo "== 5/5 loss and action error on $HELDOUT_EPISODES held-out demonstrations (seeds 1000-, not trained on): trained vs initial weights vs holding still"
 "$pi0" record aloha_sim --scripted --episodes "$HELDOUT_EPISODES" --seed 1000 --out heldout --overwrite
 "$pi0" eval --dataset heldout --checkpoint "checkpoints/$PRESET/demo/$STEPS" --stride 5 --vs-initial
-echo "The longer setting (README.md: PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=5000 EVAL_EPISODES=50, about" \
+echo "The longer setting (docs/main-job.md: PRESET=pi0_aloha_sim_small EPISODES=50 STEPS=5000 EVAL_EPISODES=50, about" \
   "1.3 h on 2 cores) reached 15/50 closed-loop successes (30%)."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's pi0-FAST vs pi0 table and real-time chunking table, end to end on a 2-core CPU (about 2.5 h):
+# The pi0-FAST vs pi0 table and the real-time chunking table of docs/benchmarks.md, end to end on a 2-core CPU (about 2.5 h):
 #   1. record EPISODES scripted transfer-cube demonstrations (one recording for both models);
 #   2. norm stats over 50-step chunks (pi0_aloha_sim_small) and over 10-step chunks with a FAST tokenizer
 #      (pi0_fast_aloha_sim_small), each in its own work folder;
@@ -9,7 +9,7 @@
 #   5. benchmarks/bench_fast_vs_pi0.py (closed loop on the same unseen scenes, latency and tokens per chunk) on
 #      one core while benchmarks/bench_rtc.py runs latencies 0 and 100 ms on the other, then 200 and 300 ms;
 #      the two RTC halves are merged into one table.
-# Sizes come from the environment (defaults: the README's run). Results land in $WORK/results/.
+# Sizes come from the environment (defaults: the run in docs/benchmarks.md). Results land in $WORK/results/.
 set -euo pipefail
 
 EPISODES=${EPISODES:-50}
