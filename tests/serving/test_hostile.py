@@ -86,51 +86,55 @@ def test_decoding_is_refused_exactly_beyond_the_element_budget(tree, budget):
 
 
 def test_a_frame_of_a_million_empty_lists_is_refused_within_the_budget():
-    frame = empty_lists(2**20)  # 1 MiB
-    start = time.perf_counter()
-    with pytest.raises(protocol.ProtocolError, match="msgpack elements"):
-        protocol.unpackb(frame)
-    # Refused after MAX_ELEMENTS objects (~5 ms); decoding it all and walking it took ~1 s and 100 MB.
-    assert time.perf_counter() - start < 0.3
+    """The work a frame costs is bounded by the element budget, not by the frame: measured as memory (what
+    decoding builds), which does not depend on how fast the machine is."""
+    import tracemalloc
 
-
-def test_worst_case_frames_do_not_stall_health_checks_or_other_clients(aloha_sim):
-    with serve(fake_policy(aloha_sim), aloha_sim, max_message_bytes=2**20) as thread:
-        stop = threading.Event()
-
-        def attack() -> None:
-            ws = open_ws(thread, headers=None)
-            frame = empty_lists(2**20 - 16)
-            while not stop.is_set():
-                ws.send(frame)
-                ws.recv(timeout=30)
-            ws.close()
-
-        attackers = [threading.Thread(target=attack, daemon=True) for _ in range(2)]
-        for t in attackers:
-            t.start()
-        time.sleep(0.3)
-        ws = open_ws(thread, headers=None)
-        frame = protocol.packb(sim_obs())
-        health, replies = [], []
+    # A million empty lists in one array, and the same spread over 64 arrays each under msgpack's length limit.
+    flat = empty_lists(2**20)
+    spread = b"\xdc" + (64).to_bytes(2, "big") + (b"\xdd" + (2**14).to_bytes(4, "big") + b"\x90" * 2**14) * 64
+    for frame in (flat, spread):
+        tracemalloc.start()
         try:
-            for _ in range(10):
-                start = time.perf_counter()
-                assert get(thread.port, "/healthz")[0] == 200
-                health.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                ws.send(frame)
-                assert isinstance(ws.recv(timeout=30), bytes)
-                replies.append(time.perf_counter() - start)
+            with pytest.raises(protocol.ProtocolError, match="msgpack elements"):
+                protocol.unpackb(frame)
+            _, peak = tracemalloc.get_traced_memory()
         finally:
-            stop.set()
-            for t in attackers:
-                t.join(30)
-            ws.close()
-        # Before: each frame froze the event loop for about two seconds (decoded and walked on it). Medians, as
-        # a loaded CI machine can delay any single call.
-        assert sorted(health)[len(health) // 2] < 0.5, health
-        assert sorted(replies)[len(replies) // 2] < 0.5, replies
+            tracemalloc.stop()
+        # Refused after MAX_ELEMENTS (32768) objects: about 1 MB; a budget that let it all through: over 30 MB.
+        assert peak < 16 * 2**20, peak
+
+
+def test_a_frame_being_decoded_does_not_stall_health_checks_or_other_clients(aloha_sim, monkeypatch):
+    """Decoding runs off the event loop: while a worst-case frame is still mid-decode (held there, so the test
+    needs no clock), health checks and another client's requests are answered. Before, each such frame froze
+    the event loop for about two seconds."""
+    decoding, release = threading.Event(), threading.Event()
+    decode = protocol.decode_request
+
+    def held(message, **kwargs):
+        if isinstance(message, bytes) and message[:1] == b"\xdd":  # the attacker's frame (a top-level array)
+            decoding.set()
+            release.wait(60)
+        return decode(message, **kwargs)
+
+    monkeypatch.setattr(protocol, "decode_request", held)
+    with serve(fake_policy(aloha_sim), aloha_sim, max_message_bytes=2**20, prepare_threads=2) as thread:
+        attacker = open_ws(thread, headers=None)
+        attacker.send(empty_lists(2**20 - 16))
+        assert decoding.wait(30), "the attacker's frame never reached the decoder"
+        ws = open_ws(thread, headers=None)
+        try:
+            for _ in range(3):
+                assert get(thread.port, "/healthz")[0] == 200
+                ws.send(protocol.packb(sim_obs()))
+                assert isinstance(ws.recv(timeout=30), bytes)
+            assert not release.is_set()  # all answered while the attacker's frame was still being decoded
+        finally:
+            release.set()
+        assert attacker.recv(timeout=30).startswith("Error: ")
+        ws.close()
+        attacker.close()
 
 
 def test_large_refused_frames_draw_on_a_shared_budget(aloha_sim):
@@ -314,31 +318,28 @@ def test_max_connections_closes_the_extra_one_with_1013(aloha_sim):
 def test_idle_connections_are_closed_after_the_timeout(aloha_sim):
     with serve(fake_policy(aloha_sim), aloha_sim, idle_timeout_s=0.3) as thread:
         ws = open_ws(thread, None)
+        # Timed from before the request: the server's idle clock starts after its reply, so at least the timeout
+        # passes between the two however slowly this machine runs (no upper bound: recv's timeout is the failure).
+        start = time.perf_counter()
         ws.send(protocol.packb(sim_obs()))
         assert isinstance(ws.recv(timeout=10), bytes)
-        start = time.perf_counter()
         with pytest.raises(ConnectionClosed) as info:
-            ws.recv(timeout=10)
-        assert 0.25 < time.perf_counter() - start < 5
+            ws.recv(timeout=30)
+        assert time.perf_counter() - start >= 0.3
         assert info.value.rcvd is not None and info.value.rcvd.code == 1000 and "idle" in info.value.rcvd.reason
         assert "pi0_connections_closed_idle_total 1.0" in get(thread.port, "/metrics")[1]
 
 
 def test_idle_connections_do_not_hold_the_batch_window_open(aloha_sim):
-    with serve(fake_policy(aloha_sim), aloha_sim, batch_window_ms=400) as thread:
+    # A window far longer than the replies' timeout: a batch that waited for it would fail the recv, so no clock
+    # is read. The only active client is waiting: the batch starts at once (before: it waited the window out).
+    with serve(fake_policy(aloha_sim), aloha_sim, batch_window_ms=120_000) as thread:
         idle = [open_ws(thread, None) for _ in range(4)]
         ws = open_ws(thread, None)
         frame = protocol.packb(sim_obs())
-        ws.send(frame)
-        ws.recv(timeout=10)
-        latencies = []
         for _ in range(3):
-            start = time.perf_counter()
             ws.send(frame)
-            ws.recv(timeout=10)
-            latencies.append(time.perf_counter() - start)
-        # The only active client is waiting: the batch starts at once (before: it waited the 400 ms window).
-        assert min(latencies) < 0.2, latencies
+            assert isinstance(ws.recv(timeout=30), bytes)
         for conn in [ws, *idle]:
             conn.close()
 
@@ -355,9 +356,13 @@ def test_buffered_frames_per_connection_are_bounded(aloha_sim):
 
         sender = threading.Thread(target=send_all, daemon=True)
         sender.start()
-        time.sleep(1.0)
         (conn,) = list(thread.server._server.connections)  # websockets internals: its queue of received frames
-        assert len(conn.recv_messages.frames) <= 3 and conn.recv_messages.paused
+        # Wait for the server to stop reading (the event), not for a fixed time; the queue is bounded throughout.
+        deadline = time.monotonic() + 60
+        while not conn.recv_messages.paused and time.monotonic() < deadline:
+            assert len(conn.recv_messages.frames) <= 3
+            time.sleep(0.01)
+        assert conn.recv_messages.paused and len(conn.recv_messages.frames) <= 3
         flood.socket.close()
         sender.join(0.5)
 

