@@ -6,14 +6,15 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
-import pytest
-
 import pi0_embodiment_metaworld as plugin
+import pytest
 from pi0_embodiment_metaworld import METAWORLD
 from pi0_embodiment_metaworld.sim.episodes import LazyObservation
 from pi0_embodiment_metaworld.tasks import GROUPS, INSTRUCTIONS, TASKS, group_of, policy_class_name, select_tasks
+
 from pi0cli.errors import UnknownNameError
 from pi0cli.plugins.manager import PluginInfo
 from pi0cli.testing import check_embodiment
@@ -150,5 +151,5 @@ def test_lazy_observation_passes_the_contract_transforms_and_the_wire():
     METAWORLD.validate_observation(obs)
     assert METAWORLD.inputs(obs)["image"]["base_0_rgb"][0, 0, 0] == 7
     obs, _ = _lazy()
-    decoded = unpackb(Packer().pack(obs))
+    decoded: Any = unpackb(Packer().pack(obs))
     assert decoded["image"].shape == (224, 224, 3) and decoded["prompt"] == "Open a drawer"

@@ -3,6 +3,8 @@ image moves when the hand does, seeded placements, rendering only what is read, 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -13,11 +15,12 @@ from pi0_embodiment_metaworld.sim import SIMULATOR  # noqa: E402
 from pi0_embodiment_metaworld.sim.env import CAMERA, MetaWorldSim, flip_image  # noqa: E402
 from pi0_embodiment_metaworld.sim.episodes import rollout, run_script, scripted_episodes  # noqa: E402
 from pi0_embodiment_metaworld.tasks import INSTRUCTIONS  # noqa: E402
+
 from pi0cli.simulator import checked  # noqa: E402
 
 
 def _push(sim: MetaWorldSim, action: list[float], steps: int) -> np.ndarray:
-    obs = np.zeros(39)
+    obs: np.ndarray = np.zeros(39)
     for _ in range(steps):
         obs, *_ = sim.step(np.asarray(action))
     return obs
@@ -32,7 +35,8 @@ def _hand_pixel(sim: MetaWorldSim, point: np.ndarray) -> np.ndarray:
     cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA)
     local = data.cam_xmat[cam].reshape(3, 3).T @ (point - data.cam_xpos[cam])
     focal = (sim.image_size / 2) / np.tan(np.radians(model.cam_fovy[cam]) / 2)
-    raw = np.array([sim.image_size / 2 - focal * local[1] / -local[2], sim.image_size / 2 + focal * local[0] / -local[2]])
+    centre = sim.image_size / 2
+    raw = np.array([centre - focal * local[1] / -local[2], centre + focal * local[0] / -local[2]])
     return sim.image_size - 1 - raw
 
 
@@ -40,13 +44,13 @@ def _track(before: np.ndarray, after: np.ndarray, at: np.ndarray, half: int = 14
     """Where the patch of ``before`` around ``at`` went in ``after`` (best mean squared difference)."""
     r, c = (int(v) for v in at)
     patch = before[r - half:r + half, c - half:c + half].astype(np.float32)
-    best, where = np.inf, np.zeros(2)
+    best, where = np.inf, (0, 0)
     for dr in range(-search, search + 1):
         for dc in range(-search, search + 1):
             candidate = after[r + dr - half:r + dr + half, c + dc - half:c + dc + half].astype(np.float32)
             if candidate.shape == patch.shape and (err := float(((candidate - patch) ** 2).mean())) < best:
-                best, where = err, np.array([dr, dc])
-    return where
+                best, where = err, (dr, dc)
+    return np.array(where)
 
 
 def test_state_is_hand_position_and_gripper_opening():
@@ -123,7 +127,7 @@ def test_placements_are_seeded_and_eval_seeds_are_unseen():
 
 
 def test_rollout_renders_only_observations_that_are_read():
-    reads = []
+    reads: list[Any] = []
 
     def act(obs):
         if len(reads) % 5 == 0:  # a chunk policy: looks every 5th step
