@@ -24,7 +24,7 @@ import dataclasses
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -171,30 +171,23 @@ def _cast(params: Mapping[str, np.ndarray], dtype: str | None) -> dict[str, np.n
 
 
 def lerobot_config(model_config: Pi0Config) -> Any:
-    """LeRobot's ``PI0Config`` / ``PI05Config`` describing ``model_config`` (full-size variants only)."""
+    """LeRobot's config (``PI0Config``, ``PI05Config``, ``PI0FastConfig``: the model family's) describing
+    ``model_config`` (full-size variants only)."""
     from lerobot.configs.types import FeatureType, PolicyFeature
 
-    extra: dict[str, Any] = {}
-    if model_config.fast:
-        from lerobot.policies.pi0_fast.configuration_pi0_fast import PI0FastConfig as LeRobotConfig
-
-        extra["max_decoding_steps"] = 256
-    elif model_config.pi05:
-        from lerobot.policies.pi05.configuration_pi05 import PI05Config as LeRobotConfig
-    else:
-        from lerobot.policies.pi0.configuration_pi0 import PI0Config as LeRobotConfig
     h, w = model_config.image_resolution
     inputs = {f"observation.images.{key}": PolicyFeature(type=FeatureType.VISUAL, shape=(3, h, w))
               for key in model_config.image_keys}
     inputs["observation.state"] = PolicyFeature(type=FeatureType.STATE, shape=(model_config.action_dim,))
-    return LeRobotConfig(
+    return model_config.family.lerobot_config(
+        model_config,
         paligemma_variant=model_config.paligemma_variant, action_expert_variant=model_config.action_expert_variant,
         dtype=model_config.dtype, chunk_size=model_config.action_horizon, n_action_steps=model_config.action_horizon,
         max_state_dim=model_config.action_dim, max_action_dim=model_config.action_dim,
         image_resolution=tuple(model_config.image_resolution), tokenizer_max_length=model_config.token_len,
         input_features=inputs,
         output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(model_config.action_dim,))},
-        device="cpu", **extra,
+        device="cpu",
     )
 
 
@@ -248,7 +241,8 @@ def read_lerobot_params(directory: Path, model_config: Pi0Config) -> dict[str, n
 
 def _config_from_lerobot(directory: Path) -> Pi0Config:
     """A ``Pi0Config`` from LeRobot's ``config.json`` (policies written by LeRobot itself)."""
-    from pi0cli.models.config import preset
+    from pi0cli.models.config import Pi0Config
+    from pi0cli.models.families import families
 
     file = directory / LEROBOT_CONFIG
     if not file.is_file():
@@ -256,17 +250,19 @@ def _config_from_lerobot(directory: Path) -> Pi0Config:
                               "model with --model pi0 (or pi05)")
     data = read_json(file, ConversionError)
     kind = data.get("type")
-    if kind not in ("pi0", "pi05", "pi0_fast"):
-        raise ConversionError(f"{file} describes a {kind!r} policy; only LeRobot pi0, pi05 and pi0_fast policies "
-                              "convert")
-    fields = dict(paligemma_variant=data.get("paligemma_variant", "gemma_2b"),
+    by_type = {f.lerobot_type: f for f in families() if f.lerobot_type}
+    if kind not in by_type:
+        raise ConversionError(f"{file} describes a {kind!r} policy; only LeRobot {', '.join(sorted(by_type))} "
+                              "policies convert")
+    family = by_type[kind]
+    fields: dict[str, Any] = dict(paligemma_variant=data.get("paligemma_variant", "gemma_2b"),
                   action_expert_variant=data.get("action_expert_variant", "gemma_300m"),
                   action_dim=int(data.get("max_action_dim", 32)), action_horizon=int(data.get("chunk_size", 50)),
                   image_resolution=tuple(data.get("image_resolution", (224, 224))),
-                  max_token_len=int(data.get("tokenizer_max_length", 48 if kind == "pi0" else 200)))
+                  max_token_len=int(data.get("tokenizer_max_length", family.default_token_len)))
     if data.get("dtype") in ("float32", "bfloat16"):
         fields["dtype"] = data["dtype"]
-    return preset(kind, **fields)
+    return Pi0Config(model_type=family.name, **fields)
 
 
 # -------------------------------------------------------------------------------------------- PaliGemma
@@ -282,7 +278,6 @@ def paligemma_params(npz: Path, model_config: Pi0Config, *, seed: int = 0) -> di
     from flax import nnx
 
     from pi0cli.models.params import export_flat
-    from pi0cli.models.pi0 import Pi0
 
     try:
         with np.load(npz, allow_pickle=False) as data:
@@ -290,7 +285,8 @@ def paligemma_params(npz: Path, model_config: Pi0Config, *, seed: int = 0) -> di
     except (OSError, ValueError) as exc:
         raise ConversionError(f"cannot read {npz} as a .npz archive: {exc}") from None
     with jax.default_device(jax.devices("cpu")[0]):
-        fresh = {k: np.asarray(v) for k, v in export_flat(Pi0(model_config, nnx.Rngs(seed))).items()}
+        model = cast("nnx.Module", model_config.family.build(model_config, nnx.Rngs(seed)))
+        fresh = {k: np.asarray(v) for k, v in export_flat(model).items()}
     problems = []
     for key, value in loaded.items():
         ours = f"PaliGemma/{key}"

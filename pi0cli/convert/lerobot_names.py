@@ -1,4 +1,7 @@
-"""Parameter names between the reference (openpi) tree and LeRobot's PyTorch pi0 / pi0.5 (numpy only).
+"""Parameter names between the reference (openpi) tree and LeRobot's PyTorch pi0 / pi0.5 / pi0-FAST (numpy only).
+
+Each model family says which rules make up its names (``ModelFamily.lerobot_rules``, from the building blocks
+here: :func:`paligemma_rules`, ``linear_rule``, ``same_rule``, ``gemma_layer_rules``, ``siglip_layer_rules``).
 
 The reference tree stacks layers on axis 0 and stores einsum kernels (``q_einsum/w [N, D, Hd]``); LeRobot uses
 Hugging Face module names, one entry per layer, and torch ``Linear`` weights ``[out, in]``. Every mapping here is
@@ -112,10 +115,10 @@ def _siglip_layer_rules(cfg: SigLIPConfig, prefix: str) -> list[_Rule]:
     return rules
 
 
-def _rules(config: Pi0Config) -> tuple[list[_Rule], list[tuple[list[_Rule], int]]]:
-    """(global rules, [(per-layer rules with '{i}' in their names, depth)]) for a ``Pi0Config``."""
-    vlm, expert, img = config.vlm, config.expert, config.siglip
-    flat: list[_Rule] = [
+def paligemma_rules(config: Pi0Config) -> list[_Rule]:
+    """The global (not per-layer) rules every PaliGemma-based family shares: token embedding, final norm,
+    SigLIP's patch and position embeddings, encoder norm and projection head."""
+    return [
         _same(f"{_LLM}/embedder/input_embedding", LM_HEAD),
         _same(f"{_LLM}/final_norm/scale", f"{_VLM}.norm.weight"),
         (f"{_IMG}/embedding/kernel", (f"{_VISION}.embeddings.patch_embedding.weight",),
@@ -127,28 +130,15 @@ def _rules(config: Pi0Config) -> tuple[list[_Rule], list[tuple[list[_Rule], int]
         _same(f"{_IMG}/Transformer/encoder_norm/bias", f"{_VISION}.post_layernorm.bias"),
         *_linear(f"{_IMG}/head", f"{_PG}.model.multi_modal_projector.linear"),
     ]
-    if config.fast:  # LeRobot's pi0_fast: the same PaliGemma names, no action expert, no projections
-        return flat, [(_gemma_layer_rules(vlm, "", f"{_VLM}.layers.{{i}}", False), vlm.depth),
-                      (_siglip_layer_rules(img, f"{_VISION}.encoder.layers.{{i}}"), img.depth)]
-    flat += [*_linear("action_in_proj", "action_in_proj"), *_linear("action_out_proj", "action_out_proj")]
-    if config.pi05:
-        flat += _linear(f"{_LLM}/final_norm_1/Dense_0", f"{_EXPERT}.norm.dense")
-        flat += _linear("time_mlp_in", "time_mlp_in") + _linear("time_mlp_out", "time_mlp_out")
-    else:
-        flat.append(_same(f"{_LLM}/final_norm_1/scale", f"{_EXPERT}.norm.weight"))
-        for name in ("state_proj", "action_time_mlp_in", "action_time_mlp_out"):
-            flat += _linear(name, name)
-    layered = [
-        (_gemma_layer_rules(vlm, "", f"{_VLM}.layers.{{i}}", False)
-         + _gemma_layer_rules(expert, "_1", f"{_EXPERT}.layers.{{i}}", config.pi05), vlm.depth),
-        (_siglip_layer_rules(img, f"{_VISION}.encoder.layers.{{i}}"), img.depth),
-    ]
-    return flat, layered
 
 
-def _extra_weights(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[str, Array]:
-    if config.fast:
-        return {}  # no action expert, so no expert LM head
+# The building blocks a model family's ``lerobot_rules`` is made of (:mod:`pi0cli.models.families`).
+LLM, VLM, EXPERT, VISION = _LLM, _VLM, _EXPERT, _VISION
+linear_rule, same_rule, gemma_layer_rules, siglip_layer_rules = _linear, _same, _gemma_layer_rules, _siglip_layer_rules
+
+
+def expert_lm_head(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[str, Array]:
+    """The action expert's unused ``lm_head`` LeRobot's strict loader wants: zeros of its fixed vocabulary."""
     embedding = flat_params[f"{_LLM}/embedder/input_embedding"]
     shape = (LEROBOT_EXPERT_VOCAB, config.expert.width)
     if isinstance(embedding, np.ndarray):
@@ -156,6 +146,15 @@ def _extra_weights(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[
     import jax.numpy as jnp
 
     return {EXPERT_LM_HEAD: jnp.zeros(shape, embedding.dtype)}
+
+
+def _rules(config: Pi0Config) -> tuple[list[_Rule], list[tuple[list[_Rule], int]]]:
+    """(global rules, [(per-layer rules with '{i}' in their names, depth)]): the model family's."""
+    return config.family.lerobot_rules(config)
+
+
+def _extra_weights(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[str, Array]:
+    return config.family.lerobot_extra_weights(flat_params, config)
 
 
 def to_lerobot(flat_params: Mapping[str, Any], config: Pi0Config, *, prefix: str = PREFIX) -> dict[str, Array]:

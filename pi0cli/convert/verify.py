@@ -92,11 +92,11 @@ def jax_actions(ckpt: Checkpoint, obs: Any, noise: np.ndarray) -> np.ndarray:
     """Actions of our JAX model holding ``ckpt``'s parameters (float32)."""
     import jax.numpy as jnp
 
-    from pi0cli.models.params import build_model, unflatten
+    from pi0cli.models.params import build_any_model, unflatten
 
     config = _float32(ckpt.model_config)
     params = {k: np.asarray(v, np.float32) for k, v in ckpt.params.items()}
-    model = build_model(config, unflatten(params))
+    model: Any = build_any_model(config, unflatten(params))
     import jax
 
     # The noise is given, so the key is never drawn from; any key will do.
@@ -128,10 +128,7 @@ def _lerobot_module(model_config: Pi0Config) -> Any:
     try:
         import transformers  # noqa: F401  (LeRobot's pi0 needs it; lerobot does not install it by default)
 
-        if model_config.pi05:
-            from lerobot.policies.pi05 import modeling_pi05 as module
-        else:
-            from lerobot.policies.pi0 import modeling_pi0 as module
+        module = model_config.family.lerobot_modeling()
     except ImportError as exc:
         raise ConversionError(f"comparing with LeRobot's PyTorch pi0 needs its extra dependencies ({exc}); install "
                               "them with `pip install 'pi0[dev]'` (or `pip install transformers`)") from None
@@ -157,7 +154,7 @@ def build_lerobot_model(ckpt: Checkpoint) -> Any:
                                             vlm.head_dim),
              "gemma_300m": module.GemmaConfig(expert.width, expert.depth, expert.mlp_dim, expert.num_heads,
                                               expert.num_kv_heads, expert.head_dim)}
-    model_class = module.PI05Pytorch if cfg.pi05 else module.PI0Pytorch
+    model_class = cfg.family.lerobot_model_class(module)
     torch.manual_seed(0)
     with _patched(module, "get_gemma_config", sizes.__getitem__) if not full else contextlib.nullcontext():
         model = model_class(lr_cfg)
@@ -195,8 +192,8 @@ def lerobot_actions(model: Any, model_config: Pi0Config, obs: Any, noise: np.nda
     masks = [torch.from_numpy(np.array(obs.image_masks[k])) for k in keys]
     tokens = torch.from_numpy(np.asarray(obs.tokenized_prompt).astype(np.int64))
     token_mask = torch.from_numpy(np.array(obs.tokenized_prompt_mask))
-    args = (images, masks, tokens, token_mask) + (() if model_config.pi05 else
-                                                 (torch.from_numpy(np.asarray(obs.state)),))
+    # pi0 passes the continuous state after the prompt; pi0.5 has it in the prompt (the family's call).
+    args = (images, masks, tokens, token_mask) + model_config.family.lerobot_sample_args(obs)
     module = _lerobot_module(model_config)
     with contextlib.ExitStack() as stack, torch.no_grad():
         if float32_time_embedding:
@@ -261,7 +258,7 @@ def _verify_fast(source: Checkpoint, target: Checkpoint, tolerance: float, seed:
 
 def verify(source: Checkpoint, target: Checkpoint, *, tolerance: float = 1e-4, seed: int = 0) -> VerifyResult:
     """Run one example through the source (JAX) and every implementation that loads the target."""
-    if source.model_config.fast:
+    if source.model_config.family.autoregressive:  # token ids, not a flow: compared on loss and greedy tokens
         return _verify_fast(source, target, tolerance, seed)
     obs, noise = example_inputs(source.model_config, seed=seed)
     reference = jax_actions(source, obs, noise)

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pi0cli.checkpoint import (
     CONFIG_FILENAME,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
     from pi0cli.models.families import PolicyModel
-    from pi0cli.models.tokenizer import PaligemmaTokenizer
+    from pi0cli.models.tokenizer import FastDecode, PaligemmaTokenizer
     from pi0cli.pipeline import Pipeline
     from pi0cli.policy.policy import Policy
 
@@ -45,7 +45,7 @@ def load_policy(
     initial_weights: bool = False,
     max_decoding_steps: int = 256,
     temperature: float = 0.0,
-    fast_decode: Literal["strict", "lenient"] = "strict",
+    fast_decode: FastDecode = "strict",
     rtc_max_guidance: float | None = None,
 ) -> Policy:
     """Load a policy for ``embodiment`` from a checkpoint directory.
@@ -59,13 +59,19 @@ def load_policy(
     that what training changed can be measured on the same data.
 
     ``max_decoding_steps``, ``temperature`` and ``fast_decode`` apply to pi0-FAST (tokens decoded per chunk at
-    most; 0 = greedy; ``"lenient"`` repairs a wrong coefficient count instead of failing the chunk);
+    most; 0 = greedy; ``"lenient"`` repairs a wrong coefficient count instead of failing the chunk,
+    ``"constrained"`` decodes only well-formed chunks: :meth:`~pi0cli.models.tokenizer.FASTTokenizer.chunk_grammar`);
     ``num_steps`` (denoising steps) and ``rtc_max_guidance`` (the clip of real-time chunking's guidance weight;
     default the paper's 5) to pi0 and pi0.5.
     """
+    from pi0cli.models.tokenizer import FASTTokenizer
     from pi0cli.policy.policy import Policy, make_transforms
 
     loaded = _load(directory, embodiment, model, tokenizer, asset_id, initial_weights)
+    grammar = None
+    if fast_decode == "constrained" and isinstance(loaded.tokenizer, FASTTokenizer):
+        grammar = loaded.tokenizer.chunk_grammar(loaded.model_config.action_horizon, embodiment.action_dim,
+                                                 max_decoding_steps)
     prompt = default_prompt if default_prompt is not None else loaded.saved.get("default_prompt")
     inputs, outputs = make_transforms(embodiment, loaded.model_config, loaded.norm_stats, tokenizer=loaded.tokenizer,
                                       default_prompt=prompt, delta_action_mask=loaded.delta_action_mask,
@@ -75,7 +81,7 @@ def load_policy(
     example = embodiment.example_observation
     return Policy.from_model(
         loaded.module, num_steps=num_steps, max_decoding_steps=max_decoding_steps, temperature=temperature,
-        rtc_max_guidance=rtc_max_guidance,
+        rtc_max_guidance=rtc_max_guidance, grammar=grammar,
         input_transform=inputs, output_transform=outputs, batch_sizes=batch_sizes, seed=seed, metadata=metadata,
         example=lambda: {"prompt": "warm up", **example(0)},
         description=f"{loaded.model_config.model_type} ({loaded.model_config.paligemma_variant}) for "
@@ -106,7 +112,7 @@ def load_training_pipeline(
 @dataclasses.dataclass(frozen=True)
 class _Loaded:
     directory: Path
-    saved: dict
+    saved: dict[str, Any]
     model_config: Pi0Config
     module: PolicyModel
     norm_stats: dict[str, NormStats]
@@ -161,7 +167,7 @@ def checkpoint_embodiment(directory: str | os.PathLike[str]) -> str:
     return str(name)
 
 
-def _initial_params(directory: Path, saved: dict, model_config: Pi0Config) -> dict:
+def _initial_params(directory: Path, saved: dict[str, Any], model_config: Pi0Config) -> dict[str, Any]:
     """The parameters a training run from scratch started from (its seed's draw; see ``trainer.build_model``)."""
     from pi0cli.models.params import export_params
     from pi0cli.training.trainer import build_model as initial_model

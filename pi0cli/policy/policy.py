@@ -19,7 +19,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,12 +29,12 @@ from pi0cli.transforms import Data, compose, stack_trees
 
 if TYPE_CHECKING:
     import jax
-    from flax import nnx
 
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
     from pi0cli.models.families import PolicyModel
-    from pi0cli.models.tokenizer import FASTTokenizer
+    from pi0cli.models.fast_grammar import ChunkGrammar
+    from pi0cli.models.tokenizer import FASTTokenizer, FastDecode
     from pi0cli.normstats import NormStats
     from pi0cli.pipeline import PromptTokenizer
 
@@ -52,6 +52,7 @@ class SamplerOptions:
     max_decoding_steps: int = 256
     temperature: float = 0.0
     rtc_max_guidance: float | None = None
+    grammar: ChunkGrammar | None = None  # pi0-FAST constrained decoding
 
 
 class PolicyError(Pi0Error):
@@ -104,7 +105,7 @@ def make_transforms(
     tokenizer: PromptTokenizer | FASTTokenizer | None,
     default_prompt: str | None = None,
     delta_action_mask: Sequence[bool] | None | str = "embodiment",
-    fast_decode: Literal["strict", "lenient"] = "strict",
+    fast_decode: FastDecode = "strict",
 ) -> tuple[Callable[[Data], Data], Callable[[Data], Data]]:
     """The inference chains of :class:`pi0cli.pipeline.Pipeline` (the same transforms training uses):
     default prompt, embodiment inputs, delta actions, normalise, resize, tokenize, pad; and back: unnormalise,
@@ -163,26 +164,28 @@ class Policy:
 
     @classmethod
     def from_model(cls, model: PolicyModel, *, num_steps: int = 10, max_decoding_steps: int = 256,
-                   temperature: float = 0.0, rtc_max_guidance: float | None = None, **kwargs: Any) -> Policy:
+                   temperature: float = 0.0, rtc_max_guidance: float | None = None,
+                   grammar: ChunkGrammar | None = None, **kwargs: Any) -> Policy:
         """A policy around a model module (``Pi0``, ``Pi0FAST``, any family's): its family's sampler jitted with
         the weights as an argument.
 
         The sampler reads the options it knows: pi0 and pi0.5 take ``num_steps`` denoising steps and real-time
         chunking (``rtc_max_guidance``: the clip of its guidance weight; default the paper's 5); pi0-FAST decodes
-        up to ``max_decoding_steps`` tokens (greedy, or sampled at ``temperature``), and its "actions" are token
-        ids, which the output transforms decode (:class:`~pi0cli.models.tokenizer.FastActionOutputs`)."""
+        up to ``max_decoding_steps`` tokens (greedy, or sampled at ``temperature``; only well-formed chunks under
+        a ``grammar``), and its "actions" are token ids, which the output transforms decode
+        (:class:`~pi0cli.models.tokenizer.FastActionOutputs`)."""
         import jax
         from flax import nnx
 
         config = model.config
         family = config.family
         options = SamplerOptions(num_steps=num_steps, max_decoding_steps=max_decoding_steps,
-                                 temperature=temperature, rtc_max_guidance=rtc_max_guidance)
+                                 temperature=temperature, rtc_max_guidance=rtc_max_guidance, grammar=grammar)
         call = family.sampler(config, options)
         graphdef, state = nnx.split(model)
 
         @jax.jit
-        def sample(state: nnx.State, rng: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
+        def sample(state: Any, rng: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
             return call(nnx.merge(graphdef, state), rng, batch)
 
         def run(rng: Any, batch: Mapping[str, Any]) -> Any:
@@ -237,7 +240,8 @@ class Policy:
 
     def infer(self, obs: Data) -> dict[str, Any]:
         """One observation -> ``{"actions": [H, robot_dim], "policy_timing": {"infer_ms"}}``."""
-        return self.infer_batch([obs])[0]
+        result: dict[str, Any] = self.infer_batch([obs])[0]
+        return result
 
     def prepare(self, obs: Data) -> Data:
         """The input transforms of one request (thread-safe; the server runs them off the model thread)."""
@@ -252,7 +256,7 @@ class Policy:
         self._check_input_range(np.asarray(data["state"]))
         return data
 
-    def _check_input_range(self, state: np.ndarray) -> None:
+    def _check_input_range(self, state: np.ndarray[Any, Any]) -> None:
         """The normalised state must be finite (a finite but huge raw value can overflow when normalised) and,
         with ``max_input_std``, within that many units of the norm stats' centre."""
         if state.dtype.kind not in "fc" or not state.size:
@@ -340,7 +344,7 @@ class Policy:
                 results[i] = exc
 
 
-def _non_finite_cause(state: np.ndarray) -> str:
+def _non_finite_cause(state: np.ndarray[Any, Any]) -> str:
     """The error text for a NaN/inf action chunk, naming its likely cause from the normalised state."""
     text = "the model produced NaN or infinite actions for this request (no actions were sent)"
     magnitude = np.abs(np.asarray(state, np.float64).reshape(-1)) if state.size else np.zeros(1)

@@ -47,7 +47,7 @@ class RTCRequestError(ObservationError):
 class RTCRequest:
     """The RTC part of one request, checked against the policy's horizon ``H``."""
 
-    prev_actions: np.ndarray  # [L, D], robot units
+    prev_actions: np.ndarray[Any, Any]  # [L, D], robot units
     inference_delay: int
     execution_horizon: int
 

@@ -117,9 +117,22 @@ class TrainConfig:
             fail(f"ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.freeze not in FREEZE_MODES:
             fail(f"freeze must be full, lora_vlm, lora_expert or lora_both, got {self.freeze!r}")
+        family = self.model.family
+        if self.freeze not in family.freeze_modes:
+            fail(f"freeze={self.freeze} is not a {family.name} freeze mode (it has {', '.join(family.freeze_modes)}); "
+                 f"a LoRA run of it freezes with {family.freeze_mode(self.model)} (use --lora)")
         if self.freeze != "full":
             needs = {"lora_vlm": ("vlm",), "lora_expert": ("expert",), "lora_both": ("vlm", "expert")}[self.freeze]
             for part in needs:
                 cfg = self.model.vlm if part == "vlm" else self.model.expert
                 if cfg.attn_lora is None and cfg.ffn_lora is None:
                     fail(f"freeze={self.freeze} needs a LoRA {part} variant; the model's is not LoRA (use --lora)")
+
+
+def lora_recipe(model: Pi0Config, batch_size: int) -> dict[str, Any]:
+    """The fields of a LoRA run of ``model`` at ``batch_size``, decided here once for ``pi0 train --lora`` and
+    the ``*_lora`` presets: the model family's freeze mode for its LoRA variants (pi0-FAST, which has no action
+    expert: ``lora_vlm``), no EMA, and the family's micro-batches (pi0.5: two, for its 200-token prompts)."""
+    family = model.family
+    return {"freeze": family.freeze_mode(model), "ema_decay": None,
+            "grad_accum_steps": family.lora_grad_accum_steps(model, batch_size)}

@@ -12,7 +12,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pi0cli.models.params import count_params
@@ -59,19 +58,8 @@ class DryRunReport:
 
 
 def abstract_batch(config: TrainConfig, batch_size: int) -> dict[str, Any]:
-    m = config.model
-    h, w = m.image_resolution
-    spec = jax.ShapeDtypeStruct
-    fast = {"token_ar_mask": spec((batch_size, m.token_len), jnp.int32),
-            "token_loss_mask": spec((batch_size, m.token_len), jnp.bool_)} if m.fast else {}
-    return fast | {
-        "image": {k: spec((batch_size, h, w, 3), jnp.uint8) for k in m.image_keys},
-        "image_mask": {k: spec((batch_size,), jnp.bool_) for k in m.image_keys},
-        "state": spec((batch_size, m.action_dim), jnp.float32),
-        "tokenized_prompt": spec((batch_size, m.token_len), jnp.int32),
-        "tokenized_prompt_mask": spec((batch_size, m.token_len), jnp.bool_),
-        "actions": spec((batch_size, m.action_horizon, m.action_dim), jnp.float32),
-    }
+    """One training batch as ``jax.ShapeDtypeStruct``s: the model family's layout (pi0-FAST adds its token masks)."""
+    return config.model.family.abstract_batch(config.model, batch_size)
 
 
 def compile_train_step(config: TrainConfig) -> tuple[jax.stages.Compiled, TrainState]:

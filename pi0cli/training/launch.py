@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pi0cli.errors import Pi0Error
-from pi0cli.training.config import ConstantSchedule, CosineDecaySchedule, RsqrtDecaySchedule, Schedule, TrainConfig
+from pi0cli.training.config import (
+    ConstantSchedule,
+    CosineDecaySchedule,
+    RsqrtDecaySchedule,
+    Schedule,
+    TrainConfig,
+    lora_recipe,
+)
 
 if TYPE_CHECKING:
     from pi0cli.data.lerobot import LeRobotFrames
     from pi0cli.embodiment import Embodiment
-    from pi0cli.models.tokenizer import FASTTokenizer, PaligemmaTokenizer
+    from pi0cli.models.tokenizer import PaligemmaTokenizer
     from pi0cli.normstats import NormStats
     from pi0cli.training.trainer import RunResult
 
@@ -55,9 +62,8 @@ def resolve_config(
         if lora and not name.endswith("_lora"):
             name += "_lora"
         changes["model"] = model_preset(name)
-        if lora:
-            changes["freeze"] = "lora_both"
-            changes["ema_decay"] = None
+        if lora:  # the one LoRA recipe the presets use too: the family's freeze mode and micro-batches, no EMA
+            changes.update(lora_recipe(changes["model"], batch_size or config.batch_size))
     for key, value in [("dataset", dataset), ("num_train_steps", steps), ("batch_size", batch_size), ("seed", seed),
                        ("init_from", init_from), ("save_interval", save_interval), ("log_interval", log_interval),
                        ("fsdp_devices", fsdp_devices)]:
@@ -210,31 +216,21 @@ def _tokenizer(config: TrainConfig, explicit: Path | None,
     return tokenizer, data
 
 
-def _fast_tokenizer(config: TrainConfig, embodiment: Embodiment, explicit: Path | None, stats: dict[str, NormStats],
-                    prompt: PaligemmaTokenizer, warn: Callable[[str], None] | None) -> FASTTokenizer:
-    """pi0-FAST's token sequences: the FAST action tokenizer beside the norm stats used (``fast_tokenizer/``,
-    written by ``pi0 norm-stats --fast-tokenizer``), else one fitted on the dataset now (and ``warn``-ed about)."""
-    from pi0cli.data.stats import fit_fast_tokenizer
-    from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer
-    from pi0cli.models.tokenizer import FASTTokenizer, fast_vocab_that_fits
+def _sequence_tokenizer(config: TrainConfig, embodiment: Embodiment, explicit: Path | None,
+                        stats: dict[str, NormStats], prompt: PaligemmaTokenizer,
+                        warn: Callable[[str], None] | None) -> Any:
+    """What the pipeline tokenizes with: the model family's (``ModelFamily.sequence_tokenizer``). Its assets are
+    looked for beside the norm stats used (pi0-FAST: ``fast_tokenizer/``, written by ``pi0 norm-stats
+    --fast-tokenizer``), else fitted on the dataset now (``warn``-ed about)."""
+    from pi0cli.models.families import TrainingData
     from pi0cli.normstats import norm_stats_path
 
     candidates = [explicit] if explicit is not None else [Path("assets") / embodiment.asset_id]
     if explicit is None and config.init_from:
         candidates.append(Path(config.init_from) / "assets" / embodiment.asset_id)
-    model = config.model
-    for candidate in candidates:
-        directory = norm_stats_path(candidate).parent / ASSET_DIR
-        if directory.is_dir():
-            return FASTTokenizer(prompt, FastActionTokenizer.load(directory), max_len=model.token_len,
-                                 vocab_size=model.vlm.vocab_size)
-    vocab = fast_vocab_that_fits(model.vlm.vocab_size, prompt.vocab_size)
-    if warn is not None:
-        warn(f"no FAST tokenizer beside the norm stats; fitting one on {config.dataset} (vocabulary {vocab}); "
-             "`pi0 norm-stats --fast-tokenizer` writes one to reuse")
-    fast, _ = fit_fast_tokenizer(embodiment, str(config.dataset), stats, horizon=model.action_horizon,
-                                 delta_action_mask=config.delta_action_mask, vocab_size=vocab)
-    return FASTTokenizer(prompt, fast, max_len=model.token_len, vocab_size=model.vlm.vocab_size)
+    data = TrainingData(embodiment, str(config.dataset), stats, config.delta_action_mask)
+    return config.model.family.sequence_tokenizer(
+        config.model, prompt, [norm_stats_path(c).parent for c in candidates], data=data, warn=warn)
 
 
 def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume: bool = False,
@@ -267,11 +263,9 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
     assert frames.info is not None
     check_dataset_fits(embodiment, frames.info, config.dataset)
     tok, tokenizer_bytes = _tokenizer(config, tokenizer, frames)
-    sequences: PaligemmaTokenizer | FASTTokenizer = tok
-    fast_files: dict[str, bytes] = {}
-    if config.model.fast:
-        fast = _fast_tokenizer(config, embodiment, norm_stats, stats, tok, warn)
-        sequences, fast_files = fast, fast.fast.files(f"{embodiment.asset_id}/fast_tokenizer/")
+    # The family's tokenizer (pi0-FAST: the FAST tokenizer around the prompt one) and the assets it travels with.
+    sequences = _sequence_tokenizer(config, embodiment, norm_stats, stats, tok, warn)
+    family_files = config.model.family.tokenizer_files(sequences, embodiment.asset_id)
     pipeline = Pipeline.create(embodiment, config.model, stats, tokenizer=sequences,
                                delta_action_mask=config.delta_action_mask, default_prompt=config.default_prompt)
     if config.init_from and not resume and not Path(config.init_from).exists():
@@ -289,7 +283,7 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
         norm_stats={embodiment.asset_id: stats},
         config=saved | {"train_config": config_as_dict(config), "dataset": str(config.dataset),
                          "dataset_root": str(frames.root)},
-        files=({TOKENIZER_FILENAME: tokenizer_bytes} if tokenizer_bytes else {}) | fast_files,
+        files=({TOKENIZER_FILENAME: tokenizer_bytes} if tokenizer_bytes else {}) | family_files,
     )
     exp_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [c for c in (on_step, _wandb_logger(config, exp_dir, wandb)) if c is not None]

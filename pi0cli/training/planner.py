@@ -174,9 +174,12 @@ def extra_flops(config: TrainConfig, plan: Plan) -> float:
 def ladder(
     config: TrainConfig, *, devices: int, allow_freeze_vision: bool = False, allow_drop_ema: bool = False
 ) -> list[Plan]:
-    """The rungs from the fastest plan to the leanest; each adds one trade to the one before."""
-    plan = Plan(scan=config.model.scan, ema=config.ema_decay is not None, freeze_vision=config.freeze_vision,
-                fsdp_devices=config.fsdp_devices)
+    """The rungs from the fastest plan to the leanest; each adds one trade to the one before.
+
+    The first rung is ``config``'s own plan (a preset's token-chunked MLPs, micro-batches, bfloat16 moments and
+    EMA, frozen vision tower, devices are its recipe and stay) with remat off: remat is what the ladder
+    chooses. Later rungs only add trades: finer chunks or fewer micro-batches are never proposed."""
+    plan = dataclasses.replace(Plan.of(config), remat_llm="none", remat_vision="none")
     rungs = [plan]
 
     def add(**changes: object) -> None:
@@ -195,7 +198,8 @@ def ladder(
         add(freeze_vision=True)
     if allow_drop_ema and plan.ema:
         add(ema=False)
-    add(mlp_chunk=MLP_CHUNK)
+    if plan.mlp_chunk is None:
+        add(mlp_chunk=MLP_CHUNK)
     if not plan.freeze_vision:
         add(remat_vision="dots")
         add(remat_vision="nothing")
@@ -205,7 +209,7 @@ def ladder(
     # Accumulation comes last: it keeps a second gradient buffer (a whole model's worth in a full fine-tune),
     # so it saves memory only once the activations outweigh the gradients.
     for n in (2, 4, 8, 16, 32, 64):
-        if config.batch_size % (n * devices) == 0:
+        if n > plan.grad_accum_steps and config.batch_size % (n * devices) == 0:
             add(grad_accum_steps=n)
     return rungs
 
@@ -249,8 +253,10 @@ def plan_memory(
                 on_compile(rungs[i], peaks[i])
         return peaks[i]
 
-    # Memory falls monotonically up to the first accumulation rung: binary search there, then walk the rest.
-    monotone = next((i for i, r in enumerate(rungs) if r.grad_accum_steps > 1), len(rungs)) - 1
+    # Memory falls monotonically up to the first rung that adds accumulation: binary search there, then walk the
+    # rest (the first rung may already accumulate: a preset's own micro-batches).
+    monotone = next((i for i, r in enumerate(rungs) if r.grad_accum_steps > rungs[0].grad_accum_steps),
+                    len(rungs)) - 1
     chosen = -1
     if peak(0) <= budget_bytes:
         chosen = 0

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from pi0cli.models.config import preset as model_preset
-from pi0cli.training.config import ConstantSchedule, CosineDecaySchedule, TrainConfig
+from pi0cli.training.config import ConstantSchedule, CosineDecaySchedule, TrainConfig, lora_recipe
 from pi0cli.training.planner import peak_note
 
 #: Tiny models train on a CPU in minutes; full-size ones need a GPU (see ``pi0 train --dry-run``).
@@ -36,16 +36,17 @@ def standard_presets(
                                    description=f"{model} full fine-tuning on {embodiment} ({peak_note(name)})",
                                    **common))
         lora_model = model_preset(f"{model}_lora")  # token-chunked MLPs (see the model preset)
-        # pi0.5's 200-token prompts take its whole-batch LoRA step past 24 GiB: two (exact) micro-batches.
-        accum = 2 if lora_model.pi05 and common.get("batch_size", 32) % 2 == 0 else 1
+        # The LoRA recipe is decided in one place (``pi0 train --lora`` takes the same): the family's freeze
+        # mode, no EMA, and its micro-batches (pi0.5's 200-token prompts: two, to stay under 24 GiB).
+        recipe = lora_recipe(lora_model, common.get("batch_size", TrainConfig.batch_size))
         configs.append(TrainConfig(
-            name=f"{name}_lora", embodiment=embodiment, model=lora_model, dataset=dataset,
-            freeze="lora_both", ema_decay=None, grad_accum_steps=accum,
+            name=f"{name}_lora", embodiment=embodiment, model=lora_model, dataset=dataset, **recipe,
             description=f"{model} LoRA fine-tuning on {embodiment} ({peak_note(name + '_lora')})", **common,
         ))
+        # Low memory by freezing the vision tower and storing Adam's moments in bfloat16 instead: one batch.
         configs.append(TrainConfig(
             name=f"{name}_lora_lowmem", embodiment=embodiment, model=lora_model, dataset=dataset,
-            freeze="lora_both", freeze_vision=True, ema_decay=None, moment_dtype="bfloat16",
+            freeze=recipe["freeze"], freeze_vision=True, ema_decay=None, moment_dtype="bfloat16",
             description=f"{model} LoRA on {embodiment} with the vision tower frozen and bfloat16 Adam moments "
                         f"({peak_note(name + '_lora_lowmem')})", **common,
         ))
@@ -90,11 +91,12 @@ def fast_presets(
     """pi0-FAST presets with the reference settings: ``pi0_fast_<robot>`` (full fine-tuning) and
     ``pi0_fast_<robot>_lora`` (gemma_2b_lora; the LLM frozen except its adapters, SigLIP trains; no EMA)."""
     fast = dict(action_dim=action_dim, action_horizon=action_horizon, max_token_len=max_token_len)
+    lora_model = model_preset("pi0_fast_lora", **fast)
     return [
         TrainConfig(name=f"pi0_fast_{robot}", embodiment=embodiment, model=model_preset("pi0_fast", **fast),
                     dataset=dataset, description=f"pi0-FAST full fine-tuning on {embodiment}", **common),
-        TrainConfig(name=f"pi0_fast_{robot}_lora", embodiment=embodiment,
-                    model=model_preset("pi0_fast_lora", **fast), dataset=dataset, freeze="lora_vlm", ema_decay=None,
+        TrainConfig(name=f"pi0_fast_{robot}_lora", embodiment=embodiment, model=lora_model, dataset=dataset,
+                    **lora_recipe(lora_model, common.get("batch_size", TrainConfig.batch_size)),
                     description=f"pi0-FAST LoRA fine-tuning on {embodiment} (fits 24 GB GPUs)", **common),
     ]
 

@@ -24,6 +24,7 @@ it is the seam those layers call through, registered at the bottom and implement
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,18 +37,30 @@ if TYPE_CHECKING:
 
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import FreezeMode, Pi0Config
+    from pi0cli.models.fast_grammar import ChunkGrammar
     from pi0cli.models.observation import Observation
     from pi0cli.models.tokenizer import PaligemmaTokenizer
-    from pi0cli.transforms import Data, Transform
+    from pi0cli.normstats import NormStats
+    from pi0cli.transforms import Transform
 
 __all__ = [
-    "FamilyError", "ModelFamily", "PolicyModel", "SampleFn", "SamplerOptions", "family", "family_names",
+    "FamilyError", "ModelFamily", "PolicyModel", "SampleFn", "SamplerOptions", "TrainingData", "family", "family_names",
     "families", "register_family", "registered", "unregister_family",
 ]
 
 
 class FamilyError(Pi0Error, ValueError):
     """A model family that cannot be registered, or a request a family cannot serve."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The dataset a training run reads, for a family that fits its tokenizer assets on it."""
+
+    embodiment: Embodiment
+    source: str
+    norm_stats: Mapping[str, NormStats]
+    delta_action_mask: tuple[bool, ...] | None = None
 
 
 class PolicyModel(Protocol):
@@ -74,10 +87,20 @@ SampleFn = Callable[[Any, "jax.Array", Mapping[str, Any]], "jax.Array"]
 class SamplerOptions(Protocol):
     """The serving options a sampler may read (``Policy.from_model``'s keywords); a family ignores the others."""
 
-    num_steps: int
-    max_decoding_steps: int
-    temperature: float
-    rtc_max_guidance: float | None
+    @property
+    def num_steps(self) -> int: ...
+
+    @property
+    def max_decoding_steps(self) -> int: ...
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def rtc_max_guidance(self) -> float | None: ...
+
+    @property
+    def grammar(self) -> ChunkGrammar | None: ...
 
 
 class ModelFamily(Protocol):
@@ -104,6 +127,9 @@ class ModelFamily(Protocol):
     pads_state: bool
     #: whether the sampler takes real-time chunking inputs
     supports_rtc: bool
+    #: whether the sampler decodes tokens (turned into actions by the output transform) rather than sampling
+    #: continuous actions; ``pi0 convert --verify`` then compares the loss and the greedy tokens
+    autoregressive: bool
     #: the freeze modes a train config may name (``models/freeze.py``)
     freeze_modes: tuple[FreezeMode, ...]
 
@@ -146,13 +172,13 @@ class ModelFamily(Protocol):
 
     # --------------------------------------------------------------------------------- tokenizer assets
     def sequence_tokenizer(self, config: Pi0Config, prompt: PaligemmaTokenizer, asset_dirs: Sequence[Path], *,
-                           search: Path | None = None, fit: Callable[[int], Any] | None = None,
+                           search: Path | None = None, data: TrainingData | None = None,
                            warn: Callable[[str], None] | None = None) -> Any:
         """The tokenizer the pipeline gets: ``prompt`` itself, or one built on it from this family's assets.
 
         The assets are looked for in each of ``asset_dirs`` (``assets/<asset_id>/`` folders), then, when
-        ``search`` is given, anywhere under it if exactly one exists; else ``fit(vocab_size)`` makes them
-        (``warn``-ed about), else a ``FamilyError`` says how to make them."""
+        ``search`` is given, anywhere under it if exactly one exists; else, given the training ``data``, they
+        are fitted on it (``warn``-ed about); else a ``FamilyError`` says how to make them."""
         ...
 
     def tokenizer_files(self, tokenizer: Any, asset_id: str) -> dict[str, bytes]:
@@ -178,6 +204,18 @@ class ModelFamily(Protocol):
 
     def lerobot_extra_weights(self, flat_params: Mapping[str, Any], config: Pi0Config) -> dict[str, Any]:
         """Weights LeRobot's loader wants that the model does not have (e.g. the expert's unused LM head)."""
+        ...
+
+    def lerobot_modeling(self) -> Any:
+        """LeRobot's PyTorch modeling module (``pi0 convert --verify`` runs its model on the same inputs)."""
+        ...
+
+    def lerobot_model_class(self, module: Any) -> Any:
+        """The model class in :meth:`lerobot_modeling`'s module."""
+        ...
+
+    def lerobot_sample_args(self, obs: Any) -> tuple[Any, ...]:
+        """What LeRobot's ``sample_actions`` takes after images, image masks, tokens and the token mask."""
         ...
 
 

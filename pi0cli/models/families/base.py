@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pi0cli.models.families import FamilyError, PolicyModel, SampleFn, SamplerOptions
+from pi0cli.models.families import FamilyError, PolicyModel, SampleFn, SamplerOptions, TrainingData
 
 if TYPE_CHECKING:
     import jax
@@ -40,6 +40,7 @@ class FamilyBase:
     quantile_norm: bool = True
     pads_state: bool = True
     supports_rtc: bool = False
+    autoregressive: bool = False
     lerobot_type: str | None = None
 
     def __repr__(self) -> str:
@@ -74,7 +75,7 @@ class FamilyBase:
         import jax
         import jax.numpy as jnp
 
-        spec = jax.ShapeDtypeStruct
+        spec: Any = jax.ShapeDtypeStruct  # untyped in JAX's stubs
         h, w = config.image_resolution
         b, length = batch_size, config.token_len
         return {
@@ -103,7 +104,7 @@ class FamilyBase:
 
     # ------------------------------------------------------------------------------------------ tokenizer assets
     def sequence_tokenizer(self, config: Pi0Config, prompt: PaligemmaTokenizer, asset_dirs: Sequence[Path], *,
-                           search: Path | None = None, fit: Callable[[int], Any] | None = None,
+                           search: Path | None = None, data: TrainingData | None = None,
                            warn: Callable[[str], None] | None = None) -> Any:
         return prompt
 
@@ -129,3 +130,12 @@ class FamilyBase:
 
     def lerobot_extra_weights(self, flat_params: Mapping[str, Any], config: Pi0Config) -> dict[str, Any]:
         return {}
+
+    def lerobot_modeling(self) -> Any:
+        raise FamilyError(f"LeRobot's PyTorch {self.name} is not run here: compare {self.name} checkpoints in JAX")
+
+    def lerobot_model_class(self, module: Any) -> Any:
+        raise FamilyError(f"LeRobot's PyTorch {self.name} is not run here: compare {self.name} checkpoints in JAX")
+
+    def lerobot_sample_args(self, obs: Any) -> tuple[Any, ...]:
+        return ()

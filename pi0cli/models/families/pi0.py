@@ -83,7 +83,7 @@ class Pi0Family(FamilyBase):
         from pi0cli.convert import lerobot_names as n
 
         flat = n.paligemma_rules(config)
-        flat += [*n.linear_rule("action_in_proj", "action_in_proj"), *n.linear_rule("action_out_proj", "action_out_proj")]
+        flat += n.linear_rule("action_in_proj", "action_in_proj") + n.linear_rule("action_out_proj", "action_out_proj")
         if self.adaptive_expert:
             flat += n.linear_rule(f"{n.LLM}/final_norm_1/Dense_0", f"{n.EXPERT}.norm.dense")
             flat += n.linear_rule("time_mlp_in", "time_mlp_in") + n.linear_rule("time_mlp_out", "time_mlp_out")

@@ -15,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from pi0cli.models.families import FamilyError, SampleFn, SamplerOptions
+from pi0cli.models.families import FamilyError, SampleFn, SamplerOptions, TrainingData
 from pi0cli.models.families.base import FamilyBase
+
+#: numpy arrays of any shape and dtype
+Array = np.ndarray[Any, Any]
 
 if TYPE_CHECKING:
     import jax
@@ -38,13 +41,12 @@ if TYPE_CHECKING:
 class FastTokenLayout:
     """pi0-FAST's camera slots and token sequence, the layout hook of :class:`pi0cli.pipeline.ModelInputs`."""
 
-    def slots(self, images: dict[str, np.ndarray], masks: dict[str, np.ndarray]
-              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def slots(self, images: dict[str, Array], masks: dict[str, Array]) -> tuple[dict[str, Array], dict[str, Array]]:
         from pi0cli.models.tokenizer import fast_image_slots
 
         return fast_image_slots(images, masks)
 
-    def fields(self, inputs: ModelInputs, data: Data, out: Data, state: np.ndarray) -> Data:
+    def fields(self, inputs: ModelInputs, data: Data, out: Data, state: Array) -> Data:
         """Prompt, state and (training) actions as one token sequence; the state stays unpadded."""
         from pi0cli.pipeline import PipelineError
 
@@ -59,7 +61,8 @@ class FastTokenLayout:
                 )
         if inputs.tokenizer is None or not hasattr(inputs.tokenizer, "extract_actions"):
             raise PipelineError("a pi0-FAST model needs a FASTTokenizer")
-        tokens, mask, ar, loss = inputs.tokenizer.tokenize(prompt, state, actions)
+        tokenizer = cast("FASTTokenizer", inputs.tokenizer)
+        tokens, mask, ar, loss = tokenizer.tokenize(prompt, state, actions)
         out.update(tokenized_prompt=tokens, tokenized_prompt_mask=mask, token_ar_mask=ar, token_loss_mask=loss,
                    state=state)
         if actions is not None:  # carried for the train step's batch layout (the model reads the tokens)
@@ -74,6 +77,7 @@ class Pi0FastFamily(FamilyBase):
     default_token_len = 250
     has_action_expert = False
     pads_state = False  # the state is read as text: only the actions must fit action_dim
+    autoregressive = True
     lerobot_type: str | None = "pi0_fast"
 
     # ------------------------------------------------------------------------------------------ model
@@ -87,10 +91,9 @@ class Pi0FastFamily(FamilyBase):
         import jax.numpy as jnp
 
         shape = (batch_size, config.token_len)
+        spec: Any = jax.ShapeDtypeStruct  # untyped in JAX's stubs
         return super().abstract_batch(config, batch_size) | {
-            "token_ar_mask": jax.ShapeDtypeStruct(shape, jnp.int32),
-            "token_loss_mask": jax.ShapeDtypeStruct(shape, jnp.bool_),
-        }
+            "token_ar_mask": spec(shape, jnp.int32), "token_loss_mask": spec(shape, jnp.bool_)}
 
     # ------------------------------------------------------------------------------------------ data
     def check_tokenizer(self, tokenizer: object) -> None:
@@ -109,19 +112,20 @@ class Pi0FastFamily(FamilyBase):
 
     def output_transform(self, config: Pi0Config, tokenizer: Any, embodiment: Embodiment, *,
                          decode: str) -> tuple[Transform | None, tuple[str, ...]]:
-        from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY, FastActionOutputs
+        from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY, DECODE_RULE_KEY, FastActionOutputs
 
         self.check_tokenizer(tokenizer)
         step = FastActionOutputs(tokenizer, config.action_horizon, embodiment.action_dim, pad_to=config.action_dim,
                                  decode=decode)  # type: ignore[arg-type]  # FastActionOutputs checks the rule
-        return step, (DECODE_FAILURES_KEY, ACTION_TOKENS_KEY)
+        return step, (DECODE_FAILURES_KEY, ACTION_TOKENS_KEY, DECODE_RULE_KEY)
 
     # ------------------------------------------------------------------------------------------ tokenizer assets
     def sequence_tokenizer(self, config: Pi0Config, prompt: PaligemmaTokenizer, asset_dirs: Sequence[Path], *,
-                           search: Path | None = None, fit: Callable[[int], Any] | None = None,
+                           search: Path | None = None, data: TrainingData | None = None,
                            warn: Callable[[str], None] | None = None) -> FASTTokenizer:
         """The FAST tokenizer of ``<asset dir>/fast_tokenizer/`` (written by ``pi0 norm-stats --fast-tokenizer``
-        and carried by every pi0-FAST checkpoint), else the only one under ``search``, else one ``fit`` now."""
+        and carried by every pi0-FAST checkpoint), else the only one under ``search``, else one fitted on the
+        training ``data`` now. The one loader: training and serving both come here."""
         from pi0cli.models.fast_tokenizer import ASSET_DIR, PROCESSOR_CONFIG_FILE, FastActionTokenizer
         from pi0cli.models.tokenizer import FASTTokenizer, fast_vocab_that_fits
 
@@ -135,12 +139,17 @@ class Pi0FastFamily(FamilyBase):
                  if search is not None and Path(search).is_dir() else [])
         if len(found) == 1:
             return wrap(FastActionTokenizer.load(found[0].parent))
-        if fit is not None:
+        if data is not None:
             vocab = fast_vocab_that_fits(config.vlm.vocab_size, prompt.vocab_size)
             if warn is not None:
-                warn(f"no FAST tokenizer beside the norm stats; fitting one on the dataset (vocabulary {vocab}); "
+                warn(f"no FAST tokenizer beside the norm stats; fitting one on {data.source} (vocabulary {vocab}); "
                      "`pi0 norm-stats --fast-tokenizer` writes one to reuse")
-            return wrap(fit(vocab))
+            from pi0cli.data.stats import fit_fast_tokenizer
+
+            fitted, _ = fit_fast_tokenizer(data.embodiment, data.source, data.norm_stats,
+                                           horizon=config.action_horizon, delta_action_mask=data.delta_action_mask,
+                                           vocab_size=vocab)
+            return wrap(fitted)
         where = " or ".join(str(Path(d) / ASSET_DIR) for d in asset_dirs) or str(search)
         raise FamilyError(f"no FAST tokenizer at {where}; copy the one the model was trained with there "
                           "(`pi0 norm-stats --fast-tokenizer` writes one)")
@@ -153,15 +162,15 @@ class Pi0FastFamily(FamilyBase):
 
     # ------------------------------------------------------------------------------------------ serving
     def sampler(self, config: Pi0Config, options: SamplerOptions) -> SampleFn:
-        """Up to ``max_decoding_steps`` tokens, greedy or sampled at ``temperature``; the output transform
-        decodes them."""
+        """Up to ``max_decoding_steps`` tokens, greedy or sampled at ``temperature`` (under ``options.grammar``
+        for constrained decoding); the output transform decodes them."""
         from pi0cli.models.observation import Observation
 
-        steps, temperature = options.max_decoding_steps, options.temperature
+        steps, temperature, grammar = options.max_decoding_steps, options.temperature, options.grammar
 
         def sample(module: Any, rng: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
             tokens: jax.Array = module.sample_actions(rng, Observation.from_dict(batch), max_decoding_steps=steps,
-                                                      temperature=temperature)
+                                                      temperature=temperature, grammar=grammar)
             return tokens
 
         return sample
