@@ -33,18 +33,32 @@ def doctor(
     blocking = [row for row in rows if row.blocking]
     if as_json:
         console.out.print_json(json.dumps([{**dataclasses.asdict(row), "blocking": row.blocking} for row in rows]))
+    elif not console.out.is_terminal:
+        # A pipe or a log: one unwrapped line per check and per fix, so commands and URLs stay whole.
+        width = max(len(row.check) for row in rows)
+        for row in rows:
+            console.out.print(f"{_STYLE[row.status]}{' ' * (6 - len(row.status))}{console.escape(row.check):{width}}  "
+                              f"{console.escape(row.detail)}")
+            if row.fix:
+                console.out.print(f"{' ' * (6 + width + 2)}fix: {console.escape(row.fix)}")
     else:
-        table = Table("check", "status", "found", "fix", box=None, pad_edge=False)
+        # Names never shrink; long findings and fixes wrap, and a word longer than its column folds.
+        table = Table(box=None, pad_edge=False)
+        table.add_column("check", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("found", overflow="fold")
+        table.add_column("fix", overflow="fold")
         for row in rows:
             escape = console.escape
             table.add_row(escape(row.check), _STYLE[row.status], escape(row.detail), escape(row.fix))
         console.out.print(table)
+    if not as_json:
         warnings = sum(row.status == "warn" for row in rows)
         if blocking:
             console.out.print(f"[bold red]{len(blocking)} blocking problem(s)[/bold red]"
-                              + (f", {warnings} warning(s)" if warnings else "") + ": see the fix column")
+                              + (f", {warnings} warning(s)" if warnings else "") + ": each names its fix")
         else:
             console.out.print("[green]ready[/green]"
-                              + (f" ({warnings} warning(s): see the fix column)" if warnings else ""))
+                              + (f" ({warnings} warning(s): each names its fix)" if warnings else ""))
     if blocking:
         raise typer.Exit(1)

@@ -58,6 +58,31 @@ def add_examples(app: typer.Typer, prefix: str = "") -> None:
             add_examples(group.typer_instance, f"{prefix}{group.name} ")
 
 
+def _names_never_shrink() -> None:
+    """Option names keep their full width in typer's options panel, however narrow the terminal or pipe.
+
+    Rich narrows every wrappable column of a table that does not fit, and the name column shrinks with the
+    help column (``--record-unknown-key-…`` at 80 columns). The name columns are made unwrappable, so the type
+    and help columns give up the width instead (help text wraps; a word longer than its column folds)."""
+    from rich.table import Table
+    from rich.text import Text
+    from typer import rich_utils
+
+    class OptionsTable(Table):
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            super().add_row(*renderables, **kwargs)
+            for column in self.columns[:-2]:  # the required mark and the option names; not type and help
+                column.no_wrap = True
+            for column in self.columns[-2:]:
+                column.overflow = "fold"
+            for renderable in renderables:  # the help cell is a Columns of Texts
+                for text in getattr(renderable, "renderables", [renderable]):
+                    if isinstance(text, Text):
+                        text.overflow = "fold"
+
+    rich_utils.Table = OptionsTable  # type: ignore[misc]  # typer builds its panels from this name
+
+
 def install() -> None:
     """Hide the type column of boolean flags and write arguments as ``NAME`` / ``[NAME]`` in usage lines."""
     from typer import core
@@ -82,6 +107,7 @@ def install() -> None:
         name = (self.metavar or self.name or "").upper()
         return name + ("..." if self.metavar is None and self.nargs != 1 else "")
 
+    _names_never_shrink()
     option_cls.display_type_rich = display_type_rich
     if hasattr(argument_cls, "_usage_display_name"):
         argument_cls._usage_display_name = usage_name
