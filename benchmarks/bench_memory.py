@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
+from pathlib import Path
 
 
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fsdp", type=int, default=0, help="force this many host devices and plan over them")
     parser.add_argument("--speed", action="store_true", help="steps/s of the small CPU preset")
-    parser.add_argument("--write-peaks", action="store_true", help="regenerate pi0cli/training/preset_peaks.json")
+    parser.add_argument("--write-peaks", action="store_true", help="regenerate each plugin's peaks.json")
     parser.add_argument("--robot", default="aloha", help="robot whose full-size presets are measured")
     return parser.parse_args()
 
@@ -36,9 +36,10 @@ if ARGS.fsdp:
 import jax  # noqa: E402
 
 from pi0cli.plugins.manager import get_registry  # noqa: E402
+from pi0cli.training import peaks  # noqa: E402
 from pi0cli.training.config import TrainConfig  # noqa: E402
 from pi0cli.training.dryrun import dry_run  # noqa: E402
-from pi0cli.training.planner import PEAKS_FILE, GiB, Plan, format_bytes, plan_memory  # noqa: E402
+from pi0cli.training.planner import GiB, Plan, format_bytes, plan_memory  # noqa: E402
 
 
 def _memory_key(config: TrainConfig) -> TrainConfig:
@@ -48,9 +49,10 @@ def _memory_key(config: TrainConfig) -> TrainConfig:
 
 
 def write_peaks() -> None:
+    """Each plugin's peaks.json (beside its module): the peaks of the presets it registers."""
     registry = get_registry()
     seen: dict[str, int] = {}
-    table = {}
+    tables: dict[Path, dict[str, peaks.PresetPeak]] = {}
     for name, config in sorted(registry.presets.items()):
         if config.model.model_type not in ("pi0", "pi05"):
             print(f"{name}: skipped (the trainer's dry-run builds pi0 / pi0.5 models)")
@@ -60,10 +62,14 @@ def write_peaks() -> None:
             start = time.perf_counter()
             seen[key] = dry_run(config).peak_bytes
             print(f"{name}: {format_bytes(seen[key])} ({time.perf_counter() - start:.0f} s)", flush=True)
-        table[name] = {"peak_bytes": seen[key], "batch_size": config.batch_size, "devices": jax.device_count(),
-                       "backend": jax.default_backend()}
-    PEAKS_FILE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {PEAKS_FILE} ({len(table)} presets, {len(seen)} compiles)")
+        plugin = registry.plugin_manager.get_plugin(registry.provider("preset", name).name)
+        path = Path(plugin.__file__).with_name(peaks.PEAKS_FILENAME)
+        tables.setdefault(path, {})[name] = peaks.PresetPeak(seen[key], config.batch_size, jax.device_count(),
+                                                             jax.default_backend())
+    for path, table in tables.items():
+        peaks.write_peaks(path, table)
+        print(f"wrote {path} ({len(table)} presets)")
+    print(f"{len(seen)} compiles")
 
 
 def _row(label: str, peak: int, target: float | None) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pi0cli.errors import Pi0Error
 from pi0cli.models.config import FREEZE_MODES, FreezeMode, Pi0Config
+from pi0cli.training.peaks import PresetPeak
 
 
 class TrainConfigError(Pi0Error, ValueError):
@@ -99,6 +100,8 @@ class TrainConfig:
     #: key -> value sent to clients on connect when this checkpoint is served.
     policy_metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
+    #: compiled peak memory, from the peaks.json its plugin ships (:mod:`pi0cli.training.peaks`)
+    compiled_peak: PresetPeak | None = None
 
     def __post_init__(self) -> None:
         def fail(problem: str) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from pi0cli.models.config import preset as model_preset
 from pi0cli.training.config import ConstantSchedule, CosineDecaySchedule, TrainConfig, lora_recipe
-from pi0cli.training.planner import peak_note
+from pi0cli.training.peaks import PresetPeak, missing_note
 
 #: Tiny models train on a CPU in minutes; full-size ones need a GPU (see ``pi0 train --dry-run``).
 TINY_SCHEDULE = CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=3_000, decay_lr=1e-4)
@@ -23,12 +24,21 @@ def standard_presets(
     models: tuple[str, ...] = ("pi0", "pi05"),
     tiny: dict[str, Any] | None = None,
     small: dict[str, Any] | None = None,
+    peaks: Mapping[str, PresetPeak] | None = None,
     **common: Any,
 ) -> list[TrainConfig]:
     """``<model>_<robot>`` full fine-tuning, ``<model>_<robot>_lora`` and ``<model>_<robot>_lora_lowmem`` (vision
     frozen, bfloat16 Adam moments) presets for each model type, a
     ``pi0_<robot>_tiny`` CPU preset (model overrides in ``tiny``) and, when ``small`` is given (model overrides,
-    may be empty), a ``pi0_<robot>_small`` preset: a wider CPU model for about an hour of training."""
+    may be empty), a ``pi0_<robot>_small`` preset: a wider CPU model for about an hour of training. ``peaks``
+    (the plugin's ``peaks.json``, :func:`pi0cli.training.peaks.read_peaks`) gives each its ``compiled_peak``
+    and the clause of its description that states it."""
+    peaks = peaks or {}
+
+    def peak_note(name: str) -> str:
+        peak = peaks.get(name)
+        return missing_note(name) if peak is None else peak.note()
+
     configs = []
     for model in models:
         name = f"{model}_{robot}"
@@ -74,7 +84,7 @@ def standard_presets(
                         f"{peak_note(f'pi0_{robot}_small')})",
             **{k: v for k, v in common.items() if k not in ("batch_size", "num_train_steps", "lr_schedule")},
         ))
-    return configs
+    return [dataclasses.replace(config, compiled_peak=peaks.get(config.name)) for config in configs]
 
 
 

@@ -157,16 +157,30 @@ def test_cli_memory_budget_prints_the_plan_and_a_missing_dataset_fails_fast(pi0_
 
 # ------------------------------------------------------------------------------------------------ presets
 def test_every_preset_states_its_compiled_peak():
+    """Each plugin ships its presets' peaks (peaks.json beside its code); the core keeps no table."""
     from pi0cli.plugins.manager import get_registry
-    from pi0cli.training.planner import peak_note, preset_peaks
 
-    table = preset_peaks()
     for name, config in get_registry().presets.items():
         if config.model.model_type not in ("pi0", "pi05"):
             continue
-        assert name in table, f"{name} has no peak: python benchmarks/bench_memory.py --write-peaks"
-        assert peak_note(name) in config.description and "compiled peak" in peak_note(name)
-        assert table[name]["batch_size"] == config.batch_size
+        peak = config.compiled_peak
+        assert peak is not None, f"{name} has no peak: python benchmarks/bench_memory.py --write-peaks"
+        assert peak.note() in config.description and "compiled peak" in peak.note()
+        assert peak.batch_size == config.batch_size
+
+
+def test_a_preset_without_a_shipped_peak_says_how_to_compute_it(tmp_path):
+    from pi0cli.training.peaks import PresetPeak, read_peaks, write_peaks
+    from pi0cli.training.presets import standard_presets
+
+    assert read_peaks(tmp_path / "absent.json") == {}
+    path = write_peaks(tmp_path / "peaks.json", {"pi0_arm": PresetPeak(3 * 2**30, 32, 1, "gpu")})
+    presets = {c.name: c for c in standard_presets("arm", "arm", models=("pi0",), peaks=read_peaks(path))}
+    assert presets["pi0_arm"].compiled_peak == PresetPeak(3 * 2**30, 32, 1, "gpu")
+    note = "compiled peak 3.00 GiB/device at batch 32 on 1 device(s), compiled for gpu"
+    assert note in presets["pi0_arm"].description
+    assert presets["pi0_arm_lora"].compiled_peak is None
+    assert "peak not computed: pi0 train pi0_arm_lora --dry-run" in presets["pi0_arm_lora"].description
 
 
 @pytest.mark.slow
@@ -175,13 +189,13 @@ def test_cpu_preset_peaks_match_their_dry_runs(name):
     """The table the descriptions read is re-derived for the CPU presets (full-size ones: bench_memory)."""
     from pi0cli.plugins.manager import get_registry
     from pi0cli.training.dryrun import dry_run
-    from pi0cli.training.planner import format_bytes, preset_peaks
+    from pi0cli.training.planner import format_bytes
 
     config = get_registry().preset(name)
     peak = dry_run(config).peak_bytes
-    entry = preset_peaks()[name]
-    assert abs(peak - entry["peak_bytes"]) <= 0.02 * entry["peak_bytes"], (peak, entry)
-    assert format_bytes(entry["peak_bytes"]) in config.description
+    entry = config.compiled_peak
+    assert entry is not None and abs(peak - entry.peak_bytes) <= 0.02 * entry.peak_bytes, (peak, entry)
+    assert format_bytes(entry.peak_bytes) in config.description
 
 
 def test_lowmem_lora_presets_freeze_vision_and_use_bfloat16_moments():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -207,9 +208,11 @@ def pi0_register_dataset_converters(register: Callable[[DatasetConverter], None]
 
 @hookimpl
 def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
+    from pi0cli.training.peaks import PEAKS_FILENAME, read_peaks
     from pi0cli.training.presets import standard_presets
 
-    for config in standard_presets("aloha", "aloha"):
+    peaks = read_peaks(Path(__file__).with_name(PEAKS_FILENAME))  # compiled peaks shipped with the presets
+    for config in standard_presets("aloha", "aloha", peaks=peaks):
         register(config)
     # The CPU presets see only the table's middle (where the cube spawns and is handed over) and skip the
     # random crop/rotation: at 64 px the whole spawn area is otherwise one 8-pixel patch.
@@ -217,7 +220,7 @@ def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
     # The small models run their 3 layers unrolled: the planner measured 1.3x more steps/s than lax.scan on this
     # CPU (benchmarks/bench_memory.py --speed); same weights layout, so checkpoints do not care.
     small_view = {**sim_view, "action_horizon": 50, "state_dropout": 0.5, "scan": False}
-    for config in standard_presets("aloha_sim", "aloha_sim", models=("pi0",),
+    for config in standard_presets("aloha_sim", "aloha_sim", models=("pi0",), peaks=peaks,
                                    dataset="lerobot/aloha_sim_transfer_cube_human", num_train_steps=20_000,
                                    default_prompt="Transfer cube",
                                    tiny={"image_resolution": (64, 64), **sim_view}, small=small_view):

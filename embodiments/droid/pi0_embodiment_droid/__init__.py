@@ -6,6 +6,8 @@ gripper position (0 open .. 1 closed), 15 Hz; the client binarises the gripper a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pi0cli import hookimpl
 from pi0cli.embodiment import Camera, Embodiment, RobotInputs, StateField
 from pi0cli.transforms import SliceActions
@@ -51,9 +53,11 @@ def pi0_register_embodiments(register) -> None:
 
 @hookimpl
 def pi0_register_presets(register) -> None:
+    from pi0cli.training.peaks import PEAKS_FILENAME, read_peaks
     from pi0cli.training.presets import standard_presets
 
-    for config in standard_presets("droid", "droid", num_train_steps=20_000):
+    peaks = read_peaks(Path(__file__).with_name(PEAKS_FILENAME))  # compiled peaks shipped with the presets
+    for config in standard_presets("droid", "droid", num_train_steps=20_000, peaks=peaks):
         register(config)
     from pi0cli.models.config import preset as model_preset
     from pi0cli.training.config import TrainConfig

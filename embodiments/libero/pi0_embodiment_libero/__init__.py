@@ -9,6 +9,7 @@ to 224x224, as the reference client does, so it matches the LeRobot LIBERO datas
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,9 +104,11 @@ def pi0_register_dataset_converters(register: Callable[[DatasetConverter], None]
 
 @hookimpl
 def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
+    from pi0cli.training.peaks import PEAKS_FILENAME, read_peaks
     from pi0cli.training.presets import standard_presets
 
-    for config in standard_presets("libero", "libero", dataset="physical-intelligence/libero"):
+    peaks = read_peaks(Path(__file__).with_name(PEAKS_FILENAME))  # compiled peaks shipped with the presets
+    for config in standard_presets("libero", "libero", dataset="physical-intelligence/libero", peaks=peaks):
         register(config)
     from pi0cli.training.presets import fast_presets
 

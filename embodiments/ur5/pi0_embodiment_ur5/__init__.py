@@ -6,6 +6,8 @@ norm-stats asset ``ur5e`` is the one the pi0 base checkpoint ships.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pi0cli import hookimpl
 from pi0cli.embodiment import Camera, Embodiment, RobotInputs, StateField
 from pi0cli.transforms import SliceActions, bool_mask
@@ -50,7 +52,9 @@ def pi0_register_embodiments(register) -> None:
 
 @hookimpl
 def pi0_register_presets(register) -> None:
+    from pi0cli.training.peaks import PEAKS_FILENAME, read_peaks
     from pi0cli.training.presets import standard_presets
 
-    for config in standard_presets("ur5", "ur5", models=("pi0",)):
+    peaks = read_peaks(Path(__file__).with_name(PEAKS_FILENAME))  # compiled peaks shipped with the presets
+    for config in standard_presets("ur5", "ur5", models=("pi0",), peaks=peaks):
         register(config)
