@@ -8,6 +8,7 @@ numpy's default ``np.quantile`` (linear interpolation) over every float32 value 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -68,18 +69,24 @@ def norm_stats(
         horizon = horizon or train_preset.model.action_horizon
         if vocab_size is None and fast_tokenizer:
             vocab_size = _fast_vocab_for(train_preset.model)
+    if check is not None and horizon is None:
+        from pi0cli.normstats import norm_stats_path, read_computed_for
+
+        # Stats are compared over the chunks they were computed over: another horizon shows drift that is not there.
+        recorded = (read_computed_for(norm_stats_path(check)) or {}).get("horizon")
+        horizon = recorded if isinstance(recorded, int) else None
     horizon = horizon or _default_horizon(emb)
     with console.err.status(f"reading {dataset} ..."):
         data = load_columns(emb, dataset)
-    with console.Progress(f"{emb.name} norm stats", 2 * data.num_frames, unit="frames", transient=True) as progress:
-        advance = progress.advance
+    with console.Progress(f"{emb.name} norm stats", data.num_frames, unit="frames", transient=True) as progress:
+        advance = _two_passes(progress, data.num_frames)
         if check is not None:
             existing = load_norm_stats(check)
             reports, _ = check_norm_stats(emb, dataset, existing, horizon=horizon, progress=advance, data=data)
         else:
             stats = compute_norm_stats(emb, dataset, horizon=horizon, progress=advance, data=data)
     if check is not None:
-        _print_check(reports, summarize(reports), as_json)
+        _print_check(reports, summarize(reports), as_json, horizon)
         return
     from pi0cli.data.lerobot import resolve_dataset
 
@@ -114,12 +121,25 @@ def norm_stats(
                       f"{horizon})")
 
 
-def _print_check(reports, summary, as_json: bool) -> None:
+def _two_passes(progress: console.Progress, frames: int) -> Callable[[int], None]:
+    """``advance(n)`` for statistics that read every frame twice: the frames of the current pass, and which."""
+    seen = 0
+
+    def advance(n: int) -> None:
+        nonlocal seen
+        seen += n
+        second = seen > frames
+        progress.update(seen - frames if second else seen, **{"pass": "2/2" if second else "1/2"})
+
+    return advance
+
+
+def _print_check(reports, summary, as_json: bool, horizon: int) -> None:
     if as_json:
         console.out.print_json(json.dumps({
             "dims": [{"key": r.key, "dim": r.dim, "clip_rate": r.clip_rate, "near_constant": r.near_constant,
                       "drift": r.drift, "drifted": r.drifted} for r in reports],
-            **summary,
+            "horizon": horizon, **summary,
         }))
         return
     from rich.table import Table
@@ -134,7 +154,7 @@ def _print_check(reports, summary, as_json: bool) -> None:
     console.out.print(
         f"max clip rate {100 * summary['max_clip_rate']:.2f}%; near-constant: "
         f"{', '.join(summary['near_constant']) or 'none'}; "
-        f"drifted by more than one std: {', '.join(summary['drifted']) or 'none'}"
+        f"drifted by more than one std: {', '.join(summary['drifted']) or 'none'} (action chunks of {horizon})"
     )
 
 
