@@ -81,12 +81,12 @@ class OnnxSampler:
         return self.run(batch, policy_noise(seed, counter, self.noise_shape))
 
 
-def load_artifact(directory: str | os.PathLike[str], *, embodiment: Embodiment | None = None, seed: int = 0,
+def load_artifact(directory: str | os.PathLike[str], *, embodiment: Embodiment, seed: int = 0,
                   default_prompt: str | None = None, providers: Sequence[str] | None = None,
                   check_files: bool = True) -> Policy:
     """The policy of ONNX artifact ``directory`` (checked against its manifest first).
 
-    ``embodiment``: the robot; default the one the artifact names, found in the plugin registry. Its contract
+    ``embodiment``: the robot (the CLI finds the one the manifest names in the plugin registry); its contract
     must match the one exported with the artifact. ``providers``: ONNX Runtime execution providers in order of
     preference (e.g. ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``).
     """
@@ -102,7 +102,7 @@ def load_artifact(directory: str | os.PathLike[str], *, embodiment: Embodiment |
                             "(pi0cli.export.stablehlo.load_stablehlo); export --format onnx for this runtime")
     saved = _json(path / CONFIG)
     config = config_from_dict(saved["model"])
-    emb = embodiment if embodiment is not None else _registered(str(manifest["embodiment"]))
+    emb = embodiment
     check_contract(_json(path / CONTRACT), emb)
     tokenizer = PaligemmaTokenizer(config.token_len, model=(path / TOKENIZER).read_bytes())
     mask = saved.get("delta_action_mask")
@@ -127,12 +127,6 @@ def _json(file: Path) -> dict[str, Any]:
         return dict(json.loads(file.read_text()))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read {file} ({exc}); re-export the artifact") from None
-
-
-def _registered(name: str) -> Embodiment:
-    from pi0cli.plugins.manager import get_registry
-
-    return get_registry().embodiment(name)
 
 
 def check_contract(contract: Mapping[str, Any], embodiment: Embodiment) -> None:

@@ -22,9 +22,12 @@ import sys
 sys.path.insert(0, {tests!r})
 import numpy as np
 from obs_helpers import sim_obs
-from pi0cli.runtime import load_artifact
+from pi0cli.plugins.manager import get_registry
+from pi0cli.runtime import load_artifact, read_manifest
 
-policy = load_artifact({artifact!r})  # the embodiment comes from the plugin registry, by the artifact's name
+# As `pi0 serve --artifact` does: the robot the manifest names, from the plugin registry.
+robot = get_registry().embodiment(read_manifest({artifact!r})["embodiment"])
+policy = load_artifact({artifact!r}, embodiment=robot)
 policy.warmup()
 actions = [policy.infer(sim_obs(i))["actions"] for i in range(3)]
 np.save({out!r}, np.stack(actions))
