@@ -2,20 +2,19 @@
 
 Each check returns :class:`Row` objects (what was checked, its status, what was found, and for a problem the
 fix). ``fail`` rows are blocking (pi0 cannot do its basic jobs: train on a LeRobot dataset, serve a
-checkpoint); ``warn`` rows limit something (no accelerator, no headless rendering, a broken plugin) without
-stopping the rest. The library takes the plugin registry as an object and imports nothing heavy at module
-level; probes that can crash a process (OpenGL) run in a subprocess.
+checkpoint); ``warn`` rows limit something (no accelerator, a broken plugin) without stopping the rest. What
+a plugin needs of the host (a simulator's headless OpenGL) is the plugin's own :class:`DoctorCheck`, added
+through the ``pi0_doctor_checks`` hook. The library takes the plugin registry as an object and imports nothing
+heavy at module level.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +40,15 @@ class Row:
     @property
     def blocking(self) -> bool:
         return self.status == "fail"
+
+
+@dataclasses.dataclass(frozen=True)
+class DoctorCheck:
+    """A check a plugin adds to ``pi0 doctor`` (hook ``pi0_doctor_checks``): ``run()`` returns its rows. A check
+    that raises becomes one warning row naming the plugin, not a doctor crash."""
+
+    name: str
+    run: Callable[[], list[Row]]
 
 
 def _version(dist: str) -> str | None:
@@ -144,17 +152,22 @@ def _has_nvidia_gpu() -> bool:
     return Path("/proc/driver/nvidia").exists() or Path("/dev/nvidia0").exists()
 
 
-_GL_PROBE = """
-import os
-os.environ.setdefault("MUJOCO_GL", "egl")
-if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-import mujoco
-ctx = mujoco.GLContext(32, 32)
-ctx.make_current()
-ctx.free()
-print(mujoco.__version__)
-"""
+def check_plugin_checks(registry: Registry) -> list[Row]:
+    """The rows of every plugin's doctor checks (what a simulator needs of the host, say), in plugin order."""
+    try:
+        checks = registry.doctor_checks
+    except Exception as exc:  # noqa: BLE001 - a broken plugin is a finding
+        return [Row("plugin checks", "warn", f"plugin doctor checks failed to load: {_one_line(exc)}",
+                    "fix or disable the plugin named above (PI0_DISABLE_PLUGINS=NAME)")]
+    rows: list[Row] = []
+    for key, check in checks.items():
+        plugin = key.split("/", 1)[0]
+        try:
+            rows.extend(check.run())
+        except Exception as exc:  # noqa: BLE001 - the plugin's bug, reported as its row
+            rows.append(Row(check.name, "warn", f"plugin {plugin}'s check failed: {_one_line(exc)}",
+                            f"report it to the plugin, or disable it with PI0_DISABLE_PLUGINS={plugin}"))
+    return rows
 
 
 def check_simulators(registry: Registry) -> list[Row]:
@@ -176,40 +189,6 @@ def check_simulators(registry: Registry) -> list[Row]:
             rows.append(Row(f"simulator {name}", "ok", f"{simulator.embodiment}: {found}"
                             + (f"; needs {simulator.rendering}" if simulator.rendering else "")))
     return rows
-
-
-def check_rendering(timeout: float = 60.0, registry: Registry | None = None) -> list[Row]:
-    """Headless MuJoCo rendering (simulated robots), probed in a subprocess: a missing EGL library can
-    crash the process that tries it. Only probed when MuJoCo is installed; the fix quotes what the
-    registered simulators say their rendering needs."""
-    if importlib.util.find_spec("mujoco") is None:
-        return [Row("rendering", "info", "MuJoCo is not installed (only simulated robots need it)")]
-    needs = []
-    if registry is not None:
-        try:
-            needs = [f"{name} needs {sim.rendering}" for name, sim in registry.simulators.items() if sim.rendering]
-        except Exception:  # noqa: BLE001 - reported by check_simulators
-            needs = []
-    backend = os.environ.get("MUJOCO_GL", "egl")
-    try:
-        probe = subprocess.run([sys.executable, "-c", _GL_PROBE], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return [Row("rendering", "warn", f"MuJoCo OpenGL ({backend}) did not start within {timeout:g} s",
-                    "; ".join([_gl_fix(backend), *needs]))]
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
-        return [Row("rendering", "warn", f"MuJoCo cannot render headless through {backend}: {last}",
-                    "; ".join([_gl_fix(backend), *needs]))]
-    return [Row("rendering", "ok", f"MuJoCo {probe.stdout.strip()} renders headless through MUJOCO_GL={backend}")]
-
-
-def _gl_fix(backend: str) -> str:
-    if backend == "egl":
-        return ("simulated robots need it: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri "
-                "(or MUJOCO_GL=osmesa with libosmesa6)")
-    if backend == "osmesa":
-        return "apt-get install libosmesa6, or use MUJOCO_GL=egl"
-    return f"MUJOCO_GL={backend} needs a display; use MUJOCO_GL=egl on a headless machine"
 
 
 def check_video(codec: str = "libsvtav1") -> list[Row]:
@@ -349,7 +328,7 @@ def run_checks(registry: Registry, *, network: bool = True,
     checks: list[tuple[str, Callable[[], list[Row]]]] = [
         ("python", check_python), ("pi0", check_pi0), ("jax", check_jax), ("torch and lerobot", check_torch_lerobot),
         ("video", check_video), ("plugins", lambda: check_plugins(registry)),
-        ("simulators", lambda: check_simulators(registry)), ("rendering", lambda: check_rendering(registry=registry)),
+        ("simulators", lambda: check_simulators(registry)), ("plugin checks", lambda: check_plugin_checks(registry)),
         ("caches", check_caches),
     ]
     if network:

@@ -84,3 +84,40 @@ def test_gpu_rows_show_memory_and_no_accelerator_warning(monkeypatch):
     assert "backend gpu, 1 device(s)" in rows["jax"].detail
     assert rows["  device 0"].detail == "gpu NVIDIA H200, 140.0 GiB usable"
     assert "accelerator" not in rows
+
+
+def test_plugins_add_their_own_checks_and_a_crashing_one_is_a_warning():
+    """What a robot needs of the host is its plugin's check (hook pi0_doctor_checks), not the core's."""
+    from pi0cli import hookimpl
+    from pi0cli.doctor import DoctorCheck, check_plugin_checks
+    from pi0cli.plugins.manager import registry_from
+
+    class Arm:
+        __name__ = "arm"
+
+        @hookimpl
+        def pi0_doctor_checks(self, register):
+            register(DoctorCheck("arm driver", lambda: [Row("arm driver", "warn", "no /dev/arm0", "plug it in")]))
+
+    class Buggy:
+        __name__ = "buggy"
+
+        @hookimpl
+        def pi0_doctor_checks(self, register):
+            register(DoctorCheck("rendering", lambda: 1 / 0))
+
+    rows = check_plugin_checks(registry_from(Arm(), Buggy()))
+    assert rows[0] == Row("arm driver", "warn", "no /dev/arm0", "plug it in")
+    assert rows[1].check == "rendering" and rows[1].status == "warn"
+    assert "plugin buggy's check failed: ZeroDivisionError" in rows[1].detail
+    assert "PI0_DISABLE_PLUGINS=buggy" in rows[1].fix
+    assert check_plugin_checks(registry_from()) == []
+
+
+def test_the_core_probes_no_simulator_engine():
+    """The MuJoCo probe lives in the ALOHA plugin: the core's doctor names no engine of any robot."""
+    from pathlib import Path
+
+    import pi0cli.doctor
+
+    assert "mujoco" not in Path(pi0cli.doctor.__file__).read_text().lower()

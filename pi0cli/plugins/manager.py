@@ -29,6 +29,7 @@ from pi0cli.plugins import hookspecs
 
 if TYPE_CHECKING:
     from pi0cli.convert.datasets import DatasetConverter
+    from pi0cli.doctor import DoctorCheck
     from pi0cli.embodiment import Embodiment
     from pi0cli.simulator import Simulator
     from pi0cli.training.config import TrainConfig
@@ -101,6 +102,7 @@ class Registry:
         "pi0_register_presets": "_presets",
         "pi0_register_simulators": "_simulators",
         "pi0_register_dataset_converters": "_converters",
+        "pi0_doctor_checks": "_doctor_checks",
     }
 
     def __init__(self) -> None:
@@ -112,6 +114,7 @@ class Registry:
         self._presets: _Table[TrainConfig] | None = None
         self._simulators: _Table[Simulator] | None = None
         self._converters: _Table[DatasetConverter] | None = None
+        self._doctor_checks: _Table[DoctorCheck] | None = None
 
     # ------------------------------------------------------------------------------------ registering
 
@@ -148,6 +151,7 @@ class Registry:
             "pi0_register_presets": lambda item: self.register_preset(item, info),
             "pi0_register_simulators": lambda item: self.register_simulator(item, info),
             "pi0_register_dataset_converters": lambda item: self.register_dataset_converter(item, info),
+            "pi0_doctor_checks": lambda item: self.register_doctor_check(item, info),
         }[hook]
         self._call(plugin, info, hook, register)
 
@@ -194,6 +198,14 @@ class Registry:
                             f"got {type(converter).__name__}")
         self._converter_table().add(converter.name, converter, owner)
 
+    def register_doctor_check(self, check: object, owner: PluginInfo) -> None:
+        from pi0cli.doctor import DoctorCheck
+
+        if not isinstance(check, DoctorCheck):
+            raise TypeError(f"register() takes a pi0cli.doctor.DoctorCheck, got {type(check).__name__}")
+        # Keyed by plugin: two plugins may both check, say, "rendering" for their own simulators.
+        self._doctor_table().add(f"{owner.name}/{check.name}", check, owner)
+
     def _preset_table(self) -> _Table[TrainConfig]:
         if self._presets is None:
             self._presets = _Table("train preset")
@@ -211,6 +223,12 @@ class Registry:
             self._converters = _Table("dataset converter")
             self._load("pi0_register_dataset_converters")
         return self._converters
+
+    def _doctor_table(self) -> _Table[DoctorCheck]:
+        if self._doctor_checks is None:
+            self._doctor_checks = _Table("doctor check")
+            self._load("pi0_doctor_checks")
+        return self._doctor_checks
 
     # ----------------------------------------------------------------------------------------- lookup
 
@@ -265,6 +283,18 @@ class Registry:
         table = tables[kind]()
         table.get(name)
         return table.owners[name]
+
+    @property
+    def doctor_checks(self) -> Mapping[str, DoctorCheck]:
+        """The plugins' ``pi0 doctor`` checks, by ``plugin/check`` (loaded on first access)."""
+        return self._doctor_table().sorted()
+
+    def hooks(self, info: PluginInfo) -> list[str]:
+        """The names of the hooks plugin ``info`` implements (none when it failed to load)."""
+        plugin = self.plugin_manager.get_plugin(info.name)
+        if plugin is None:
+            return []
+        return sorted(caller.name for caller in self.plugin_manager.get_hookcallers(plugin) or [])
 
     @property
     def failures(self) -> list[PluginInfo]:

@@ -21,6 +21,7 @@ from pi0cli.transforms import Data, SliceActions, Transform, bool_mask, compose,
 
 if TYPE_CHECKING:
     from pi0cli.convert.datasets import DatasetConverter
+    from pi0cli.doctor import DoctorCheck
     from pi0cli.simulator import Simulator
     from pi0cli.training.config import TrainConfig
 
@@ -204,6 +205,13 @@ def pi0_register_dataset_converters(register: Callable[[DatasetConverter], None]
     from pi0_embodiment_aloha.hdf5 import CONVERTER  # light: h5py loads when a conversion starts
 
     register(CONVERTER)
+
+
+@hookimpl
+def pi0_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
+    from pi0_embodiment_aloha.doctor import CHECK  # light: the probe runs MuJoCo in a subprocess
+
+    register(CHECK)
 
 
 @hookimpl
