@@ -23,7 +23,7 @@ def test_embodiments_list_json():
     result = run_pi0("embodiments", "list", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert set(rows) == {"aloha", "aloha_sim", "droid", "libero", "ur5"}
+    assert set(rows) >= {"aloha", "aloha_sim", "droid", "libero", "ur5"}  # and any robot the user installed
     assert rows["aloha"]["state_dim"] == 14 and rows["aloha"]["distribution"] == "pi0-embodiment-aloha"
     assert rows["ur5"]["asset_id"] == "ur5e"
 
@@ -95,7 +95,7 @@ def test_cli_and_plugins_import_without_jax_or_torch():
     result = subprocess.run([sys.executable, "-c", code, *HEAVY], capture_output=True, text=True, check=True)
     heavy, count, seconds = result.stdout.split("]")[0] + "]", *result.stdout.split("]")[1].split()
     assert heavy == "[]", f"importing the CLI and loading plugins imported {heavy}"
-    assert int(count) == 5
+    assert int(count) >= 5  # the shipped robots, and any the user installed
     print(f"import pi0cli.cli + plugins: {seconds} s")  # measured, reported with -s; never asserted
 
 
