@@ -21,8 +21,8 @@ declare are otherwise left alone. Without an embodiment only the robot-independe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -39,6 +39,8 @@ MAX_PROMPT_CHARS = 4096
 MAX_DEPTH = 64
 
 _MISSING = object()
+#: (parent link, key or index): a path into the observation, built into text only for an error.
+type _Link = tuple[_Link, object] | None
 _PLAIN = frozenset({int, bool, str, bytes, type(None)})
 _NUMBERS = frozenset({int, bool, float})
 
@@ -115,27 +117,34 @@ def _check_vector(where: str, key: str, value: object, dim: int) -> None:
         raise ObservationError(f"{where}{key!r} must have shape ({dim},), got {arr.shape}")
 
 
-def _check_finite(obs: Mapping[object, object], where: str) -> None:
-    """One iterative pass: every float, float array and numpy float scalar is finite. Paths are built only
-    for the error text."""
-    stack: list[tuple[object, tuple[object, ...]]] = [(obs, ())]
+def _check_finite(obs: Mapping[str, object], where: str) -> None:
+    """One iterative pass: every float, float array and numpy float scalar is finite. Containers of plain
+    leaves are checked at C speed, and key paths are built only for the error text (a hostile request may
+    hold tens of thousands of elements)."""
+    stack: list[tuple[object, int, _Link]] = [(obs, 0, None)]
     while stack:
-        value, path = stack.pop()
-        if isinstance(value, Mapping):
-            children = list(value.items())
-        elif isinstance(value, (list, tuple)):
-            kinds = set(map(type, value))
-            if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, value))):
-                continue  # the common case, at C speed
-            children = list(enumerate(value))
-        else:
-            if not _finite_leaf(value):
-                raise ObservationError(f"{where}{_path_text(path)} holds NaN or infinity; send finite values")
+        value, depth, link = stack.pop()
+        keyed: Mapping[object, object] | None = None
+        if isinstance(value, (list, tuple)):  # concrete types first: Mapping's ABC check is slower
+            items: Sequence[object] = value
+        elif isinstance(value, (dict, Mapping)):
+            items, keyed = list(value.values()), value
+        elif _finite_leaf(value):
             continue
-        if children and len(path) >= MAX_DEPTH:
+        else:
+            raise ObservationError(f"{where}{_path_text(link)} holds NaN or infinity; send finite values")
+        kinds = set(map(type, items))
+        if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, cast("list[float]", items)))):
+            continue
+        if depth >= MAX_DEPTH:
             raise ObservationError(f"{where}the observation nests deeper than {MAX_DEPTH} levels at "
-                                   f"{_path_text(path)}")
-        stack.extend((child, (*path, key)) for key, child in children)
+                                   f"{_path_text(link)}")
+        keys: Sequence[object] = range(len(items)) if keyed is None else list(keyed)
+        for key, item in zip(keys, items, strict=True):
+            kind = type(item)
+            if kind in _PLAIN or ((kind is list or kind is dict) and not item):
+                continue  # nothing in it can be NaN
+            stack.append((item, depth + 1, (link, key)))
 
 
 def _finite_leaf(value: object) -> bool:
@@ -148,8 +157,12 @@ def _finite_leaf(value: object) -> bool:
     return True
 
 
-def _path_text(path: tuple[object, ...]) -> str:
-    text = "".join(f"[{key}]" if isinstance(key, int) else f"/{key}" for key in path).lstrip("/")
+def _path_text(link: _Link) -> str:
+    parts: list[str] = []
+    while link is not None:
+        link, key = link
+        parts.append(f"[{key}]" if isinstance(key, int) else f"/{key}")
+    text = "".join(reversed(parts)).lstrip("/")
     if not text:
         return "the observation"
     return repr(text) if len(text) <= 200 else f"{text[:200]!r}..."
