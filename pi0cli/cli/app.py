@@ -22,6 +22,7 @@ from pi0cli.cli import (
     export,
     helpstyle,
     norm_stats,
+    plugins,
     record,
     serve,
     train,
@@ -43,6 +44,7 @@ app.command("norm-stats")(norm_stats.norm_stats)
 app.command("record")(record.record)
 app.command("eval")(evaluate.evaluate)
 app.command("doctor")(doctor.doctor)
+app.command("plugins")(plugins.plugins)
 app.command("export")(export.export)
 helpstyle.install()
 helpstyle.add_examples(app)

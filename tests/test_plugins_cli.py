@@ -1,0 +1,45 @@
+"""`pi0 plugins`: each plugin with its distribution, version and the hooks it implements (end to end)."""
+
+from __future__ import annotations
+
+import json
+
+from plugin_helpers import fake_distribution, run_pi0
+
+ARM = """
+from pi0cli import hookimpl
+
+
+@hookimpl
+def pi0_register_embodiments(register):
+    pass
+
+
+@hookimpl
+def pi0_doctor_checks(register):
+    pass
+"""
+
+
+def test_plugins_lists_distribution_version_and_hooks(tmp_path):
+    root = fake_distribution(tmp_path / "site", "pi0-embodiment-arm", "arm", "pi0_arm", ARM, version="2.3.4")
+    fake_distribution(root, "pi0-embodiment-broken", "broken", "pi0_broken", "raise RuntimeError('boom')\n")
+    env = {"PI0_LOAD_PLUGINS": "arm,broken"}
+    result = run_pi0("plugins", "--json", pythonpath=[root], env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["arm"] == {"name": "arm", "distribution": "pi0-embodiment-arm", "version": "2.3.4",
+                           "hooks": ["pi0_doctor_checks", "pi0_register_embodiments"], "embodiments": [],
+                           "error": None}
+    assert rows["broken"]["hooks"] == [] and "boom" in rows["broken"]["error"]
+    table = run_pi0("plugins", pythonpath=[root], env=env)
+    assert table.returncode == 0, table.stderr
+    line = next(line for line in table.stdout.splitlines() if line.startswith("arm "))
+    assert "pi0-embodiment-arm" in line and "2.3.4" in line and "doctor_checks, embodiments" in line
+    assert "failed to load" in table.stdout and table.stderr == ""  # the failure is in the table, once
+
+
+def test_plugins_with_none_loaded_says_how_to_choose():
+    result = run_pi0("plugins", env={"PI0_LOAD_PLUGINS": ""})
+    assert result.returncode == 0 and "no plugins loaded" in result.stdout
+    assert json.loads(run_pi0("plugins", "--json", env={"PI0_LOAD_PLUGINS": ""}).stdout) == []
