@@ -182,3 +182,104 @@ def test_ctrl_c_during_recording_says_what_was_kept(workdir):
     assert "Traceback" not in result.stderr, result.stderr
     assert f"interrupted: {workdir / 'rec'} keeps the " in result.stderr, result.stderr
     assert (workdir / "rec" / "meta" / "info.json").is_file()
+
+
+# ---------------------------------------------------------------------------- 6. nothing cut at 80 columns
+
+
+def test_list_presets_keeps_every_name_whole_and_has_json(tmp_path):
+    import json
+
+    from pi0cli.plugins.manager import load_registry
+
+    names = set(load_registry().presets)
+    table = _pi0(tmp_path, "train", "--list-presets")
+    assert table.returncode == 0, table.stderr
+    assert "…" not in table.stdout
+    listed = {line.split()[0] for line in table.stdout.splitlines() if line.strip()}
+    assert names <= listed, sorted(names - listed)
+    assert "compiled peak" not in table.stdout and "peak/device" in table.stdout  # a column, not a sentence
+    assert "GiB" in table.stdout
+
+    rows = json.loads(_pi0(tmp_path, "train", "--list-presets", "--json").stdout)
+    assert {row["name"] for row in rows} == names
+    tiny = next(row for row in rows if row["name"] == "pi0_aloha_sim_tiny")
+    assert tiny["embodiment"] == "aloha_sim" and tiny["steps"] > 0 and "compiled peak" not in tiny["description"]
+    assert any(isinstance(row["peak_bytes_per_device"], int) for row in rows)
+
+
+def test_doctor_in_a_pipe_keeps_every_fix_whole(tmp_path):
+    import json
+
+    rows = json.loads(_pi0(tmp_path, "doctor", "--no-network", "--json").stdout)
+    result = _pi0(tmp_path, "doctor", "--no-network")
+    assert "…" not in result.stdout
+    for row in rows:
+        assert row["check"] in result.stdout and row["detail"] in result.stdout, row
+        assert row["fix"] in result.stdout, row  # commands and URLs copy-paste whole
+
+
+def test_serve_help_at_80_columns_names_every_option_whole(tmp_path):
+    import typer
+
+    from pi0cli.cli.app import app
+
+    serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    result = _pi0(tmp_path, "serve", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout
+    for param in serve.params:
+        for option in param.opts:
+            assert option in result.stdout, option
+
+
+# ----------------------------------------------------------------- 7. --check against the stats' own data
+
+
+def test_norm_stats_check_uses_the_horizon_the_stats_were_computed_over(workdir):
+    import json
+    import re
+
+    stats = workdir / "assets" / "lerobot" / "aloha_sim_transfer_cube_human"  # computed with --preset: chunks of 10
+    result = _pi0(workdir, "norm-stats", "aloha_sim", "--dataset", "sim", "--check", str(stats), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["horizon"] == 10
+    assert max(dim["drift"] for dim in report["dims"]) < 1e-3  # the very data they came from: no drift
+    counts = [(int(a), int(b)) for a, b in re.findall(r"norm stats: (\d+)/(\d+) frames", result.stderr)]
+    assert counts and all(total == 32 and done <= total for done, total in counts), result.stderr  # 2 x 16 frames
+
+
+# --------------------------------------------------- 8. the project's tests with a third party's robot installed
+
+
+#: The tests that assert which plugins, robots, simulators and converters are installed.
+INSTALLED_SET_TESTS = (
+    "tests/test_plugins.py::test_built_ins_are_found_through_entry_points",
+    "tests/test_plugins.py::test_allow_and_block_lists",
+    "tests/test_plugins.py::test_a_block_list_leaves_every_other_plugin",
+    "tests/test_plugins.py::test_built_in_simulator_and_converters_come_from_the_robot_plugins",
+    "tests/test_cli.py::test_version_lists_plugin_distributions",
+    "tests/test_cli.py::test_embodiments_list_json",
+    "tests/test_cli.py::test_cli_and_plugins_import_without_jax_or_torch",
+)
+
+
+@pytest.mark.slow
+def test_the_suite_passes_with_the_guides_robot_installed(tmp_path):
+    """docs/add-a-robot.md installs a robot (and perhaps a simulator and a converter) into the project's venv;
+    the project's own tests must then still pass: they check that what pi0 ships is there, not that nothing
+    else is."""
+    from plugin_helpers import fake_distribution
+    from test_plugins import sim_plugin
+
+    site = fake_distribution(tmp_path / "site", "pi0-embodiment-myarm", "myarm", "pi0_embodiment_myarm",
+                             "from pi0cli import hookimpl\n" + sim_plugin("myarm", "myarm_sim", "myarm-npz"))
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PI0_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *INSTALLED_SET_TESTS],
+                            capture_output=True, text=True, cwd=root, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "myarm" in subprocess.run([sys.executable, "-m", "pi0cli", "embodiments", "list"], capture_output=True,
+                                     text=True, env=env).stdout  # the robot was really installed for them

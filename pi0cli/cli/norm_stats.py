@@ -129,7 +129,8 @@ def _two_passes(progress: console.Progress, frames: int) -> Callable[[int], None
         nonlocal seen
         seen += n
         second = seen > frames
-        progress.update(seen - frames if second else seen, **{"pass": "2/2" if second else "1/2"})
+        progress.fields["pass"] = "2/2" if second else "1/2"  # "pass" is a keyword: no update(pass=...)
+        progress.update(seen - frames if second else seen)
 
     return advance
 

@@ -80,10 +80,12 @@ def train(
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved configuration and exit.")] = False,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the training presets and exit.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="With --list-presets: every preset's fields (descriptions included) as JSON.")] = False,
 ) -> None:
-    """Fine-tune a pi0 / pi0.5 policy on a LeRobot dataset."""
+    """Fine-tune a pi0, pi0.5 or pi0-FAST policy on a LeRobot dataset."""
     if list_presets:
-        _list_presets()
+        _list_presets(as_json)
         return
     from pi0cli.training import launch
 
@@ -232,14 +234,49 @@ def _print_dry_run(config: TrainConfig) -> None:
     console.out.print(table)
 
 
-def _list_presets() -> None:
+def preset_rows() -> list[dict[str, object]]:
+    """One plain record per registered preset: what ``--list-presets`` shows, and its JSON."""
+    from pi0cli.training.peaks import missing_note
+
+    rows: list[dict[str, object]] = []
+    for name, cfg in console.registry().presets.items():
+        peak = cfg.compiled_peak
+        note = missing_note(name) if peak is None else peak.note()
+        # The peak has its own column: drop the clause the preset's description carries about it.
+        description = cfg.description.replace(f" ({note})", "").replace(f"; {note}", "")
+        rows.append({"name": name, "embodiment": cfg.embodiment, "model": cfg.model.model_type,
+                     "variant": cfg.model.paligemma_variant, "trains": "LoRA" if cfg.freeze != "full" else "all",
+                     "steps": cfg.num_train_steps, "batch_size": cfg.batch_size, "dataset": cfg.dataset,
+                     "peak_bytes_per_device": None if peak is None else peak.peak_bytes,
+                     "peak_backend": None if peak is None else peak.backend, "description": description})
+    return rows
+
+
+def _list_presets(as_json: bool) -> None:
+    """A table whose names, robots and numbers are never cut (its narrow columns fit 80 characters); the
+    descriptions join it on a wide terminal and are always in ``--json``."""
     from rich.table import Table
 
-    registry = console.registry()
-    table = Table("preset", "embodiment", "model", "trains", "steps", "batch", "description", title="Training presets",
-                  title_justify="left")
-    for name, cfg in registry.presets.items():
-        table.add_row(name, cfg.embodiment, f"{cfg.model.model_type} ({cfg.model.paligemma_variant})",
-                      "LoRA" if cfg.freeze != "full" else "all", str(cfg.num_train_steps), str(cfg.batch_size),
-                      cfg.description)
+    from pi0cli.training.peaks import format_bytes
+
+    rows = preset_rows()
+    if as_json:
+        console.out.print_json(json.dumps(rows))
+        return
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), title="Training presets", title_justify="left")
+    for header in ("preset", "embodiment", "model", "trains", "steps", "batch", "peak/device"):
+        table.add_column(header, no_wrap=True, overflow="fold",
+                         justify="right" if header in ("steps", "batch", "peak/device") else "left")
+    wide = console.out.width >= 130
+    if wide:
+        table.add_column("description", overflow="fold")
+    for row in rows:
+        peak = row["peak_bytes_per_device"]
+        cells = [str(row[k]) for k in ("name", "embodiment", "model", "trains", "steps", "batch_size")]
+        cells.append("-" if not isinstance(peak, int) else format_bytes(peak))
+        table.add_row(*(console.escape(c) for c in cells), *([console.escape(str(row["description"]))] if wide else []))
     console.out.print(table)
+    console.out.print("peak/device: compiled memory of one train step at the preset's batch (-: not computed, see "
+                      "--dry-run)", markup=False)
+    if not wide:
+        console.out.print("descriptions, and where each peak was compiled: --list-presets --json", markup=False)
