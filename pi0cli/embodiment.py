@@ -97,11 +97,6 @@ class Embodiment:
     open_loop_steps: int = 10
     #: extra metadata the policy server sends on connect (e.g. ``reset_pose``).
     metadata: Mapping[str, object] = dataclasses.field(default_factory=dict)
-    #: turns a raw simulator/driver observation into this embodiment's observation (what a client sends).
-    observation_adapter: Callable[[Data], Observation] | None = None
-    #: name of the simulator this embodiment runs in, if any (e.g. ``"gym_aloha"``); informative only: ``pi0 record``
-    #: and ``pi0 eval`` use the :class:`~pi0cli.simulator.Simulator` a plugin registers for the embodiment.
-    simulator: str | None = None
     #: makes an example observation from a numpy Generator; by default one is built from the declaration.
     example: Callable[[np.random.Generator], Observation] | None = None
 
@@ -221,10 +216,8 @@ class Embodiment:
             "asset_id": self.asset_id,
             "open_loop_steps": self.open_loop_steps,
             "metadata": _jsonable(dict(self.metadata)),
-            "simulator": self.simulator,
             "inputs": describe_transform(self.inputs),
             "outputs": describe_transform(self.outputs),
-            "observation_adapter": _callable_name(self.observation_adapter),
         }
 
 

@@ -43,3 +43,11 @@ def test_plugins_with_none_loaded_says_how_to_choose():
     result = run_pi0("plugins", env={"PI0_LOAD_PLUGINS": ""})
     assert result.returncode == 0 and "no plugins loaded" in result.stdout
     assert json.loads(run_pi0("plugins", "--json", env={"PI0_LOAD_PLUGINS": ""}).stdout) == []
+
+
+def test_an_embodiment_shows_the_simulator_a_plugin_registers_for_it():
+    """The link from robot to simulator is the simulator hook's (Simulator.embodiment), not a field to keep in
+    step by hand."""
+    aloha_sim = json.loads(run_pi0("embodiments", "show", "aloha_sim", "--json").stdout)
+    droid = json.loads(run_pi0("embodiments", "show", "droid", "--json").stdout)
+    assert aloha_sim["simulator"] == "gym_aloha" and droid["simulator"] is None

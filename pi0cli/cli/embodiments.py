@@ -76,7 +76,10 @@ def show_embodiment(
     registry = console.registry()
     emb = registry.embodiment(name)
     owner = registry.owner(name)
-    info = emb.describe() | {"distribution": owner.distribution, "version": owner.version}
+    # The simulator is the one a plugin registers for this robot (pi0 record / pi0 eval drive it), if any.
+    simulator = registry.simulator_for(emb.name)
+    info = emb.describe() | {"distribution": owner.distribution, "version": owner.version,
+                             "simulator": simulator.name if simulator is not None else None}
     if as_json:
         console.out.print_json(json.dumps(info))
         return
@@ -103,7 +106,6 @@ def show_embodiment(
         ("metadata", json.dumps(info["metadata"]) if info["metadata"] else "-"),
         ("inputs", info["inputs"]),
         ("outputs", info["outputs"]),
-        ("observation adapter", info["observation_adapter"] or "-"),
     ]:
         summary.add_row(label, console.escape(str(value)))
     console.out.print(summary)

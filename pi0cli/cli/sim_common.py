@@ -22,9 +22,7 @@ def simulated(embodiment_name: str) -> tuple[Embodiment, Simulator]:
     simulator = registry.simulator_for(embodiment.name)
     if simulator is None:
         have = sorted(s.embodiment for s in registry.simulators.values() if s.embodiment in registry.embodiments)
-        named = embodiment.simulator
-        note = f" (it names {named!r}, which no installed plugin registers)" if named else ""
-        raise Pi0Error(f"embodiment {embodiment.name!r} has no simulator{note}; simulated robots: "
+        raise Pi0Error(f"embodiment {embodiment.name!r} has no simulator; simulated robots: "
                        + (", ".join(have) or "none (install a plugin that registers a simulator)"))
     return embodiment, simulator
 

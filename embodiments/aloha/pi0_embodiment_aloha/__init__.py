@@ -182,8 +182,6 @@ ALOHA_SIM = Embodiment(
     default_checkpoint="gs://openpi-assets/checkpoints/pi0_aloha_sim",
     default_model="pi0",
     open_loop_steps=10,
-    observation_adapter=sim_observation,
-    simulator="gym_aloha",  # the simulator this plugin registers (pi0_register_simulators)
 )
 
 

@@ -85,8 +85,6 @@ LIBERO = Embodiment(
     default_checkpoint="gs://openpi-assets/checkpoints/pi05_libero",
     default_model="pi05",
     open_loop_steps=5,
-    observation_adapter=libero_observation,
-    simulator="libero",
 )
 
 

@@ -54,8 +54,6 @@ METAWORLD = Embodiment(
     default_prompt=None,  # every task has its own instruction (the simulator sends it with each observation)
     default_model="pi0",
     open_loop_steps=10,
-    observation_adapter=from_lerobot_env,
-    simulator="metaworld",
 )
 
 

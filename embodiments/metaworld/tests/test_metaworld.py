@@ -43,8 +43,7 @@ def test_one_camera_into_the_base_slot_wrists_masked():
 
 def test_lerobot_env_observation_adapter():
     pixels = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    assert METAWORLD.observation_adapter is not None
-    obs = METAWORLD.observation_adapter({"pixels": pixels, "agent_pos": np.arange(4.0)})
+    obs = plugin.from_lerobot_env({"pixels": pixels, "agent_pos": np.arange(4.0)})
     METAWORLD.validate_observation(obs)
     np.testing.assert_array_equal(obs["image"], pixels)  # LeRobot's env already flipped it
     assert obs["state"].dtype == np.float32
