@@ -51,3 +51,14 @@ def test_an_embodiment_shows_the_simulator_a_plugin_registers_for_it():
     aloha_sim = json.loads(run_pi0("embodiments", "show", "aloha_sim", "--json").stdout)
     droid = json.loads(run_pi0("embodiments", "show", "droid", "--json").stdout)
     assert aloha_sim["simulator"] == "gym_aloha" and droid["simulator"] is None
+
+
+def test_a_plugin_command_shows_the_plugin_s_own_examples():
+    """The core's example table names built-in commands only; `pi0 convert dataset NAME` shows what the
+    converter declares."""
+    from pi0cli.cli.helpstyle import EXAMPLES
+
+    assert not [path for path in EXAMPLES if path.startswith("convert dataset ")]
+    result = run_pi0("convert", "dataset", "aloha-hdf5", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "pi0 convert dataset aloha-hdf5 raw_episodes/" in result.stdout.split("Examples", 1)[1]

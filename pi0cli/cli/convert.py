@@ -11,7 +11,7 @@ import typer
 import typer.main
 from typer.core import TyperGroup
 
-from pi0cli.cli import console
+from pi0cli.cli import console, helpstyle
 
 if TYPE_CHECKING:
     # typer's own (vendored) click types, which TyperGroup's methods take and return; typing only.
@@ -82,7 +82,8 @@ def _converter_command(converter: DatasetConverter) -> Command:
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = converter.summary
     single = typer.Typer(add_completion=False)
-    single.command(converter.name)(command)
+    epilog = helpstyle.epilog(converter.examples) if converter.examples else None
+    single.command(converter.name, epilog=epilog)(command)
     return typer.main.get_command(single)
 
 

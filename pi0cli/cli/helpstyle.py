@@ -4,7 +4,8 @@ lines, and a few examples under every command.
 Typer renders a type column for every option, flags included, and wraps required arguments in braces; both
 read as noise to a newcomer. :func:`install` adjusts those two renderings once, process-wide (the CLI is the
 only user of typer here); :func:`add_examples` gives every registered command an epilog from
-:data:`EXAMPLES` unless it already has one.
+:data:`EXAMPLES` unless it already has one. Commands a plugin adds (``pi0 convert dataset NAME``) show the
+examples the plugin declares, so this table names only built-in commands.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
              "pi0 eval aloha_sim --server ws://127.0.0.1:8000 --connect-timeout 120",
              "pi0 eval --dataset heldout --checkpoint checkpoints/pi0_aloha_sim_tiny/default/3000 --out offline"),
     "doctor": ("pi0 doctor", "pi0 doctor --no-network --json"),
+    "plugins": ("pi0 plugins", "pi0 plugins --json"),
     "export": ("pi0 export checkpoints/pi0_aloha_sim_tiny/default/3000 --format onnx --out aloha_onnx --verify",
                "pi0 export checkpoints/pi0_aloha_sim_tiny/default/3000 --format stablehlo --out aloha_hlo"),
     "embodiments list": ("pi0 embodiments list", "pi0 embodiments list --json"),
     "embodiments show": ("pi0 embodiments show aloha", "pi0 embodiments show ur5 --json"),
-    "convert dataset aloha-hdf5": ("pi0 convert dataset aloha-hdf5 raw_episodes/ --out my_dataset",),
-    "convert dataset libero-hdf5": ("pi0 convert dataset libero-hdf5 libero_raw/ --out libero_dataset",),
     "convert checkpoint": (
         "pi0 convert checkpoint checkpoints/pi0_aloha/run/30000 --to lerobot --out pi0_aloha_lerobot --verify",
         "pi0 convert checkpoint openpi_ckpt/ --model pi0 --to pi0 --out pi0_ckpt"),

@@ -56,6 +56,7 @@ class DatasetConverter:
     ``SRC`` must be. ``convert(src: Path, out: Path, *, overwrite: bool, progress: Progress, **options)`` gets
     one keyword per :class:`ConverterOption` (its default where the user gave none), writes the dataset and
     returns its root; bad input raises :class:`~pi0cli.errors.ConversionError` naming the file and the key.
+    ``examples`` are the example invocations its ``--help`` shows (the converter's own: the core names none).
     """
 
     name: str
@@ -64,6 +65,7 @@ class DatasetConverter:
     source_help: str
     convert: Callable[..., Path]
     options: tuple[ConverterOption, ...] = ()
+    examples: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):

@@ -164,6 +164,7 @@ CONVERTER = DatasetConverter(
     summary="Raw ALOHA episodes into a LeRobot dataset for the [bold]aloha[/bold] robot.",
     source_help="Folder of episode_*.hdf5 files (ALOHA recorder layout).",
     convert=convert,
+    examples=("pi0 convert dataset aloha-hdf5 raw_episodes/ --out my_dataset",),
     options=(
         ConverterOption("fps", float, 50.0, "Recording rate.", minimum=1.0),
         ConverterOption("task", str, None, "Task prompt of every episode (default: the folder name)."),

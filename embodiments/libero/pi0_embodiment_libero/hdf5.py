@@ -139,4 +139,5 @@ CONVERTER = DatasetConverter(
     source_help="A LIBERO demonstration .hdf5 file or a folder of them.",
     convert=convert,
     options=(ConverterOption("fps", float, 10.0, "Recording rate.", minimum=1.0),),
+    examples=("pi0 convert dataset libero-hdf5 libero_raw/ --out libero_dataset",),
 )
