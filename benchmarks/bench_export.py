@@ -6,7 +6,8 @@ Usage: python benchmarks/bench_export.py [--model pi0_small] [--repeats N] [--sk
    to ONNX at batch 1 and batch 4 (timed, sizes read from the manifests). Latency per chunk of the model call
    (prepared inputs + noise -> actions, ``--num-steps`` Euler steps): the ONNX Runtime session against the
    jitted JAX ``sample_actions`` of the same checkpoint, same inputs, same noise, calls interleaved in one
-   run; reported as medians and as the ratio JAX / ONNX (above 1: ONNX Runtime is faster).
+   run; reported as medians and as the ratio JAX / ONNX (above 1: ONNX Runtime is faster), for ONNX Runtime
+   with its default thread pool and with one intra-op thread.
 2. Full size (gemma_2b + gemma_300m + So400m, float32): traced from abstract shapes and converted with a
    weight file that only counts bytes (no 13 GB of random weights on a 24 GB machine): the graph's size, the
    external-data size and the trace + convert time. An estimate of the artifact, not a measured export.
@@ -91,6 +92,7 @@ def latency(model: str, repeats: int, num_steps: int, work: Path) -> dict[str, A
                                                "artifact_mib": result.bytes / MiB}
         manifest = read_manifest(result.directory)
         session = OnnxSampler(result.directory / manifest["graph"], manifest)
+        single = OnnxSampler(result.directory / manifest["graph"], manifest, threads=1)
         prepared = [inputs({"prompt": "transfer the cube", **robot.example_observation(i)}) for i in range(batch_size)]
         batch = stack_trees([{k: p[k] for k in MODEL_KEYS if k in p} for p in prepared])
         noise = policy_noise(0, 0, session.noise_shape)
@@ -98,10 +100,13 @@ def latency(model: str, repeats: int, num_steps: int, work: Path) -> dict[str, A
         out[f"max_abs_diff_batch{batch_size}"] = float(diff)
         fns[f"jax_b{batch_size}"] = lambda b=batch, n=noise: jax.block_until_ready(sample(state, b, n))
         fns[f"onnx_b{batch_size}"] = lambda s=session, b=batch, n=noise: s.run(b, n)
+        fns[f"onnx_1thread_b{batch_size}"] = lambda s=single, b=batch, n=noise: s.run(b, n)
     timed = interleaved(fns, repeats)
     out["latency"] = timed
     for b in (1, 4):
-        out[f"jax_over_onnx_batch{b}"] = timed[f"jax_b{b}"]["median_ms"] / timed[f"onnx_b{b}"]["median_ms"]
+        jax_ms = timed[f"jax_b{b}"]["median_ms"]
+        out[f"jax_over_onnx_batch{b}"] = jax_ms / timed[f"onnx_b{b}"]["median_ms"]
+        out[f"jax_over_onnx_1thread_batch{b}"] = jax_ms / timed[f"onnx_1thread_b{b}"]["median_ms"]
     return out
 
 
