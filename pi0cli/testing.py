@@ -239,10 +239,9 @@ def random_params(model_config: Pi0Config, seed: int = 0, std: float = 0.02) -> 
     ``1 + scale``)."""
     from flax import nnx
 
-    from pi0cli.models.pi0 import Pi0
     from pi0cli.transforms import flatten, unflatten
 
-    abstract = nnx.eval_shape(lambda: Pi0(model_config, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: model_config.family.build(model_config, nnx.Rngs(0)))  # any model type
     shapes = flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
     rng = np.random.default_rng(seed)
     out = {}

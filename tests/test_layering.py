@@ -25,10 +25,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pi0cli"
 #: modules it may import.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contracts", ("pi0cli", "pi0cli.errors", "pi0cli.transforms", "pi0cli.normstats", "pi0cli.models.config",
-                   "pi0cli.embodiment", "pi0cli.observation_types", "pi0cli.observation_check",
-                   "pi0cli.simulator")),
+                   "pi0cli.models.families", "pi0cli.embodiment", "pi0cli.observation_types",
+                   "pi0cli.observation_check", "pi0cli.simulator")),
     ("files", ("pi0cli.checkpoint", "pi0cli.downloads")),
-    ("model", ("pi0cli.models",)),
+    # The model families' registry (pi0cli/models/families/__init__.py) is a contract the config checks
+    # model_type against; the families themselves are model code.
+    ("model", ("pi0cli.models", "pi0cli.models.families.base", "pi0cli.models.families.pi0",
+               "pi0cli.models.families.pi05", "pi0cli.models.families.pi0_fast")),
     ("data", ("pi0cli.data", "pi0cli.pipeline")),
     ("jobs", ("pi0cli.training", "pi0cli.policy", "pi0cli.serving", "pi0cli.evaluation", "pi0cli.convert",
               "pi0cli.client", "pi0cli.export", "pi0cli.runtime")),

@@ -63,12 +63,18 @@ def evaluate(
         "--real-time", help="With --execution: no simulated latency; the policy (e.g. a live --server) thinks on a "
                             "worker thread while the simulator steps at the control rate in wall-clock time.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    fast_decode: Annotated[str, typer.Option(
+        "--fast-decode", metavar="strict|lenient|constrained",
+        help="A pi0-FAST --checkpoint's token decoding (see pi0 serve --fast-decode; a --server has its own).",
+    )] = "strict",
 ) -> None:
     """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
     report the action error per dimension and horizon step on recorded episodes, with plots."""
+    if fast_decode not in ("strict", "lenient", "constrained"):
+        raise typer.BadParameter(f"{fast_decode!r} is not strict, lenient or constrained", param_hint="--fast-decode")
     if dataset is not None:
         _offline(embodiment, checkpoint, server, dataset, episodes, first_episode, stride, out, as_json, model,
-                 vs_initial)
+                 vs_initial, fast_decode)
         return
     if embodiment is None:
         raise typer.BadParameter("name the simulated embodiment (e.g. aloha_sim), or pass --dataset",
@@ -87,7 +93,14 @@ def evaluate(
     emb, simulator = simulated(embodiment)
     sim_task = task_of(simulator, task)
     policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=sim_task.prompt,
-                                     connect_timeout=connect_timeout, model=model)
+                                     connect_timeout=connect_timeout, model=model, fast_decode=fast_decode)
+    if setting is not None and setting.strategy == "rtc" and getattr(policy, "rtc_shape", ()) is None:
+        from pi0cli.errors import Pi0Error
+
+        # A loaded policy says up front; a server answers an RTC request with the same advice.
+        raise Pi0Error(f"--execution rtc needs a flow-matching model (pi0 or pi0.5): this checkpoint's model "
+                       f"({policy.description.split(' ')[0]}) cannot inpaint a chunk; use --execution naive or "
+                       "ensemble")
 
     def show(result: EpisodeResult) -> None:
         mark = "[green]success[/green]" if result.success else "[red]failure[/red]"
@@ -106,8 +119,10 @@ def evaluate(
                       f"95% CI {low:.0%}-{high:.0%}; mean return {report['mean_return']:.1f}"
                       + (f"; report {Path(out) / 'report.json'}" if out else ""))
     if "decode_failures" in report:
+        rules = ", ".join(f"{n} with {rule} decoding" for rule, n in report.get("decode_failures_by_rule", {}).items())
         console.out.print(f"pi0-FAST: {report['decode_failures']}/{report['chunks']} chunks did not decode (zeros "
-                          f"executed); {report['mean_action_tokens']:.1f} tokens generated per chunk")
+                          f"executed{'; ' + rules if rules else ''}); {report['mean_action_tokens']:.1f} tokens "
+                          "generated per chunk")
     if setting is not None:
         latency = "real latency" if setting.real_time else f"{setting.latency_ms:g} ms"
         console.out.print(f"{setting.strategy} at {latency}: boundary jump mean "
@@ -118,7 +133,7 @@ def evaluate(
 
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,
              episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool,
-             model: str | None = None, vs_initial: bool = False) -> None:
+             model: str | None = None, vs_initial: bool = False, fast_decode: str = "strict") -> None:
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
     from pi0cli.errors import Pi0Error
@@ -154,9 +169,10 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
     if out is not None:
         require_matplotlib()
     with console.err.status(f"loading {checkpoint}"):
-        policy = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8))
-        initial = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8),
-                              initial_weights=True) if vs_initial else None
+        policy = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8),
+                             fast_decode=fast_decode)  # type: ignore[arg-type]  # FastActionOutputs checks it
+        initial = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8), initial_weights=True,
+                              fast_decode=fast_decode) if vs_initial else None  # type: ignore[arg-type]
     horizon = len(policy.infer(emb.example_observation(0))["actions"])
     frames = open_frames(dataset, emb, horizon, chosen)
     with console.Progress("offline eval", unit="frames") as progress:

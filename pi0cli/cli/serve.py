@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from pi0cli.cli import console
 from pi0cli.cli.embodiments import complete_embodiment
+
+if TYPE_CHECKING:
+    from pi0cli.models.tokenizer import FastDecode
 
 
 # The parameters below are a declarative table (typer reads the signature: one flag, its bounds and help each);
@@ -116,9 +119,10 @@ def serve(
              "chunk more closely).",
     )] = None,
     fast_decode: Annotated[str, typer.Option(
-        "--fast-decode", metavar="strict|lenient",
-        help="pi0-FAST: strict (the reference: a wrong number of DCT coefficients fails the chunk, zeros are sent) "
-             "or lenient (cut or zero-fill the highest frequencies).",
+        "--fast-decode", metavar="strict|lenient|constrained",
+        help="pi0-FAST: strict (the reference: a wrong number of DCT coefficients fails the chunk, zeros are sent), "
+             "lenient (cut or zero-fill the highest frequencies) or constrained (only tokens that keep the output a "
+             "well-formed chunk may be chosen: every chunk decodes).",
     )] = "strict",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
     artifact: Annotated[Path | None, typer.Option(
@@ -130,8 +134,8 @@ def serve(
     )] = None,
 ) -> None:
     """Serve a policy over websockets (openpi-compatible; openpi-client works unchanged)."""
-    if fast_decode not in ("strict", "lenient"):
-        raise typer.BadParameter(f"{fast_decode!r} is not strict or lenient", param_hint="--fast-decode")
+    if fast_decode not in ("strict", "lenient", "constrained"):
+        raise typer.BadParameter(f"{fast_decode!r} is not strict, lenient or constrained", param_hint="--fast-decode")
     import asyncio
     import logging
     import signal
@@ -179,7 +183,7 @@ def serve(
             policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
                                  tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed,
                                  max_decoding_steps=max_decoding_steps, temperature=temperature,
-                                 fast_decode=cast("Literal['strict', 'lenient']", fast_decode),
+                                 fast_decode=cast("FastDecode", fast_decode),
                                  rtc_max_guidance=rtc_max_guidance)
     policy.max_input_std = max_input_std
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -34,10 +34,10 @@ def task_of(simulator: Simulator, task: str | None) -> SimTask:
 
 def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | None, *, api_key: str | None = None,
                 default_prompt: str | None = None, connect_timeout: float = 30.0,
-                model: str | None = None) -> tuple[Any, dict[str, Any]]:
+                model: str | None = None, fast_decode: str = "strict") -> tuple[Any, dict[str, Any]]:
     """A policy answering ``infer(observation)``: loaded from ``checkpoint`` or reached at ``server``
     (``ws://host:port``, waiting up to ``connect_timeout`` seconds and saying so); returns it with its
-    provenance."""
+    provenance. ``fast_decode``: a pi0-FAST checkpoint's decoding rule (a server has its own)."""
     if (checkpoint is None) == (server is None):
         raise Pi0Error("pass exactly one of --checkpoint DIR and --server ws://HOST:PORT")
     if checkpoint is not None:
@@ -49,7 +49,8 @@ def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | N
 
         checkpoint = step_dir(checkpoint)  # an experiment folder: its latest complete step, said on stderr
 
-        policy = load_policy(checkpoint, embodiment=embodiment, model=model, default_prompt=default_prompt)
+        policy = load_policy(checkpoint, embodiment=embodiment, model=model, default_prompt=default_prompt,
+                             fast_decode=fast_decode)  # type: ignore[arg-type]  # FastActionOutputs checks it
         config = read_checkpoint_config(Path(checkpoint)) or {}
         provenance = {"checkpoint": str(Path(checkpoint).absolute()), "step": Path(checkpoint).name,
                       "config": json.loads(json.dumps(config)), "dataset": config.get("dataset")}

@@ -1,7 +1,7 @@
 """Parameter names between the reference (openpi) tree and LeRobot's PyTorch pi0 / pi0.5 / pi0-FAST (numpy only).
 
-Each model family says which rules make up its names (``ModelFamily.lerobot_rules``, from the building blocks
-here: :func:`paligemma_rules`, ``linear_rule``, ``same_rule``, ``gemma_layer_rules``, ``siglip_layer_rules``).
+Each model family says how its names differ (``ModelFamily.lerobot_layout``: its top-level projections and its
+action expert's norms, if it has an expert); the rules are built from that here.
 
 The reference tree stacks layers on axis 0 and stores einsum kernels (``q_einsum/w [N, D, Hd]``); LeRobot uses
 Hugging Face module names, one entry per layer, and torch ``Linear`` weights ``[out, in]``. Every mapping here is
@@ -132,13 +132,34 @@ def paligemma_rules(config: Pi0Config) -> list[_Rule]:
     ]
 
 
-# The building blocks a model family's ``lerobot_rules`` is made of (:mod:`pi0cli.models.families`).
-LLM, VLM, EXPERT, VISION = _LLM, _VLM, _EXPERT, _VISION
-linear_rule, same_rule, gemma_layer_rules, siglip_layer_rules = _linear, _same, _gemma_layer_rules, _siglip_layer_rules
+def _rules(config: Pi0Config) -> tuple[list[_Rule], list[tuple[list[_Rule], int]]]:
+    """(global rules, [(per-layer rules with '{i}' in their names, depth)]), from the model family's
+    :class:`~pi0cli.models.families.LeRobotLayout`."""
+    layout = config.family.lerobot_layout
+    if layout is None:
+        raise NameMapError(f"LeRobot has no {config.model_type} policy: a {config.model_type} checkpoint converts "
+                           "to pi0 or openpi")
+    vlm, img = config.vlm, config.siglip
+    flat = paligemma_rules(config)
+    for name in layout.projections:
+        flat += _linear(name, name)
+    language = _gemma_layer_rules(vlm, "", f"{_VLM}.layers.{{i}}", False)
+    if layout.expert_norm == "adaptive":
+        flat += _linear(f"{_LLM}/final_norm_1/Dense_0", f"{_EXPERT}.norm.dense")
+    elif layout.expert_norm == "scale":
+        flat.append(_same(f"{_LLM}/final_norm_1/scale", f"{_EXPERT}.norm.weight"))
+    if layout.expert_norm is not None:
+        language += _gemma_layer_rules(config.expert, "_1", f"{_EXPERT}.layers.{{i}}",
+                                       layout.expert_norm == "adaptive")
+    return flat, [(language, vlm.depth), (_siglip_layer_rules(img, f"{_VISION}.encoder.layers.{{i}}"), img.depth)]
 
 
-def expert_lm_head(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[str, Array]:
-    """The action expert's unused ``lm_head`` LeRobot's strict loader wants: zeros of its fixed vocabulary."""
+def _extra_weights(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[str, Array]:
+    """The action expert's ``lm_head``: unused, no reference counterpart, but LeRobot's strict loader wants it
+    (its vocabulary is fixed); zeros. None without an action expert."""
+    layout = config.family.lerobot_layout
+    if layout is None or layout.expert_norm is None:
+        return {}
     embedding = flat_params[f"{_LLM}/embedder/input_embedding"]
     shape = (LEROBOT_EXPERT_VOCAB, config.expert.width)
     if isinstance(embedding, np.ndarray):
@@ -146,15 +167,6 @@ def expert_lm_head(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[
     import jax.numpy as jnp
 
     return {EXPERT_LM_HEAD: jnp.zeros(shape, embedding.dtype)}
-
-
-def _rules(config: Pi0Config) -> tuple[list[_Rule], list[tuple[list[_Rule], int]]]:
-    """(global rules, [(per-layer rules with '{i}' in their names, depth)]): the model family's."""
-    return config.family.lerobot_rules(config)
-
-
-def _extra_weights(flat_params: Mapping[str, Array], config: Pi0Config) -> dict[str, Array]:
-    return config.family.lerobot_extra_weights(flat_params, config)
 
 
 def to_lerobot(flat_params: Mapping[str, Any], config: Pi0Config, *, prefix: str = PREFIX) -> dict[str, Array]:

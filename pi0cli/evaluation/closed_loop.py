@@ -19,7 +19,7 @@ import numpy as np
 from pi0cli.client.policy import BasePolicy
 from pi0cli.evaluation.episode import EpisodeResult, play
 from pi0cli.evaluation.realtime import Execution, run_realtime_episode, summary
-from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY
+from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY, DECODE_RULE_KEY
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
@@ -62,19 +62,23 @@ def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
 
 class DecodeFailureCounter(BasePolicy):
     """Passes requests through and sums the replies' ``decode_failures`` (pi0-FAST chunks that did not decode
-    and were answered with the policy's fallback) and ``action_tokens`` (tokens generated); ``seen`` tells
-    whether any reply carried the first."""
+    and were answered with the policy's fallback) and ``action_tokens`` (tokens generated), per decoding rule
+    (``fast_decode``); ``seen`` tells whether any reply carried the first."""
 
     def __init__(self, inner: BasePolicy):
         self.inner, self.decode_failures, self.chunks, self.seen = inner, 0, 0, False
         self.action_tokens = 0
+        self.by_rule: dict[str, int] = {}
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         reply = self.inner.infer(obs)
         self.chunks += 1
         if DECODE_FAILURES_KEY in reply:
             self.seen = True
-            self.decode_failures += int(np.asarray(reply[DECODE_FAILURES_KEY]))
+            failed = int(np.asarray(reply[DECODE_FAILURES_KEY]))
+            self.decode_failures += failed
+            rule = str(reply.get(DECODE_RULE_KEY, "strict"))
+            self.by_rule[rule] = self.by_rule.get(rule, 0) + failed
             self.action_tokens += int(np.asarray(reply.get(ACTION_TOKENS_KEY, 0)))
         return reply
 
@@ -82,8 +86,8 @@ class DecodeFailureCounter(BasePolicy):
         """The report's pi0-FAST fields (none for a flow-matching policy)."""
         if not self.seen:
             return {}
-        return {"decode_failures": self.decode_failures, "chunks": self.chunks,
-                "mean_action_tokens": self.action_tokens / max(self.chunks, 1)}
+        return {"decode_failures": self.decode_failures, "decode_failures_by_rule": dict(self.by_rule),
+                "chunks": self.chunks, "mean_action_tokens": self.action_tokens / max(self.chunks, 1)}
 
     def reset(self) -> None:
         self.inner.reset()

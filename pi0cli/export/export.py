@@ -84,7 +84,7 @@ class ExportResult:
 
 
 def refuse_unexportable(config: Pi0Config) -> None:
-    if config.fast:
+    if config.family.autoregressive:  # pi0-FAST
         raise ExportError("pi0-FAST cannot be exported yet: its decode loop stops at a data-dependent EOS token and "
                           "grows its KV cache per token, which no fixed-shape ONNX graph expresses; export a pi0 or "
                           "pi0.5 checkpoint, or serve this one with `pi0 serve --checkpoint`")

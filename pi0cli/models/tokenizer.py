@@ -389,6 +389,12 @@ class FastDecodeError(Pi0Error):
 DECODE_FAILURES_KEY = "decode_failures"
 #: Key of the number of tokens the model generated for a chunk (its EOS included; all of them without one).
 ACTION_TOKENS_KEY = "action_tokens"
+#: Key of the decoding rule a reply's chunk went through (``/metrics`` and eval reports count failures per rule).
+DECODE_RULE_KEY = "fast_decode"
+
+#: pi0-FAST's decoding rules (see :class:`FastActionOutputs`).
+FastDecode = Literal["strict", "lenient", "constrained"]
+FAST_DECODE_RULES: tuple[FastDecode, ...] = ("strict", "lenient", "constrained")
 
 
 def generated_length(output: np.ndarray | Sequence[int], eos_id: int) -> int:
@@ -407,7 +413,10 @@ class FastActionOutputs:
     ``on_failure="zeros"`` (default) answers a failed decode with zeros in normalised units, as the reference
     does (after un-normalisation: the middle of each dim's range); ``"raise"`` raises :class:`FastDecodeError`
     so the caller can refuse the chunk instead. ``decode="lenient"`` repairs a wrong number of DCT coefficients
-    (cut or zero-filled at the highest frequencies) instead of failing; ``"strict"`` (default) is the reference.
+    (cut or zero-filled at the highest frequencies) instead of failing; ``"strict"`` (default) is the reference;
+    ``"constrained"``: the tokens were decoded under :meth:`FASTTokenizer.chunk_grammar`, so they always hold a
+    chunk; they are read strictly (a failure would be counted, not hidden). Replies carry the rule
+    (``fast_decode``).
     """
 
     tokenizer: FASTTokenizer
@@ -415,11 +424,12 @@ class FastActionOutputs:
     action_dim: int
     pad_to: int | None = None
     on_failure: Literal["zeros", "raise"] = "zeros"
-    decode: Literal["strict", "lenient"] = "strict"
+    decode: FastDecode = "strict"
 
     def __post_init__(self) -> None:
-        if self.decode not in ("strict", "lenient"):
-            raise TokenizerError(f"pi0-FAST decoding must be 'strict' or 'lenient', got {self.decode!r}")
+        if self.decode not in FAST_DECODE_RULES:
+            raise TokenizerError(f"pi0-FAST decoding must be one of {', '.join(FAST_DECODE_RULES)}; got "
+                                 f"{self.decode!r}")
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         actions, ok = self.tokenizer.extract_actions(np.asarray(data["actions"]), self.action_horizon,
@@ -433,4 +443,5 @@ class FastActionOutputs:
         padded = np.zeros((self.action_horizon, width), np.float32)
         padded[:, : self.action_dim] = actions
         generated = generated_length(data["actions"], self.tokenizer.paligemma.eos_id)
-        return {**data, "actions": padded, DECODE_FAILURES_KEY: int(not ok), ACTION_TOKENS_KEY: generated}
+        return {**data, "actions": padded, DECODE_FAILURES_KEY: int(not ok), ACTION_TOKENS_KEY: generated,
+                DECODE_RULE_KEY: self.decode}

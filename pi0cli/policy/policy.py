@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pi0cli.models.config import Pi0Config
     from pi0cli.models.families import PolicyModel
     from pi0cli.models.fast_grammar import ChunkGrammar
-    from pi0cli.models.tokenizer import FASTTokenizer, FastDecode
+    from pi0cli.models.tokenizer import FastDecode, FASTTokenizer
     from pi0cli.normstats import NormStats
     from pi0cli.pipeline import PromptTokenizer
 
@@ -177,6 +177,8 @@ class Policy:
         import jax
         from flax import nnx
 
+        from pi0cli.models.rtc import RTCInputs
+
         config = model.config
         family = config.family
         options = SamplerOptions(num_steps=num_steps, max_decoding_steps=max_decoding_steps,
@@ -186,7 +188,10 @@ class Policy:
 
         @jax.jit
         def sample(state: Any, rng: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
-            return call(nnx.merge(graphdef, state), rng, batch)
+            # Every batch of a family that supports it carries RTC inputs (plain rows have no overlap): one
+            # program serves both kinds of request.
+            rtc = RTCInputs(*(batch[k] for k in rtc_fields.MODEL_KEYS)) if family.supports_rtc else None
+            return call(nnx.merge(graphdef, state), rng, batch, rtc)
 
         def run(rng: Any, batch: Mapping[str, Any]) -> Any:
             return sample(state, rng, batch)

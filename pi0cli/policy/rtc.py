@@ -69,7 +69,9 @@ def split_request(obs: Mapping[str, Any], horizon: int | None) -> tuple[dict[str
                                   "actions too, or none of the real-time chunking fields")
         return rest, None
     if horizon is None:
-        raise RTCRequestError("this policy does not support real-time chunking; drop 'prev_actions'")
+        # e.g. pi0-FAST: its chunks are decoded tokens, with no denoising to guide towards the previous chunk.
+        raise RTCRequestError("this policy does not support real-time chunking (only flow-matching pi0 and pi0.5 "
+                              "do); drop 'prev_actions' and execute chunks with naive or ensemble instead")
     prev = np.asarray(obs[PREV_ACTIONS])
     if prev.ndim != 2 or prev.dtype.kind not in "iuf" or not 1 <= prev.shape[0] <= horizon:
         raise RTCRequestError(f"{PREV_ACTIONS!r} must be a float array [L, action_dim] with 1 <= L <= {horizon} "

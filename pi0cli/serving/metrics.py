@@ -7,7 +7,8 @@ metric                                     type        what
 ``pi0_replies_total``                      counter     requests answered with actions
 ``pi0_errors_total{kind}``                 counter     requests answered with an error text, by kind
 ``pi0_decode_failures_total``              counter     frames that were not msgpack-numpy within limits
-``pi0_action_decode_failures_total``       counter     pi0-FAST replies whose tokens did not decode (zeros sent)
+``pi0_action_decode_failures_total{rule}`` counter     pi0-FAST replies whose tokens did not decode (zeros sent),
+                                                       by decoding rule (strict, lenient, constrained)
 ``pi0_request_seconds``                    histogram   frame received -> reply sent (actions only)
 ``pi0_decode_seconds``                     histogram   decode + validation + input transforms per frame
 ``pi0_batch_size``                         histogram   requests per model call
@@ -37,6 +38,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from pi0cli.models.tokenizer import FAST_DECODE_RULES
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -90,8 +93,10 @@ class ServerMetrics:
         self.decode_failures = Counter("pi0_decode_failures", "frames that were not msgpack-numpy within limits",
                                        registry=r)
         self.action_decode_failures = Counter(
-            "pi0_action_decode_failures", "pi0-FAST replies whose action tokens did not decode (zeros sent)",
-            registry=r)
+            "pi0_action_decode_failures", "pi0-FAST replies whose action tokens did not decode (zeros sent), by "
+            "decoding rule", ["rule"], registry=r)
+        for rule in FAST_DECODE_RULES:
+            self.action_decode_failures.labels(rule)
         self.request_seconds = Histogram("pi0_request_seconds", "frame received to reply sent (actions only)",
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.decode_seconds = Histogram("pi0_decode_seconds", "decode, validation and input transforms per frame",
@@ -115,6 +120,11 @@ class ServerMetrics:
         self.errors.labels(kind).inc()
         if kind == "decode":
             self.decode_failures.inc()
+
+    def action_decode(self, rule: str, failures: int) -> None:
+        """A pi0-FAST reply decoded under ``rule`` with ``failures`` (0 or 1) failed chunks."""
+        if failures:
+            self.action_decode_failures.labels(rule).inc(failures)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pi0cli.errors import ObservationError, Pi0Error
-from pi0cli.models.tokenizer import DECODE_FAILURES_KEY
+from pi0cli.models.tokenizer import DECODE_FAILURES_KEY, DECODE_RULE_KEY
 from pi0cli.observation_check import check_observation
 from pi0cli.observation_types import Observation, ObservationValue, Reply
 from pi0cli.serving import protocol
@@ -337,7 +337,7 @@ class PolicyServer:
         self.metrics.replies.inc()
         failures = result.get(DECODE_FAILURES_KEY)
         if isinstance(failures, (int, np.integer)) and failures:
-            self.metrics.action_decode_failures.inc(int(failures))
+            self.metrics.action_decode(str(result.get(DECODE_RULE_KEY, "strict")), int(failures))
         self.metrics.request_seconds.observe(time.perf_counter() - start)
         if self.recorder is not None:
             self.recorder.record(obs, reply, nbytes=len(message) + len(frame))

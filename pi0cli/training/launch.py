@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,8 @@ from pi0cli.training.config import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pi0cli.data.lerobot import LeRobotFrames
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.tokenizer import PaligemmaTokenizer
@@ -222,13 +224,18 @@ def _sequence_tokenizer(config: TrainConfig, embodiment: Embodiment, explicit: P
     """What the pipeline tokenizes with: the model family's (``ModelFamily.sequence_tokenizer``). Its assets are
     looked for beside the norm stats used (pi0-FAST: ``fast_tokenizer/``, written by ``pi0 norm-stats
     --fast-tokenizer``), else fitted on the dataset now (``warn``-ed about)."""
+    from pi0cli.data.stats import RobotBlocks, load_columns
     from pi0cli.models.families import TrainingData
     from pi0cli.normstats import norm_stats_path
 
     candidates = [explicit] if explicit is not None else [Path("assets") / embodiment.asset_id]
     if explicit is None and config.init_from:
         candidates.append(Path(config.init_from) / "assets" / embodiment.asset_id)
-    data = TrainingData(embodiment, str(config.dataset), stats, config.delta_action_mask)
+    def action_blocks() -> Iterator[np.ndarray]:
+        columns = load_columns(embodiment, Path(str(config.dataset)))
+        return (actions for _, actions in RobotBlocks(columns, config.model.action_horizon, config.delta_action_mask))
+
+    data = TrainingData(str(config.dataset), stats, action_blocks)
     return config.model.family.sequence_tokenizer(
         config.model, prompt, [norm_stats_path(c).parent for c in candidates], data=data, warn=warn)
 

@@ -308,7 +308,8 @@ def test_fast_action_outputs_count_failures(paligemma, fast):
     lenient = FastActionOutputs(ft, H, D, decode="lenient")({"actions": clipped})
     assert strict["decode_failures"] == 1 and lenient["decode_failures"] == 0
     np.testing.assert_allclose(lenient["actions"], fast.decode_one(fast_ids[:cut], H, D, lenient=True), atol=1e-6)
-    with pytest.raises(TokenizerError, match="'strict' or 'lenient'"):
+    assert (strict["fast_decode"], lenient["fast_decode"]) == ("strict", "lenient")  # replies name their rule
+    with pytest.raises(TokenizerError, match="one of strict, lenient, constrained; got 'loose'"):
         FastActionOutputs(ft, H, D, decode="loose")  # type: ignore[arg-type]  # the mistake under test
 
 

@@ -92,13 +92,15 @@ def test_train_serve_eval_end_to_end_on_a_lerobot_dataset(tmp_path):
         report = json.loads((tmp_path / "eval" / "report.json").read_text())
         assert report["episodes"] == 1 and report["chunks"] > 0
         assert 0 <= report["decode_failures"] <= report["chunks"]
+        assert report["decode_failures_by_rule"] == {"strict": report["decode_failures"]}
         assert 1 <= report["mean_action_tokens"] <= 64
 
         # 5. The server counts the same failures on /metrics (the first reply's included).
         import urllib.request
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        counted = [line for line in text.splitlines() if line.startswith("pi0_action_decode_failures_total ")]
+        counted = [line for line in text.splitlines()
+                   if line.startswith('pi0_action_decode_failures_total{rule="strict"} ')]
         assert counted, text
         assert float(counted[0].split()[1]) == report["decode_failures"] + int(reply["decode_failures"])
     finally:

@@ -15,19 +15,23 @@ Why the registry is this small module and the families live beside it: ``Pi0Conf
 layer) validates ``model_type`` against the registry and takes its defaults from the family, while a family's
 methods reach the model code (which imports ``Pi0Config``), the pipeline and the converters. So the registry
 imports nothing of pi0cli but :mod:`pi0cli.errors` (everything else only for types), and never imports a
-family: that would be a cycle (family -> model -> config -> registry -> family). The built-in families are
-registered by ``pi0cli/models/__init__.py``, which Python runs before any ``pi0cli.models.*`` module (this
-one included), so a lookup always sees them; their modules import nothing heavy (no JAX, not even the config)
-until a method runs. A family module may reach up to the pipeline and the converters (inside its methods):
-it is the seam those layers call through, registered at the bottom and implemented at the top.
+family: that would be a circle (family -> model -> config -> registry -> family). It sits in the contracts
+layer with the config; the families sit in the model layer (``tests/test_layering.py``) and import nothing
+above it: what the layers above do differently per family is either data they read (``lerobot_layout``,
+``supports_rtc``, ``quantile_norm``) or done in the model layer (the model-side input step,
+:mod:`pi0cli.models.inputs`), and what a family needs from above is handed to it (the training data's
+action chunks, ``TrainingData``; the real-time chunking inputs, built by the policy). The built-in families
+are registered by ``pi0cli/models/__init__.py``, which Python runs before any ``pi0cli.models.*`` module
+(this one included), so a lookup always sees them; their modules import nothing heavy (no JAX, not even the
+config) until a method runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pi0cli.errors import Pi0Error, UnknownNameError
 
@@ -39,12 +43,14 @@ if TYPE_CHECKING:
     from pi0cli.models.config import FreezeMode, Pi0Config
     from pi0cli.models.fast_grammar import ChunkGrammar
     from pi0cli.models.observation import Observation
+    from pi0cli.models.rtc import RTCInputs
     from pi0cli.models.tokenizer import PaligemmaTokenizer
     from pi0cli.normstats import NormStats
     from pi0cli.transforms import Transform
 
 __all__ = [
-    "FamilyError", "ModelFamily", "PolicyModel", "SampleFn", "SamplerOptions", "TrainingData", "family", "family_names",
+    "FamilyError", "ModelFamily", "PolicyModel", "LeRobotLayout", "SampleFn", "SamplerOptions",
+    "TrainingData", "family", "family_names",
     "families", "register_family", "registered", "unregister_family",
 ]
 
@@ -55,12 +61,28 @@ class FamilyError(Pi0Error, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainingData:
-    """The dataset a training run reads, for a family that fits its tokenizer assets on it."""
+    """The dataset a training run reads, as a family that fits its tokenizer assets on it sees it (the training
+    job reads it: the model layer reads no dataset)."""
 
-    embodiment: Embodiment
+    #: what to call it in messages (the dataset's root or repo id)
     source: str
     norm_stats: Mapping[str, NormStats]
-    delta_action_mask: tuple[bool, ...] | None = None
+    #: the dataset's action chunks ``[m, H, D]`` in model space (after the embodiment's inputs and delta
+    #: actions, before normalisation), block by block
+    action_blocks: Callable[[], Iterable[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeRobotLayout:
+    """How a family's parameters are named in LeRobot's PyTorch policy (read by
+    :mod:`pi0cli.convert.lerobot_names`). Every family shares PaliGemma's names (SigLIP, the VLM, the
+    projector)."""
+
+    #: top-level ``Linear`` layers (``kernel``/``bias``), named alike on both sides
+    projections: tuple[str, ...] = ()
+    #: the action expert's norms: ``"scale"`` (RMSNorm weights), ``"adaptive"`` (adaRMS ``Dense`` layers), or
+    #: None for a model without an action expert
+    expert_norm: Literal["scale", "adaptive"] | None = None
 
 
 class PolicyModel(Protocol):
@@ -79,9 +101,10 @@ class PolicyModel(Protocol):
                      preprocessed: bool = False) -> jax.Array: ...
 
 
-#: ``sample(module, rng, batch) -> actions``: one jitted model call on a stacked model batch (the keys the
-#: input transforms produce); "actions" are whatever the family's output transform takes (pi0-FAST: token ids).
-SampleFn = Callable[[Any, "jax.Array", Mapping[str, Any]], "jax.Array"]
+#: ``sample(module, rng, batch, rtc) -> actions``: one jitted model call on a stacked model batch (the keys the
+#: input transforms produce); ``rtc`` holds the real-time chunking inputs when the family ``supports_rtc``
+#: (else None); "actions" are whatever the family's output transform takes (pi0-FAST: token ids).
+SampleFn = Callable[[Any, "jax.Array", Mapping[str, Any], "RTCInputs | None"], "jax.Array"]
 
 
 class SamplerOptions(Protocol):
@@ -193,17 +216,11 @@ class ModelFamily(Protocol):
     # --------------------------------------------------------------------------------- conversion
     #: LeRobot's policy ``type`` (``config.json``), or None when LeRobot has no such policy
     lerobot_type: str | None
+    #: its parameter names there (None: no LeRobot counterpart)
+    lerobot_layout: LeRobotLayout | None
 
     def lerobot_config(self, config: Pi0Config, **fields: Any) -> Any:
         """LeRobot's config object for ``config`` (``fields``: the shared keyword arguments)."""
-        ...
-
-    def lerobot_rules(self, config: Pi0Config) -> tuple[list[Any], list[tuple[list[Any], int]]]:
-        """The parameter-name rules of :mod:`pi0cli.convert.lerobot_names` (global, per layer with depth)."""
-        ...
-
-    def lerobot_extra_weights(self, flat_params: Mapping[str, Any], config: Pi0Config) -> dict[str, Any]:
-        """Weights LeRobot's loader wants that the model does not have (e.g. the expert's unused LM head)."""
         ...
 
     def lerobot_modeling(self) -> Any:

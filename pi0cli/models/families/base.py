@@ -12,7 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pi0cli.models.families import FamilyError, PolicyModel, SampleFn, SamplerOptions, TrainingData
+from pi0cli.models.families import (
+    FamilyError,
+    LeRobotLayout,
+    PolicyModel,
+    SampleFn,
+    SamplerOptions,
+    TrainingData,
+)
 
 if TYPE_CHECKING:
     import jax
@@ -20,6 +27,7 @@ if TYPE_CHECKING:
 
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import FreezeMode, Pi0Config
+    from pi0cli.models.rtc import RTCInputs
     from pi0cli.models.tokenizer import PaligemmaTokenizer
     from pi0cli.transforms import Transform
 
@@ -42,6 +50,7 @@ class FamilyBase:
     supports_rtc: bool = False
     autoregressive: bool = False
     lerobot_type: str | None = None
+    lerobot_layout: LeRobotLayout | None = None
 
     def __repr__(self) -> str:
         return f"<model family {self.name!r}>"
@@ -92,7 +101,7 @@ class FamilyBase:
         return None
 
     def model_inputs(self, config: Pi0Config, tokenizer: Any, *, default_prompt: str | None) -> Transform:
-        from pi0cli.pipeline import ModelInputs
+        from pi0cli.models.inputs import ModelInputs
 
         height, width = config.image_resolution  # a JSON-loaded config may hold a list
         return ModelInputs((height, width), config.action_dim, config.action_horizon, tokenizer,
@@ -116,7 +125,7 @@ class FamilyBase:
         """``module.sample_actions(rng, observation)`` with the module's own defaults."""
         from pi0cli.models.observation import Observation
 
-        def sample(module: Any, rng: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
+        def sample(module: Any, rng: jax.Array, batch: Mapping[str, Any], rtc: RTCInputs | None) -> jax.Array:
             return cast("jax.Array", module.sample_actions(rng, Observation.from_dict(batch)))
 
         return sample
@@ -124,12 +133,6 @@ class FamilyBase:
     # ------------------------------------------------------------------------------------------ conversion
     def lerobot_config(self, config: Pi0Config, **fields: Any) -> Any:
         raise FamilyError(f"LeRobot has no {self.name} policy: a {self.name} checkpoint converts to pi0 or openpi")
-
-    def lerobot_rules(self, config: Pi0Config) -> tuple[list[Any], list[tuple[list[Any], int]]]:
-        raise FamilyError(f"LeRobot has no {self.name} policy: a {self.name} checkpoint converts to pi0 or openpi")
-
-    def lerobot_extra_weights(self, flat_params: Mapping[str, Any], config: Pi0Config) -> dict[str, Any]:
-        return {}
 
     def lerobot_modeling(self) -> Any:
         raise FamilyError(f"LeRobot's PyTorch {self.name} is not run here: compare {self.name} checkpoints in JAX")

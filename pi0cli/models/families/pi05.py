@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pi0cli.models.families import LeRobotLayout
 from pi0cli.models.families.pi0 import Pi0Family
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ class Pi05Family(Pi0Family):
     discrete_state = True
     quantile_norm = True
     lerobot_type: str | None = "pi05"
+    lerobot_layout: LeRobotLayout | None = LeRobotLayout(
+        projections=("action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out"), expert_norm="adaptive")
     adaptive_expert = True
 
     def lora_grad_accum_steps(self, config: Pi0Config, batch_size: int) -> int:

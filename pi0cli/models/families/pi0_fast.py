@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from pi0cli.models.families import FamilyError, SampleFn, SamplerOptions, TrainingData
+from pi0cli.models.families import FamilyError, LeRobotLayout, SampleFn, SamplerOptions, TrainingData
 from pi0cli.models.families.base import FamilyBase
 
 #: numpy arrays of any shape and dtype
@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
+    from pi0cli.models.fast_tokenizer import FastActionTokenizer
+    from pi0cli.models.inputs import ModelInputs
     from pi0cli.models.pi0_fast import Pi0FAST
+    from pi0cli.models.rtc import RTCInputs
     from pi0cli.models.tokenizer import FASTTokenizer, PaligemmaTokenizer
-    from pi0cli.pipeline import ModelInputs
     from pi0cli.transforms import Data, Transform
 
 
@@ -48,7 +50,7 @@ class FastTokenLayout:
 
     def fields(self, inputs: ModelInputs, data: Data, out: Data, state: Array) -> Data:
         """Prompt, state and (training) actions as one token sequence; the state stays unpadded."""
-        from pi0cli.pipeline import PipelineError
+        from pi0cli.models.inputs import PipelineError
 
         prompt = inputs.prompt(data)
         actions = data.get("actions")
@@ -79,6 +81,8 @@ class Pi0FastFamily(FamilyBase):
     pads_state = False  # the state is read as text: only the actions must fit action_dim
     autoregressive = True
     lerobot_type: str | None = "pi0_fast"
+    #: LeRobot's pi0_fast: PaliGemma's names only (no action expert, no projections)
+    lerobot_layout: LeRobotLayout | None = LeRobotLayout()
 
     # ------------------------------------------------------------------------------------------ model
     def build(self, config: Pi0Config, rngs: nnx.Rngs) -> Pi0FAST:
@@ -98,12 +102,12 @@ class Pi0FastFamily(FamilyBase):
     # ------------------------------------------------------------------------------------------ data
     def check_tokenizer(self, tokenizer: object) -> None:
         if not hasattr(tokenizer, "extract_actions"):
-            from pi0cli.pipeline import PipelineError
+            from pi0cli.models.inputs import PipelineError
 
             raise PipelineError("a pi0-FAST model needs a FASTTokenizer (prompt tokenizer + FAST action tokenizer)")
 
     def model_inputs(self, config: Pi0Config, tokenizer: Any, *, default_prompt: str | None) -> Transform:
-        from pi0cli.pipeline import ModelInputs
+        from pi0cli.models.inputs import ModelInputs
 
         height, width = config.image_resolution
         return ModelInputs((height, width), config.action_dim, config.action_horizon, tokenizer,
@@ -144,15 +148,24 @@ class Pi0FastFamily(FamilyBase):
             if warn is not None:
                 warn(f"no FAST tokenizer beside the norm stats; fitting one on {data.source} (vocabulary {vocab}); "
                      "`pi0 norm-stats --fast-tokenizer` writes one to reuse")
-            from pi0cli.data.stats import fit_fast_tokenizer
-
-            fitted, _ = fit_fast_tokenizer(data.embodiment, data.source, data.norm_stats,
-                                           horizon=config.action_horizon, delta_action_mask=data.delta_action_mask,
-                                           vocab_size=vocab)
+            fitted = self._fit(data, vocab)
             return wrap(fitted)
         where = " or ".join(str(Path(d) / ASSET_DIR) for d in asset_dirs) or str(search)
         raise FamilyError(f"no FAST tokenizer at {where}; copy the one the model was trained with there "
                           "(`pi0 norm-stats --fast-tokenizer` writes one)")
+
+    def _fit(self, data: TrainingData, vocab_size: int) -> FastActionTokenizer:
+        """A FAST tokenizer fitted on the training data's action chunks, quantile-normalised as the model sees them."""
+        from pi0cli.models.fast_tokenizer import FastTokenizerError, fit_from_blocks
+        from pi0cli.transforms import Normalize
+
+        if "actions" not in data.norm_stats:
+            raise FastTokenizerError("the norm stats have no 'actions' entry; compute them first (pi0 norm-stats)")
+        normalize = Normalize({"actions": data.norm_stats["actions"]}, use_quantiles=self.quantile_norm)
+        fitted, _ = fit_from_blocks(data.action_blocks(),
+                                    normalize=lambda a: np.asarray(normalize({"actions": a})["actions"]),
+                                    vocab_size=vocab_size)
+        return fitted
 
     def tokenizer_files(self, tokenizer: Any, asset_id: str) -> dict[str, bytes]:
         from pi0cli.models.fast_tokenizer import ASSET_DIR
@@ -168,7 +181,7 @@ class Pi0FastFamily(FamilyBase):
 
         steps, temperature, grammar = options.max_decoding_steps, options.temperature, options.grammar
 
-        def sample(module: Any, rng: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
+        def sample(module: Any, rng: jax.Array, batch: Mapping[str, Any], rtc: RTCInputs | None) -> jax.Array:
             tokens: jax.Array = module.sample_actions(rng, Observation.from_dict(batch), max_decoding_steps=steps,
                                                       temperature=temperature, grammar=grammar)
             return tokens
@@ -181,15 +194,6 @@ class Pi0FastFamily(FamilyBase):
 
         return PI0FastConfig(max_decoding_steps=256, **fields)
 
-    def lerobot_rules(self, config: Pi0Config) -> tuple[list[Any], list[tuple[list[Any], int]]]:
-        """LeRobot's pi0_fast: the same PaliGemma names as pi0, no action expert, no projections."""
-        from pi0cli.convert import lerobot_names as n
-
-        vlm, img = config.vlm, config.siglip
-        return n.paligemma_rules(config), [
-            (n.gemma_layer_rules(vlm, "", f"{n.VLM}.layers.{{i}}", False), vlm.depth),
-            (n.siglip_layer_rules(img, f"{n.VISION}.encoder.layers.{{i}}"), img.depth),
-        ]
 
 
 PI0_FAST = Pi0FastFamily()

@@ -1,0 +1,77 @@
+"""pi0-FAST decoding rules through a loaded policy (a random-weight tiny checkpoint with a FAST tokenizer):
+constrained decoding always answers a chunk, replies and /metrics name the rule, real-time chunking is refused
+with what works instead."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+HORIZON = 10
+
+
+@pytest.fixture(scope="module")
+def fast_checkpoint(tmp_path_factory, aloha_sim):
+    from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer
+    from pi0cli.testing import make_tiny_checkpoint, tiny_model_config
+
+    config = tiny_model_config(aloha_sim, "pi0_fast_tiny", max_token_len=96)
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("fast") / "tiny_fast", aloha_sim, model_config=config)
+    chunks = np.clip(np.random.default_rng(0).normal(0, 0.4, (150, HORIZON, aloha_sim.action_dim)), -1, 1)
+    FastActionTokenizer.fit(list(chunks), vocab_size=400).save(path / "assets" / aloha_sim.asset_id / ASSET_DIR)
+    return path
+
+
+def test_constrained_decoding_always_answers_a_chunk(fast_checkpoint, aloha_sim):
+    from pi0cli.policy.load import load_policy
+
+    obs = {"prompt": "transfer cube", **aloha_sim.example_observation(0)}
+    for rule in ("strict", "constrained"):
+        policy = load_policy(fast_checkpoint, embodiment=aloha_sim, fast_decode=rule, max_decoding_steps=200)
+        reply = policy.infer(obs)
+        assert reply["fast_decode"] == rule and reply["actions"].shape == (HORIZON, aloha_sim.action_dim)
+        if rule == "constrained":  # random weights: strict decoding is expected to fail here, constrained never
+            assert reply["decode_failures"] == 0 and np.isfinite(reply["actions"]).all()
+            assert reply["action_tokens"] <= 200
+
+
+def test_constrained_decoding_refuses_a_budget_too_small_for_a_chunk(fast_checkpoint, aloha_sim):
+    from pi0cli.models.tokenizer import TokenizerError
+    from pi0cli.policy.load import load_policy
+
+    with pytest.raises(TokenizerError, match="raise --max-decoding-steps to"):
+        load_policy(fast_checkpoint, embodiment=aloha_sim, fast_decode="constrained", max_decoding_steps=5)
+
+
+def test_real_time_chunking_request_is_refused_naming_what_works(fast_checkpoint, aloha_sim):
+    from pi0cli.policy.load import load_policy
+    from pi0cli.policy.rtc import RTCRequestError
+
+    policy = load_policy(fast_checkpoint, embodiment=aloha_sim)
+    obs = {"prompt": "transfer cube", **aloha_sim.example_observation(0),
+           "prev_actions": np.zeros((5, aloha_sim.action_dim), np.float32)}
+    with pytest.raises(RTCRequestError, match="execute chunks with naive or ensemble"):
+        policy.infer(obs)
+
+
+def test_eval_with_rtc_execution_is_refused_before_any_episode(fast_checkpoint, pi0_exe, tmp_path):
+    done = subprocess.run([pi0_exe, "eval", "aloha_sim", "--checkpoint", str(fast_checkpoint), "--execution", "rtc",
+                           "--episodes", "1", "--out", str(tmp_path / "eval")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "use --execution naive or ensemble" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "eval" / "report.json").exists()
+
+
+def test_metrics_count_action_decode_failures_per_rule():
+    from pi0cli.serving.metrics import ServerMetrics
+
+    metrics = ServerMetrics(open_connections=lambda: 0, active_connections=lambda: 0, ready=lambda: 1)
+    metrics.action_decode("lenient", 1)
+    metrics.action_decode("lenient", 1)
+    metrics.action_decode("strict", 0)
+    text = metrics.render().decode()
+    for rule, count in (("strict", 0), ("lenient", 2), ("constrained", 0)):
+        assert f'pi0_action_decode_failures_total{{rule="{rule}"}} {count:.1f}' in text, text
