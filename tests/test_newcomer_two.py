@@ -283,3 +283,29 @@ def test_the_suite_passes_with_the_guides_robot_installed(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "myarm" in subprocess.run([sys.executable, "-m", "pi0cli", "embodiments", "list"], capture_output=True,
                                      text=True, env=env).stdout  # the robot was really installed for them
+
+
+# -------------------------------------------------------- 3. --verify for a model LeRobot's side cannot run
+
+
+@pytest.mark.slow
+def test_verify_of_a_cpu_model_checks_the_jax_round_trip_and_says_what_it_could_not(tmp_path):
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny", load_registry({}).embodiment("aloha_sim"))
+    there = _pi0(tmp_path, "convert", "checkpoint", str(ckpt), "--to", "lerobot", "--out", "lr", "--verify")
+    assert there.returncode == 0, there.stdout + there.stderr
+    warning = there.stderr.split("wrote")[0] if "wrote" in there.stderr else there.stderr
+    assert "--verify will compare the JAX round trip only" in warning and "8 attention heads" in warning
+    assert "lerobot (pi0 JAX)" in there.stdout and "verified" in there.stdout
+    assert "not compared: lerobot (LeRobot PyTorch), because LeRobot's pi0 hard-codes 8" in there.stdout
+    # 9: the weights file gets the mode of every other file written (safetensors' own is 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "lr" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    back = _pi0(tmp_path, "convert", "checkpoint", "lr", "--to", "pi0", "--out", "back", "--verify")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "not compared: lerobot (LeRobot PyTorch)" in back.stdout and "verified" in back.stdout
+    assert (tmp_path / "back" / "params").is_dir()

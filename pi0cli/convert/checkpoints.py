@@ -21,6 +21,7 @@ Every target is written into a temporary sibling directory and renamed into plac
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,6 +212,10 @@ def write_lerobot(directory: Path, params: Mapping[str, np.ndarray], model_confi
         else:
             tensors[name] = torch.from_numpy(np.ascontiguousarray(value))
     save_file(tensors, str(directory / SAFETENSORS), metadata={"format": "pt", "producer": "pi0 convert"})
+    # safetensors writes through a private temporary file (0600): give it the mode of every other file written.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory / SAFETENSORS, 0o666 & ~umask)
     if is_full_size(model_config):
         lerobot_config(model_config)._save_pretrained(directory)
 

@@ -48,6 +48,8 @@ class VerifyResult:
     signal: float  # max |actions - noise|: how far the model moved the noise (what the comparison can see)
     #: What ``differences`` measure: "actions" (pi0, pi0.5) or "loss and greedy tokens" (pi0-FAST).
     compared: str = "actions"
+    #: Implementations that could not run this model, with the reason (what was not compared, and why).
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -133,6 +135,20 @@ def _lerobot_module(model_config: Pi0Config) -> Any:
         raise ConversionError(f"comparing with LeRobot's PyTorch pi0 needs its extra dependencies ({exc}); install "
                               "them with `pip install 'pi0[dev]'` (or `pip install transformers`)") from None
     return module
+
+
+def lerobot_unavailable(model_config: Pi0Config) -> str | None:
+    """Why LeRobot's PyTorch implementation cannot run ``model_config`` (None when it can): asked before a
+    conversion writes anything, so ``--verify`` says up front what it will not compare."""
+    vlm, expert = model_config.vlm, model_config.expert
+    if vlm.num_heads != LEROBOT_HEADS or expert.num_heads != LEROBOT_HEADS:
+        return (f"LeRobot's pi0 hard-codes {LEROBOT_HEADS} attention heads and this model has {vlm.num_heads} "
+                "(the reduced models a CPU trains)")
+    try:
+        import transformers  # noqa: F401  (LeRobot's pi0 needs it; lerobot does not install it by default)
+    except ImportError:
+        return "LeRobot's pi0 needs the transformers package (pip install 'pi0[dev]' or pip install transformers)"
+    return None
 
 
 def build_lerobot_model(ckpt: Checkpoint) -> Any:
@@ -264,8 +280,13 @@ def verify(source: Checkpoint, target: Checkpoint, *, tolerance: float = 1e-4, s
     reference = jax_actions(source, obs, noise)
     runs: dict[str, np.ndarray] = {f"{target.format} (pi0 JAX)": jax_actions(target, obs, noise)}
     gated = [f"{target.format} (pi0 JAX)"]
+    skipped: dict[str, str] = {}
     for side in (source, target):
         if side.format == "lerobot":  # the same weights in LeRobot's own implementation
+            reason = lerobot_unavailable(side.model_config)
+            if reason is not None:
+                skipped[f"{side.format} (LeRobot PyTorch)"] = reason
+                continue
             model = build_lerobot_model(side)
             shipped = f"{side.format} (LeRobot PyTorch, as shipped)"
             matched = f"{side.format} (LeRobot PyTorch, float32 time embedding)"
@@ -274,4 +295,5 @@ def verify(source: Checkpoint, target: Checkpoint, *, tolerance: float = 1e-4, s
             gated.append(matched)
     diffs = {name: float(np.abs(actions.astype(np.float64) - reference).max()) for name, actions in runs.items()}
     return VerifyResult(differences=diffs, gated=tuple(gated), tolerance=tolerance,
-                        max_abs_action=float(np.abs(reference).max()), signal=float(np.abs(reference - noise).max()))
+                        max_abs_action=float(np.abs(reference).max()), signal=float(np.abs(reference - noise).max()),
+                        skipped=skipped)
