@@ -71,3 +71,22 @@ def test_pi0_record_writes_a_dataset_lerobot_opens(tmp_path):
     assert dataset.meta.robot_type == "metaworld"
     assert _episode_tasks(dataset) == {0: INSTRUCTIONS["drawer-close-v3"]}
     assert set(METAWORLD.dataset_keys.values()) <= set(dataset.meta.features)
+
+
+@pytest.mark.slow
+def test_pi0_eval_runs_a_policy_in_metaworld(tmp_path):
+    import json
+    import os
+
+    from pi0cli.testing import make_tiny_checkpoint
+
+    make_tiny_checkpoint(tmp_path / "ckpt", METAWORLD)
+    result = subprocess.run([str(Path(sys.executable).parent / "pi0"), "eval", "metaworld", "--checkpoint", "ckpt",
+                             "--task", "window-open", "-n", "1", "--no-videos", "--out", "report"],
+                            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["task"] == "window-open-v3" and report["episodes"] == 1
+    episode = report["per_episode"][0]
+    assert episode["seed"] == 1000 and 0 < episode["steps"] <= 500
+    assert report["provenance"]["packages"]["metaworld"] == "3.0.0"
