@@ -8,7 +8,9 @@ Usage: python benchmarks/bench_fast.py [--quick] [--skip-full] [--repeats N] [--
    Both decode the same number of tokens (EOS never stops them early: random weights) and must agree.
 2. FAST tokens per chunk: a FAST tokenizer fitted on scripted ALOHA transfer-cube chunks (simulated, no
    rendering; skipped without the aloha plugin), against the raw DCT coefficients it compresses.
-3. Full-size pi0-FAST (gemma_2b + SigLIP So400m/14, bfloat16, batch 1, 250 prompt tokens, 256 decoding
+3. Constrained decoding (``fast_decode="constrained"``) against free decoding of the same tiny model, batch 1
+   and 4, the same number of tokens: the constraint's cost per decode step as a ratio.
+4. Full-size pi0-FAST (gemma_2b + SigLIP So400m/14, bfloat16, batch 1, 250 prompt tokens, 256 decoding
    steps): ``sample_actions`` lowered and compiled from abstract inputs; XLA's memory analysis (nothing
    allocated; on a CPU, an estimate of the CPU's program). Then one LoRA train step (pi0_fast_lora, batch 1)
    the same way.
@@ -57,8 +59,9 @@ def fast_obs(cfg: C.Pi0Config, batch: int, prompt_len: int, *, abstract: bool = 
         images={k: jnp.zeros((batch, h, w, 3)) for k in cfg.image_keys},
         image_masks={k: jnp.ones(batch, bool) for k in cfg.image_keys},
         state=jnp.zeros((batch, cfg.action_dim)),
-        tokenized_prompt=jnp.where(valid, 5, 0).astype(jnp.int32), tokenized_prompt_mask=jnp.broadcast_to(valid, (
-            batch, length)), token_ar_mask=jnp.zeros((batch, length), jnp.int32),
+        tokenized_prompt=jnp.broadcast_to(jnp.where(valid, 5, 0), (batch, length)).astype(jnp.int32),
+        tokenized_prompt_mask=jnp.broadcast_to(valid, (batch, length)),
+        token_ar_mask=jnp.zeros((batch, length), jnp.int32),
     )
 
 
@@ -89,6 +92,41 @@ def tiny_latency(repeats: int, steps: int, prompt_len: int) -> dict:
                             repeats))
     res["speedup_cached_vs_uncached(median)"] = res["uncached_baseline"]["median_ms"] / res["cached"]["median_ms"]
     res["same_tokens"] = bool(np.array_equal(np.asarray(cached(model, obs)), np.asarray(uncached(model, obs))))
+    return res
+
+
+def constrained_cost(repeats: int, batch: int, horizon: int = 10, dim: int = 7) -> dict:
+    """Constrained decoding against free decoding of the same tiny model, same run, calls interleaved.
+
+    The decoding budget is the grammar's fewest steps for a chunk, so the constrained loop runs every step (it
+    must take the shortest chunk) and so does the free one (random weights never emit EOS): both decode the
+    same number of tokens, and the ratio is the constraint's cost per decode step (prefill included in both)."""
+    from pi0cli.models.fast_tokenizer import FastActionTokenizer
+    from pi0cli.models.tokenizer import FAST_SKIP_TOKENS, FASTTokenizer, PaligemmaTokenizer
+    from pi0cli.training.tiny_tokenizer import train_tiny_tokenizer
+
+    chunks = np.clip(np.random.default_rng(0).normal(0, 0.4, (200, horizon, dim)), -1, 1)
+    fast = FastActionTokenizer.fit(list(chunks), vocab_size=400)
+    prompt_len = 16
+    prompt = PaligemmaTokenizer(prompt_len, train_tiny_tokenizer())
+    tok = FASTTokenizer(prompt, fast, max_len=prompt_len, vocab_size=1024)
+    assert prompt.vocab_size + 1 + FAST_SKIP_TOKENS + fast.vocab_size <= 1024
+    steps = tok.chunk_grammar(horizon, dim, 10_000).min_steps
+    grammar = tok.chunk_grammar(horizon, dim, steps)
+    cfg = C.preset("pi0_fast_tiny", max_token_len=prompt_len)
+    model = Pi0FAST(cfg, nnx.Rngs(0))
+    obs = fast_obs(cfg, batch, prompt_len)
+
+    free = nnx.jit(lambda m, o: m.generate(jax.random.key(0), o, max_decoding_steps=steps))
+    constrained = nnx.jit(lambda m, o: m.generate(jax.random.key(0), o, max_decoding_steps=steps, grammar=grammar))
+    res: dict = {"config": f"pi0_fast_tiny @ {cfg.image_resolution}", "batch": batch,
+                 "chunk": f"{horizon}x{dim}", "fast_vocab": fast.vocab_size, "decoded_tokens": steps}
+    res["steps_run"] = {"free": int(free(model, obs).steps), "constrained": int(constrained(model, obs).steps)}
+    res.update(interleaved({"free": lambda: free(model, obs).tokens,
+                            "constrained": lambda: constrained(model, obs).tokens}, repeats))
+    res["constrained_vs_free(median)"] = res["constrained"]["median_ms"] / res["free"]["median_ms"]
+    out = np.asarray(constrained(model, obs).tokens)
+    res["decode_failures"] = sum(not tok.extract_actions(row, horizon, dim)[1] for row in out)
     return res
 
 
@@ -191,6 +229,8 @@ def main() -> None:
     results: dict = {"jax": jax.__version__, "backend": jax.default_backend()}
     results["tiny_decoding"] = tiny_latency(repeats, args.steps, prompt_len=16)
     print(json.dumps(results["tiny_decoding"], indent=2), flush=True)
+    results["constrained_decoding"] = [constrained_cost(repeats, batch) for batch in (1, 4)]
+    print(json.dumps(results["constrained_decoding"], indent=2), flush=True)
     results["tokens_per_chunk"] = tokens_per_chunk(2 if args.quick else 10, horizon=10)
     print(json.dumps(results["tokens_per_chunk"], indent=2), flush=True)
     if not (args.quick or args.skip_full):
