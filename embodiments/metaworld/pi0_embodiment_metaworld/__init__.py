@@ -22,6 +22,7 @@ from pi0cli.embodiment import Camera, Embodiment, RobotInputs, StateField
 from pi0cli.transforms import Data, SliceActions
 
 if TYPE_CHECKING:
+    from pi0cli.doctor import DoctorCheck
     from pi0cli.simulator import Simulator
 
 DIM = 4
@@ -67,3 +68,10 @@ def pi0_register_simulators(register: Callable[[Simulator], None]) -> None:
     from pi0_embodiment_metaworld.sim import SIMULATOR  # light: metaworld and MuJoCo load when an episode starts
 
     register(SIMULATOR)
+
+
+@hookimpl
+def pi0_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
+    from pi0_embodiment_metaworld.doctor import CHECK  # light: the probe renders in a subprocess
+
+    register(CHECK)

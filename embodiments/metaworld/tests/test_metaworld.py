@@ -100,6 +100,7 @@ def test_registered_through_the_hooks(pi0_registry):
     assert simulator is not None and len(simulator.tasks) == 50
     assert simulator.task("window-open").prompt == INSTRUCTIONS["window-open-v3"]
     assert simulator.metadata["task_groups"]["mt10"] == list(GROUPS["mt10"])
+    assert list(pi0_registry.doctor_checks) == ["metaworld/metaworld rendering"]
 
 
 def test_plugin_imports_cheaply():

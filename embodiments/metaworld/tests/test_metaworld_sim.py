@@ -178,3 +178,10 @@ def test_scripted_episode_replays_exactly_with_every_frame_rendered():
     frames = list(checked(episode.frames, SIMULATOR, METAWORLD))
     assert len(frames) == episode.length and frames[-1]["success"] and not frames[-2]["success"]
     assert all(type(f["observation"]) is dict and f["observation"]["image"].shape == (224, 224, 3) for f in frames)
+
+
+def test_doctor_check_renders_a_scene():
+    from pi0_embodiment_metaworld.doctor import check_rendering
+
+    (row,) = check_rendering()
+    assert row.status == "ok" and "ms a frame" in row.detail, row
