@@ -8,8 +8,11 @@ Given one trained step directory of each model it reports, per model, measured i
   ``pi0 eval aloha_sim`` measures it (each model executes its own chunk open loop: its ``--open-loop-steps``);
 - inference latency per chunk: median and 90th percentile of every policy call made in those episodes (this
   process, batch 1, the first call after warm-up included);
-- pi0-FAST only: tokens generated per chunk and chunks that did not decode (``--fast-decode strict,lenient``
-  evaluates it once per decoding rule).
+- pi0-FAST only: tokens generated per chunk and chunks that did not decode (``--fast-decode
+  strict,lenient,constrained`` evaluates it once per decoding rule);
+- with ``--heldout DATASET`` (demonstrations the checkpoints never trained on), pi0-FAST's teacher-forced
+  next-token accuracy on the action tokens and its exact-chunk rate (every postfix token the argmax), and the
+  action MAE against the recorded chunks per decoding rule (pi0 beside it), as ``pi0 eval --dataset`` computes it.
 
 Then the ratios FAST / pi0. How the two checkpoints were trained is the caller's business; docs/benchmarks.md's
 numbers come from the recipe there (both presets trained from one recording, concurrently, one core each for
@@ -18,7 +21,8 @@ the same wall-clock):
     .venv/bin/python benchmarks/bench_fast_vs_pi0.py \\
         --pi0 runs/b18/checkpoints/pi0_aloha_sim_small/b55/8400 \\
         --fast runs/b18/fast/checkpoints/pi0_fast_aloha_sim_small/b55/6700 \\
-        --episodes 20 --fast-decode strict,lenient --out benchmarks/results/fast_vs_pi0.json
+        --episodes 20 --fast-decode strict,lenient,constrained --heldout runs/b18/heldout \\
+        --out benchmarks/results/fast_vs_pi0.json
 """
 
 from __future__ import annotations
@@ -116,6 +120,83 @@ def measure(step_dir: Path, seeds: list[int], open_loop_steps: int | None, fast_
     return result
 
 
+def _heldout_frames(step_dir: Path, dataset: str, episodes: int | None) -> tuple[Any, Any, list[int]]:
+    from pi0cli.checkpoint import read_checkpoint_config
+    from pi0cli.data.lerobot import resolve_dataset
+    from pi0cli.evaluation.offline import episode_indices, open_frames
+    from pi0cli.plugins.manager import load_registry
+
+    saved = read_checkpoint_config(step_dir) or {}
+    emb = load_registry({}).embodiment(saved.get("embodiment") or "aloha_sim")
+    horizon = int(saved.get("model", {}).get("action_horizon", 50))
+    _, root = resolve_dataset(dataset)
+    chosen = episode_indices(root, episodes, None)
+    return emb, open_frames(dataset, emb, horizon, chosen), chosen
+
+
+def teacher_forced(step_dir: Path, dataset: str, *, episodes: int | None = None, stride: int = 5,
+                   batch_size: int = 8) -> dict[str, Any]:
+    """pi0-FAST on held-out demonstrations, teacher forced: the share of postfix tokens (``"Action: "``, the FAST
+    ids, ``"|"``, EOS) whose argmax is the recorded chunk's token, and the share of chunks where every one is."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from pi0cli.models.observation import Observation
+    from pi0cli.policy.load import load_training_pipeline
+    from pi0cli.transforms import stack_trees
+
+    emb, frames, chosen = _heldout_frames(step_dir, dataset, episodes)
+    model, pipeline = load_training_pipeline(step_dir, embodiment=emb)
+    example = pipeline.training_inputs()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def predicted(state: Any, batch: dict[str, Any]) -> jax.Array:
+        return jnp.argmax(nnx.merge(graphdef, state).token_logits(None, Observation.from_dict(batch)), axis=-1)
+
+    indices = list(range(0, len(frames), max(1, stride)))
+    right = tokens = exact = 0
+    for start in range(0, len(indices), batch_size):
+        batch = stack_trees([example(frames[i]) for i in indices[start:start + batch_size]])
+        guess = np.asarray(predicted(state, batch))
+        target, mask = np.asarray(batch["tokenized_prompt"])[:, 1:], np.asarray(batch["token_loss_mask"])[:, 1:]
+        hit = (guess == target) & mask
+        right, tokens = right + int(hit.sum()), tokens + int(mask.sum())
+        exact += int(((guess == target) | ~mask).all(axis=-1).sum())
+    return {"episodes": chosen, "chunks": len(indices), "token_accuracy": right / max(tokens, 1),
+            "exact_chunk_rate": exact / max(len(indices), 1), "tokens_per_chunk": tokens / max(len(indices), 1)}
+
+
+def heldout_mae(step_dir: Path, dataset: str, fast_decode: str = "strict", *, episodes: int | None = None,
+                stride: int = 5) -> dict[str, Any]:
+    """Action MAE against the recorded chunks of held-out demonstrations (``pi0 eval --dataset``'s measure)."""
+    from pi0cli.evaluation.offline import evaluate_offline
+    from pi0cli.policy import load_policy
+
+    emb, frames, chosen = _heldout_frames(step_dir, dataset, episodes)
+    policy: Any = load_policy(step_dir, embodiment=emb, batch_sizes=(1, 8), fast_decode=fast_decode)
+    counter = _FailureCounter(policy)
+    report = evaluate_offline(frames, counter, emb, stride=stride)
+    return {"fast_decode": fast_decode, "episodes": chosen, "mae": report["mae"], "rmse": report["rmse"],
+            "frames": report["frames_compared"], "decode_failures": counter.failures}
+
+
+class _FailureCounter:
+    """Passes batches through to a policy and sums the replies' decode failures."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.failures = inner, 0
+
+    def infer_batch(self, observations: Sequence[dict[str, Any]], **kwargs: Any) -> list[Any]:
+        replies = self.inner.infer_batch(observations, **kwargs)
+        self.failures += sum(int(r.get("decode_failures", 0)) for r in replies if isinstance(r, dict))
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def markdown(pi0: dict[str, Any], fast: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
     lines = ["| model | train steps | step time | steps/s | success (95% CI) | mean return | latency / chunk "
              "(median, p90) | executed / chunk | tokens / chunk |", "|---|---:|---:|---:|---|---:|---|---:|---:|"]
@@ -143,8 +224,11 @@ def main() -> None:
     parser.add_argument("--pi0-open-loop-steps", type=int, default=None, help="default: its chunk (50 at most)")
     parser.add_argument("--fast-open-loop-steps", type=int, default=None, help="default: its chunk")
     parser.add_argument("--fast-decode", default="strict",
-                        help="pi0-FAST token decoding, comma-separated: strict (the reference), lenient (see "
-                             "FastActionOutputs); the first is the one the ratios use")
+                        help="pi0-FAST token decoding, comma-separated: strict (the reference), lenient, constrained "
+                             "(see FastActionOutputs); the first is the one the ratios use")
+    parser.add_argument("--heldout", default=None, help="held-out demonstrations (a LeRobot dataset): teacher-forced "
+                                                         "token accuracy and action MAE per decoding rule")
+    parser.add_argument("--heldout-episodes", type=int, default=None, help="its last N episodes (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     args = parser.parse_args()
 
@@ -153,6 +237,13 @@ def main() -> None:
     pi0 = measure(args.pi0, seeds, args.pi0_open_loop_steps)
     fast = [measure(args.fast, seeds, args.fast_open_loop_steps, mode) for mode in modes]
     result = {"seeds": seeds, "pi0": pi0, "fast": fast[0], "fast_other_decoding": fast[1:]}
+    if args.heldout is not None:
+        n = args.heldout_episodes
+        result["heldout"] = {
+            "fast_teacher_forced": teacher_forced(args.fast, args.heldout, episodes=n),
+            "pi0_mae": heldout_mae(args.pi0, args.heldout, episodes=n),
+            "fast_mae": [heldout_mae(args.fast, args.heldout, mode, episodes=n) for mode in modes]}
+        print(json.dumps(result["heldout"], indent=2), file=sys.stderr)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

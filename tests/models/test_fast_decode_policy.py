@@ -17,7 +17,7 @@ def fast_checkpoint(tmp_path_factory, aloha_sim):
     from pi0cli.models.fast_tokenizer import ASSET_DIR, FastActionTokenizer
     from pi0cli.testing import make_tiny_checkpoint, tiny_model_config
 
-    config = tiny_model_config(aloha_sim, "pi0_fast_tiny", max_token_len=96)
+    config = tiny_model_config(aloha_sim, "pi0_fast_tiny", max_token_len=192)
     path = make_tiny_checkpoint(tmp_path_factory.mktemp("fast") / "tiny_fast", aloha_sim, model_config=config)
     chunks = np.clip(np.random.default_rng(0).normal(0, 0.4, (150, HORIZON, aloha_sim.action_dim)), -1, 1)
     FastActionTokenizer.fit(list(chunks), vocab_size=400).save(path / "assets" / aloha_sim.asset_id / ASSET_DIR)
@@ -75,3 +75,22 @@ def test_metrics_count_action_decode_failures_per_rule():
     text = metrics.render().decode()
     for rule, count in (("strict", 0), ("lenient", 2), ("constrained", 0)):
         assert f'pi0_action_decode_failures_total{{rule="{rule}"}} {count:.1f}' in text, text
+
+
+def test_bench_fast_vs_pi0_heldout_measures_on_a_tiny_checkpoint(fast_checkpoint, aloha_sim, tmp_path):
+    """Smoke test of the benchmark's held-out measures (teacher-forced accuracy, MAE per decoding rule)."""
+    import sys
+    from pathlib import Path
+
+    from pi0cli.data.synthetic import write_synthetic_dataset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_fast_vs_pi0 as bench
+
+    dataset = write_synthetic_dataset(tmp_path / "heldout", aloha_sim, episodes=1, frames=16, seed=5,
+                                      tasks=("transfer cube",))
+    forced = bench.teacher_forced(fast_checkpoint, str(dataset), stride=8)
+    assert forced["chunks"] == 2 and 0 <= forced["token_accuracy"] <= 1 and forced["tokens_per_chunk"] > 2
+    assert forced["exact_chunk_rate"] in (0.0, 0.5, 1.0)
+    mae = bench.heldout_mae(fast_checkpoint, str(dataset), "constrained", stride=8)
+    assert mae["decode_failures"] == 0 and mae["frames"] == 2 and np.isfinite(mae["mae"])
