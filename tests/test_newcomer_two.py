@@ -309,3 +309,44 @@ def test_verify_of_a_cpu_model_checks_the_jax_round_trip_and_says_what_it_could_
     assert back.returncode == 0, back.stdout + back.stderr
     assert "not compared: lerobot (LeRobot PyTorch)" in back.stdout and "verified" in back.stdout
     assert (tmp_path / "back" / "params").is_dir()
+
+
+# ---------------------------------------------------------- 2. rtc needs chunks that outlast the latency
+
+
+def test_workable_horizon_leaves_each_chunk_actions_for_the_latency():
+    from pi0cli.evaluation.realtime import RealtimeError, delay_ticks, workable_horizon
+
+    assert delay_ticks(100, 50) == 5 and delay_ticks(0, 50) == 0 and delay_ticks(101, 50) == 6
+    assert workable_horizon(10, 5, 5, explicit=False) == (5, None)
+    horizon, note = workable_horizon(10, 5, 10, explicit=False)
+    assert horizon == 5 and note is not None and "executing 5 actions of each 10-action chunk" in note
+    horizon, note = workable_horizon(10, 5, 10, explicit=True)
+    assert horizon == 10 and note is not None and "5 starved step(s) per chunk" in note
+    with pytest.raises(RealtimeError, match="--execution sync"):
+        workable_horizon(10, 10, 5, explicit=False)
+
+
+@pytest.mark.slow
+def test_rtc_under_latency_executes_what_the_latency_leaves_and_reports_starving(tmp_path):
+    """A tiny checkpoint's chunks are 10 actions; 100 ms at aloha_sim's 50 Hz is 5 ticks. The default open-loop
+    steps (the whole chunk) used to leave rtc nothing to continue (the same actions as naive) and starve 145 of
+    300 steps in silence."""
+    import json
+
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny", load_registry({}).embodiment("aloha_sim"))
+    args = ("eval", "aloha_sim", "--checkpoint", str(ckpt), "--execution", "rtc", "--latency-ms", "100",
+            "--episodes", "1", "--no-videos")
+    fitted = _pi0(tmp_path, *args, "--json")
+    assert fitted.returncode == 0, fitted.stderr
+    assert "executing 5 actions of each 10-action chunk (not 10)" in fitted.stderr
+    report = json.loads(fitted.stdout)
+    assert report["execution"]["execution_horizon"] == 5 and report["starved_steps"] == 0
+
+    starving = _pi0(tmp_path, *args, "--open-loop-steps", "10")
+    assert starving.returncode == 0, starving.stderr
+    assert "5 starved step(s) per chunk" in starving.stderr and "--open-loop-steps 5 fits" in starving.stderr
+    assert " steps starved (no action ready" in starving.stdout, starving.stdout

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pi0cli.cli import console
 from pi0cli.cli.embodiments import complete_embodiment
+
+if TYPE_CHECKING:
+    from pi0cli.client.policy import BasePolicy
+    from pi0cli.embodiment import Embodiment
+    from pi0cli.evaluation.realtime import Execution
 
 
 def evaluate(
@@ -102,6 +107,9 @@ def evaluate(
                        f"({policy.description.split(' ')[0]}) cannot inpaint a chunk; use --execution naive or "
                        "ensemble")
 
+    if setting is not None:
+        setting = _fit_horizon(setting, policy, emb, open_loop_steps)
+
     def show(result: EpisodeResult) -> None:
         mark = "[green]success[/green]" if result.success else "[red]failure[/red]"
         console.err.print(f"episode seed {result.seed}: {mark}  return {result.episode_return:.0f}  "
@@ -129,6 +137,30 @@ def evaluate(
                           f"{report['mean_boundary_jump']:.3g} (max {report['max_boundary_jump']:.3g}), mean step "
                           f"{report['mean_step']:.3g}, jerk {report['mean_jerk']:.3g}; "
                           f"{report['mean_control_seconds']:.1f} s per episode on the control clock")
+        starved, steps = report.get("starved_steps", 0), sum(e["steps"] for e in report["per_episode"])
+        if starved:
+            console.out.print(f"[yellow]{starved} of {steps} steps starved[/yellow] (no action ready: the last one "
+                              "was held while the next chunk was on its way)")
+
+
+def _fit_horizon(setting: Execution, policy: BasePolicy, emb: Embodiment, open_loop_steps: int | None) -> Execution:
+    """``setting`` with an execution horizon that leaves each chunk actions for the simulated latency (see
+    :func:`~pi0cli.evaluation.realtime.workable_horizon`), the change or the doubt said on stderr."""
+    import dataclasses
+
+    import numpy as np
+
+    from pi0cli.evaluation.realtime import delay_ticks, workable_horizon
+
+    if setting.real_time or setting.strategy == "sync" or not setting.latency_ms:
+        return setting  # real latency is unknown up front; sync waits; no latency never starves
+    chunk = len(np.asarray(policy.infer(emb.example_observation(0))["actions"]))  # the first episode compiles it anyway
+    requested = open_loop_steps or emb.open_loop_steps
+    horizon, note = workable_horizon(chunk, delay_ticks(setting.latency_ms, emb.control_hz), requested,
+                                     explicit=open_loop_steps is not None)
+    if note is not None:
+        (console.warn if horizon == requested else console.err.print)(note)
+    return dataclasses.replace(setting, execution_horizon=horizon)
 
 
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,

@@ -15,6 +15,7 @@ to the control rate in wall-clock time.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,34 @@ def run_realtime_episode(simulator: Simulator, embodiment: Embodiment, task: str
         measured_latency_ms=[round(1000.0 * s.latency_s, 3) for s in agent.switches],
         chunk_switches=len(agent.switches), starved_steps=agent.starved_ticks, control_seconds=clock.now() - started,
         **smooth)
+
+
+def delay_ticks(latency_ms: float, control_hz: float) -> int:
+    """Control ticks a reply ``latency_ms`` late misses (as :meth:`RealtimeAgent.estimated_delay` counts them)."""
+    return max(0, math.ceil(latency_ms / 1000.0 * control_hz - 1e-6))
+
+
+def workable_horizon(chunk: int, delay: int, requested: int, *, explicit: bool) -> tuple[int, str | None]:
+    """The execution horizon for chunks of ``chunk`` actions whose successors arrive ``delay`` ticks after the
+    request, and a note when it is not ``requested``.
+
+    The next chunk is requested after ``horizon`` actions, so the current one must hold ``horizon + delay`` of
+    them; past its end the robot holds its last action (starved steps) and rtc has no tail to continue, which
+    makes it the same as naive. A default horizon (not ``explicit``) is shortened to fit and said; an explicit
+    one is kept (to measure starving on purpose) with the warning; no horizon fits a delay of a whole chunk.
+    """
+    if requested + delay <= chunk:
+        return requested, None
+    if delay >= chunk:
+        raise RealtimeError(f"replies {delay} control ticks late leave nothing of a {chunk}-action chunk to execute "
+                            "meanwhile: lower --latency-ms, or use --execution sync (the robot waits)")
+    fit = chunk - delay
+    if explicit:
+        return requested, (f"--open-loop-steps {requested} with replies {delay} ticks late needs chunks of "
+                           f"{requested + delay} actions, these have {chunk}: {requested + delay - chunk} starved "
+                           f"step(s) per chunk, and rtc has nothing to continue (--open-loop-steps {fit} fits)")
+    return fit, (f"executing {fit} actions of each {chunk}-action chunk (not {requested}): replies arrive {delay} "
+                 "ticks after the request, and the chunk must last until then (--open-loop-steps overrides)")
 
 
 def summary(results: Sequence[EpisodeResult], execution: Execution, open_loop_steps: int) -> dict[str, Any]:
