@@ -153,8 +153,10 @@ class ModelFamily(Protocol):
     #: whether the sampler decodes tokens (turned into actions by the output transform) rather than sampling
     #: continuous actions; ``pi0 convert --verify`` then compares the loss and the greedy tokens
     autoregressive: bool
-    #: the freeze modes a train config may name (``models/freeze.py``)
-    freeze_modes: tuple[FreezeMode, ...]
+    @property
+    def freeze_modes(self) -> tuple[FreezeMode, ...]:
+        """The freeze modes a train config may name (``models/freeze.py``)."""
+        ...
 
     def suffix_len(self, config: Pi0Config) -> int:
         """Tokens after the prefix (images + text): pi0's state and action tokens, 0 for pi0-FAST."""

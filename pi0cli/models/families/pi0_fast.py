@@ -75,7 +75,7 @@ class FastTokenLayout:
 class Pi0FastFamily(FamilyBase):
     name = "pi0_fast"
     description = "pi0-FAST: autoregressive over FAST action tokens (one Gemma, no action expert)"
-    image_keys = ("base_0_rgb", "base_1_rgb", "wrist_0_rgb")
+    image_keys: tuple[str, ...] = ("base_0_rgb", "base_1_rgb", "wrist_0_rgb")
     default_token_len = 250
     has_action_expert = False
     pads_state = False  # the state is read as text: only the actions must fit action_dim
