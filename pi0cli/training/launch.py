@@ -251,7 +251,7 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
     ``on_step`` as in :func:`pi0cli.training.trainer.run`.
     """
     from pi0cli.checkpoint import TOKENIZER_FILENAME, checkpoint_config
-    from pi0cli.data.lerobot import LeRobotFrames, check_dataset_fits
+    from pi0cli.data.lerobot import LeRobotFrames, check_dataset_fits, read_info, resolve_dataset
     from pi0cli.data.loader import DataLoader, Shard
     from pi0cli.pipeline import Pipeline
     from pi0cli.training import trainer
@@ -264,6 +264,9 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
         raise Pi0Error(f"preset {config.name!r} names no dataset: pass --dataset ROOT_OR_REPO_ID")
     exp_dir = Path(exp_dir).absolute()
     resume = check_experiment_dir(exp_dir, resume=resume, overwrite=overwrite, warn=warn)
+    _, local_root = resolve_dataset(config.dataset)
+    if local_root.is_dir():  # a dataset of another robot is the problem to name, before its missing norm stats
+        check_dataset_fits(embodiment, read_info(local_root), config.dataset)
     stats = find_norm_stats(config, embodiment.asset_id, norm_stats, warn=warn)
     frames = LeRobotFrames(config.dataset, action_key=embodiment.action_key, action_horizon=config.model.action_horizon)
     frames.fetch()  # a repo id not in the cache is downloaded before anything reads its files (tasks, info)

@@ -83,9 +83,10 @@ def test_tiny_preset_trains_on_a_lerobot_dataset_and_loads_back(workdir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["pi0_aloha_sim_tiny", "--dataset", "droid"], "has no action column 'action'"),
+    (["pi0_aloha_sim_tiny", "--dataset", "droid"], "that embodiment 'aloha_sim' reads"),
     (["pi0_aloha_sim_tiny", "--dataset", "sim", "--resume", "--overwrite"], "contradict"),
-    (["pi0_ur5_tiny", "--dataset", "sim"], "no norm stats for asset 'ur5e'"),
+    # The dataset of another robot is named first: its norm stats could not be computed either.
+    (["pi0_ur5_tiny", "--dataset", "sim"], "that embodiment 'ur5' reads; it has observation.images.top"),
     (["pi0_aloha_sim_tiny", "--dataset", "missing"], "missing"),
     (["pi0_aloha_sim_tny"], "did you mean 'pi0_aloha_sim_tiny'"),
 ])
