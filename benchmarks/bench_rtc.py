@@ -9,8 +9,8 @@ step (the scale of a jump), mean jerk, simulated episode duration (sync's pauses
 steps. Per latency it adds the ratios the issue's targets are stated in, measured in the same run: RTC's
 mean boundary jump over naive's, and whether RTC's and naive's success rates lie in sync's interval.
 
-    # the table in docs/benchmarks.md: a trained small-preset checkpoint (50-step chunks; s = 25 leaves room for 300 ms =
-    # 15 steps of delay), 4 latencies x 4 strategies x 20 episodes
+    # the table in docs/benchmarks.md: a trained small-preset checkpoint (50-step chunks; s = 25 leaves room for
+    # 300 ms = 15 steps of delay), 4 latencies x 4 strategies x 20 episodes
     .venv/bin/python benchmarks/bench_rtc.py --checkpoint runs/aloha_small/5000 --open-loop-steps 25 \
         --episodes 20 --out benchmarks/results/rtc.json
     # the same table split over two processes (one per core), then merged into one result
@@ -67,9 +67,9 @@ def run(checkpoint: Path, *, embodiment: str | None, task: str | None, latencies
     if max_steps is not None:  # short episodes: bound the rollout (the library's evaluate runs whole episodes)
         rollout, limit = simulator.rollout, max_steps
 
-        def short(task: str, seed: int, act: Any, *, max_steps: int | None = None, shadows: bool = False) -> Any:
+        def short(task: str, seed: int, act: Any, *, max_steps: int | None = None, **options: Any) -> Any:
             return rollout(task, seed, act, max_steps=limit if max_steps is None else min(max_steps, limit),
-                           shadows=shadows)
+                           **options)
 
         simulator = dataclasses.replace(simulator, rollout=short)
     for latency in latencies:

@@ -11,17 +11,22 @@ A rollout or a scripted demonstration is an iterator of :class:`Frame` dicts, on
 - ``reward``: the task reward after the step; ``success``: the task was solved at this or an earlier step;
 - ``index``: the step number (0-based);
 - ``env_observation`` (optional): the simulator's raw observation it came from.
+
+A simulator's own settings (rendering shadows, say) are its :class:`SimOption` s: the user sets them with
+``pi0 record/eval --sim-option NAME=VALUE`` and the rollout and scripted functions receive them as keywords;
+the core knows no simulator's settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 import numpy as np
 
 from pi0cli.errors import ObservationError, Pi0Error, UnknownNameError
+from pi0cli.observation_types import Array, Observation
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
@@ -30,12 +35,12 @@ if TYPE_CHECKING:
 class Frame(TypedDict):
     """One control step of an episode (see the module docstring)."""
 
-    observation: dict[str, Any]
-    action: np.ndarray
+    observation: Observation
+    action: Array
     reward: float
     success: bool
     index: int
-    env_observation: NotRequired[dict[str, Any]]
+    env_observation: NotRequired[Observation]
 
 
 @dataclasses.dataclass
@@ -58,22 +63,56 @@ class SimulatorError(Pi0Error):
 
 
 #: A policy as a rollout sees it: an observation in, one action (the robot's units) out.
-Act = Callable[[dict[str, Any]], np.ndarray]
+Act = Callable[[Observation], Array]
+#: The value of a simulator option.
+OptionValue = bool | int | float | str
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class Rollout(Protocol):
-    """Run one closed-loop episode of ``task`` from the scene of ``seed``, calling ``act`` every step."""
+    """Run one closed-loop episode of ``task`` from the scene of ``seed``, calling ``act`` every step;
+    ``options``: the simulator's :class:`SimOption` values the user set (none when they set none)."""
 
     def __call__(self, task: str, seed: int, act: Act, *, max_steps: int | None = None,
-                 shadows: bool = False) -> Iterator[Frame]: ...
+                 **options: OptionValue) -> Iterator[Frame]: ...
 
 
 class ScriptedEpisodes(Protocol):
     """``num_episodes`` successful scripted demonstrations of ``task`` with seeds from ``start_seed`` (failed
-    seeds are skipped); raises :class:`ScriptFailed` when too few seeds succeed."""
+    seeds are skipped); raises :class:`ScriptFailed` when too few seeds succeed. ``options`` as for
+    :class:`Rollout`."""
 
     def __call__(self, task: str, num_episodes: int, *, start_seed: int = 0,
-                 shadows: bool = False) -> Iterator[Episode]: ...
+                 **options: OptionValue) -> Iterator[Episode]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SimOption:
+    """A setting of one simulator (``--sim-option NAME=VALUE``): its keyword, default (whose type is the
+    option's: ``bool``, ``int``, ``float`` or ``str``) and one line of help."""
+
+    name: str
+    default: OptionValue
+    help: str
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"simulator option {self.name!r} must be a Python identifier")
+        if self.name in ("max_steps", "start_seed"):
+            raise ValueError(f"simulator option {self.name!r} clashes with a rollout argument")
+
+    def parse(self, text: str) -> OptionValue:
+        """``text`` as this option's type; a bad value raises :class:`SimulatorError` saying what fits."""
+        kind = type(self.default)
+        if kind is bool:
+            if text.strip().lower() in _TRUE + _FALSE:
+                return text.strip().lower() in _TRUE
+            raise SimulatorError(f"--sim-option {self.name}={text}: expected true or false")
+        try:
+            return kind(text)
+        except ValueError:
+            raise SimulatorError(f"--sim-option {self.name}={text}: expected {kind.__name__}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +133,10 @@ class Simulator:
 
     ``embodiment`` names the registered embodiment whose observations and actions the simulator speaks (one
     simulator per embodiment). ``rollout`` runs a policy closed-loop; ``scripted`` (optional) yields scripted
-    demonstrations for ``pi0 record --scripted``. ``shadows`` is the one rendering switch the CLI passes
-    through (``--shadows/--no-shadows``; a simulator without shadows ignores it). ``rendering`` says in one
-    line what rendering needs on the host (shown when it fails and by diagnostics), ``packages`` which
-    distributions' versions go into evaluation reports, and ``video_key`` which observation image the
-    evaluation videos show (default: the embodiment's first camera).
+    demonstrations for ``pi0 record --scripted``. ``options`` are its own settings (:class:`SimOption`).
+    ``rendering`` says in one line what rendering needs on the host (shown when it fails and by diagnostics),
+    ``packages`` which distributions' versions go into evaluation reports, and ``video_key`` which observation
+    image the evaluation videos show (default: the embodiment's first camera).
     """
 
     name: str
@@ -111,7 +149,8 @@ class Simulator:
     rendering: str = ""
     packages: tuple[str, ...] = ()
     video_key: str | None = None
-    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: tuple[SimOption, ...] = ()
+    metadata: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -132,8 +171,27 @@ class Simulator:
                 return task
         raise UnknownNameError(f"{self.name} task", spelling, self.task_names)
 
+    def parse_options(self, pairs: Iterable[str]) -> dict[str, OptionValue]:
+        """``NAME=VALUE`` texts (``--sim-option``) as keywords for :attr:`rollout` and :attr:`scripted`; a name
+        this simulator lacks fails naming the ones it has."""
+        known = {option.name: option for option in self.options}
+        values: dict[str, OptionValue] = {}
+        for pair in pairs:
+            name, sep, text = pair.partition("=")
+            option = known.get(name.strip().replace("-", "_"))
+            if not sep or option is None:
+                have = ", ".join(f"{o.name} (default {o.default}: {o.help})" for o in self.options) or "none"
+                raise SimulatorError(f"--sim-option {pair!r}: simulator {self.name!r} takes NAME=VALUE with NAME "
+                                     f"one of its options: {have}")
+            values[option.name] = option.parse(text)
+        return values
 
-def check_frame(simulator: Simulator, embodiment: Embodiment, frame: Mapping[str, Any]) -> None:
+    def settings(self, values: Mapping[str, OptionValue]) -> dict[str, OptionValue]:
+        """Every option's value, the defaults filled in (what a report records)."""
+        return {option.name: values.get(option.name, option.default) for option in self.options}
+
+
+def check_frame(simulator: Simulator, embodiment: Embodiment, frame: Frame) -> None:
     """Raise :class:`SimulatorError` naming the simulator when ``frame`` is not a :class:`Frame` whose
     observation the embodiment accepts and whose action has the embodiment's dims."""
     where = f"simulator {simulator.name!r}"
@@ -172,5 +230,5 @@ def checked(frames: Iterable[Frame], simulator: Simulator, embodiment: Embodimen
     yield from iterator
 
 
-__all__ = ["Act", "Episode", "Frame", "Rollout", "ScriptFailed", "ScriptedEpisodes", "SimTask", "Simulator",
-           "SimulatorError", "check_frame", "checked"]
+__all__ = ["Act", "Episode", "Frame", "OptionValue", "Rollout", "ScriptFailed", "ScriptedEpisodes", "SimOption",
+           "SimTask", "Simulator", "SimulatorError", "check_frame", "checked"]

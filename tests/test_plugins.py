@@ -125,11 +125,11 @@ def _frames(seed, act=None, steps=3):
                "index": index}
 
 
-def rollout(task, seed, act, *, max_steps=None, shadows=False):
+def rollout(task, seed, act, *, max_steps=None, **options):
     return _frames(seed, act)
 
 
-def scripted(task, num_episodes, *, start_seed=0, shadows=False):
+def scripted(task, num_episodes, *, start_seed=0, **options):
     for seed in range(start_seed, start_seed + num_episodes):
         yield Episode(seed, task, "push the block", _frames(seed), 3)
 
@@ -285,7 +285,7 @@ def test_a_simulator_that_cannot_start_is_one_error_with_what_it_needs():
     registry = registry_from(_module("toy", SIM_PLUGIN))
     toy = registry.embodiment("toy")
 
-    def broken(task, seed, act, *, max_steps=None, shadows=False):
+    def broken(task, seed, act, *, max_steps=None, **options):
         raise RuntimeError("Cannot initialize a EGL device display")
         yield
 

@@ -49,8 +49,10 @@ def evaluate(
                                          "(default: the embodiment's).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json and videos/ here.")] = None,
     videos: Annotated[bool, typer.Option("--videos/--no-videos", help="Save an mp4 per episode (with --out).")] = True,
-    shadows: Annotated[bool, typer.Option(
-        "--shadows/--no-shadows", help="Render shadows; match what the policy was trained on.")] = False,
+    sim_option: Annotated[list[str] | None, typer.Option(
+        "--sim-option", metavar="NAME=VALUE",
+        help="A setting of the simulator, repeatable (aloha_sim: shadows=true renders shadows, slow on a CPU); "
+             "a wrong name lists the simulator's settings.")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", help="API key of the server.")] = None,
     connect_timeout: Annotated[float, typer.Option(
         "--connect-timeout", min=0, metavar="SECONDS",
@@ -97,6 +99,7 @@ def evaluate(
 
     emb, simulator = simulated(embodiment)
     sim_task = task_of(simulator, task)
+    sim_options = simulator.parse_options(sim_option or ())  # record and evaluate with the same settings
     policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=sim_task.prompt,
                                      connect_timeout=connect_timeout, model=model, fast_decode=fast_decode)
     if setting is not None and setting.strategy == "rtc" and getattr(policy, "rtc_shape", ()) is None:
@@ -117,7 +120,8 @@ def evaluate(
 
     report = run(simulator, emb, sim_task.name, list(range(seed, seed + episodes)), policy,
                  open_loop_steps=open_loop_steps or emb.open_loop_steps, out=out,
-                 provenance={"embodiment": emb.name, **provenance}, videos=videos, on_episode=show, shadows=shadows,
+                 provenance={"embodiment": emb.name, **provenance}, videos=videos, on_episode=show,
+                 sim_options=sim_options,
                  execution=setting)
     if as_json:
         console.out.print_json(json.dumps(report, default=str))

@@ -28,8 +28,10 @@ def record(
     episodes: Annotated[int, typer.Option("--episodes", "-n", min=1, help="Episodes to record.")] = 10,
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the simulator's).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first episode's scene.")] = 0,
-    shadows: Annotated[bool, typer.Option(
-        "--shadows/--no-shadows", help="Render shadows (slow on a CPU; gym-aloha's default look).")] = False,
+    sim_option: Annotated[list[str] | None, typer.Option(
+        "--sim-option", metavar="NAME=VALUE",
+        help="A setting of the simulator, repeatable (aloha_sim: shadows=true renders shadows, slow on a CPU); "
+             "a wrong name lists the simulator's settings.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
     model: Annotated[str | None, typer.Option(
         "--model", help="Model preset of a checkpoint without pi0_config.json (e.g. a reference openpi one): "
@@ -49,6 +51,7 @@ def record(
 
     emb, simulator = simulated(embodiment)
     sim_task = task_of(simulator, task)
+    sim_options = simulator.parse_options(sim_option or ())
     if scripted == (checkpoint is not None or server is not None) or (checkpoint is not None and server is not None):
         raise Pi0Error("pass one source of actions: --scripted, --checkpoint DIR or --policy ws://HOST:PORT")
     prompt = sim_task.prompt
@@ -59,7 +62,7 @@ def record(
             raise Pi0Error(f"simulator {simulator.name!r} ({emb.name}) has no scripted demonstrations; record "
                            "rollouts of a policy with --checkpoint DIR or --policy ws://HOST:PORT")
         def demonstrations() -> Iterator[Iterator[Frame]]:
-            for ep in scripted_episodes(sim_task.name, episodes, start_seed=seed, shadows=shadows):
+            for ep in scripted_episodes(sim_task.name, episodes, start_seed=seed, **sim_options):
                 succeeded.append(ep.seed)  # failed seeds are skipped: attempts run from seed to the last one
                 yield checked(ep.frames, simulator, emb)
 
@@ -75,7 +78,7 @@ def record(
             for s in range(seed, seed + episodes):
                 broker = ActionChunkBroker(policy, action_horizon=emb.open_loop_steps)
                 act = lambda obs, broker=broker: broker.infer(obs)["actions"]  # noqa: E731
-                yield checked(simulator.rollout(sim_task.name, s, act, shadows=shadows), simulator, emb)
+                yield checked(simulator.rollout(sim_task.name, s, act, **sim_options), simulator, emb)
 
         source = rollouts()
     writer = DatasetWriter(out, fps=emb.control_hz, features=embodiment_features(emb), robot_type=emb.name,

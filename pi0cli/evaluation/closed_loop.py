@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY, DECO
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
-    from pi0cli.simulator import Simulator
+    from pi0cli.simulator import OptionValue, Simulator
 
 REPORT_FILENAME = "report.json"
 
@@ -40,13 +40,14 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 
 
 def run_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, policy: BasePolicy, *,
-                open_loop_steps: int, video: Path | None = None, shadows: bool = False) -> EpisodeResult:
+                open_loop_steps: int, video: Path | None = None,
+                sim_options: Mapping[str, OptionValue] | None = None) -> EpisodeResult:
     """One closed-loop episode: the policy is asked for a chunk every ``open_loop_steps`` steps."""
     from pi0cli.client.broker import ActionChunkBroker
 
     broker = ActionChunkBroker(policy, action_horizon=open_loop_steps)
     return play(simulator, embodiment, task, seed, lambda obs: broker.infer(obs)["actions"], video=video,
-                shadows=shadows)
+                sim_options=sim_options)
 
 
 def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
@@ -95,7 +96,8 @@ class DecodeFailureCounter(BasePolicy):
 
 def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Sequence[int], policy: BasePolicy, *,
              open_loop_steps: int, out: Path | None, provenance: dict[str, Any], videos: bool = True,
-             on_episode: Callable[[EpisodeResult], None] | None = None, shadows: bool = False,
+             on_episode: Callable[[EpisodeResult], None] | None = None,
+             sim_options: Mapping[str, OptionValue] | None = None,
              execution: Execution | None = None) -> dict[str, Any]:
     """Run every seed of ``task`` in ``simulator`` and return (and write to ``out/report.json``) the report.
     ``execution``: simulated inference latency and an execution strategy (:mod:`pi0cli.evaluation.realtime`)
@@ -107,10 +109,10 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
         video = out / "videos" / f"episode_{seed:05d}.mp4" if (out is not None and videos) else None
         if execution is None:
             result = run_episode(simulator, embodiment, task, seed, policy, open_loop_steps=open_loop_steps,
-                                 video=video, shadows=shadows)
+                                 video=video, sim_options=sim_options)
         else:
             result = run_realtime_episode(simulator, embodiment, task, seed, policy, execution,
-                                          open_loop_steps=open_loop_steps, video=video, shadows=shadows)
+                                          open_loop_steps=open_loop_steps, video=video, sim_options=sim_options)
         results.append(result)
         if on_episode is not None:
             on_episode(result)
@@ -125,7 +127,7 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
         "mean_return": float(np.mean([r.episode_return for r in results])) if results else 0.0,
         "open_loop_steps": open_loop_steps,
         **counter.summary(),
-        "render": {"shadows": shadows},
+        "sim_options": simulator.settings(sim_options or {}),
         **({} if execution is None else summary(results, execution, open_loop_steps)),
         "per_episode": [dataclasses.asdict(r) for r in results],
         "provenance": {**provenance, "simulator": simulator.name, "seeds": list(seeds),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from pi0cli.transforms import lookup, to_uint8_hwc
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
-    from pi0cli.simulator import Act, Simulator
+    from pi0cli.simulator import Act, OptionValue, Simulator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +36,11 @@ class EpisodeResult:
 
 
 def play(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, act: Act, *, video: Path | None = None,
-         shadows: bool = False, max_steps: int | None = None) -> EpisodeResult:
+         sim_options: Mapping[str, OptionValue] | None = None, max_steps: int | None = None) -> EpisodeResult:
     """Run one episode of ``simulator`` with ``act`` choosing each action: its return, success, the digest of
     the actions ``act`` returned and (with ``video``) an mp4 of the observation image at ``simulator.video_key``
-    (default: the embodiment's first camera). The first frame is checked against the embodiment's contract."""
+    (default: the embodiment's first camera). The first frame is checked against the embodiment's contract;
+    ``sim_options``: the simulator's own settings (:meth:`~pi0cli.simulator.Simulator.parse_options`)."""
     video_key = simulator.video_key or (embodiment.cameras[0].key if embodiment.cameras else None)
     images: list[np.ndarray] = []
     total, best, steps, success = 0.0, 0.0, 0, False
@@ -51,7 +52,7 @@ def play(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, act
         return action
 
     start = time.perf_counter()
-    frames = simulator.rollout(task, seed, digested, shadows=shadows, max_steps=max_steps)
+    frames = simulator.rollout(task, seed, digested, max_steps=max_steps, **(sim_options or {}))
     for frame in checked(frames, simulator, embodiment):
         total += frame["reward"]
         best = max(best, frame["reward"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from pi0cli.evaluation.episode import EpisodeResult, play
 if TYPE_CHECKING:
     from pi0cli.client.policy import BasePolicy
     from pi0cli.embodiment import Embodiment
-    from pi0cli.simulator import Simulator
+    from pi0cli.simulator import OptionValue, Simulator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,8 @@ def smoothness(actions: np.ndarray, switch_steps: Sequence[int]) -> dict[str, fl
 
 def run_realtime_episode(simulator: Simulator, embodiment: Embodiment, task: str, seed: int, policy: BasePolicy,
                          execution: Execution, *, open_loop_steps: int, video: Path | None = None,
-                         shadows: bool = False, max_steps: int | None = None) -> RealtimeEpisodeResult:
+                         sim_options: Mapping[str, OptionValue] | None = None,
+                         max_steps: int | None = None) -> RealtimeEpisodeResult:
     """One closed-loop episode at the embodiment's control rate with ``execution``'s strategy and latency."""
     period = 1.0 / embodiment.control_hz
     simulated = SimulatedClock()
@@ -118,7 +119,8 @@ def run_realtime_episode(simulator: Simulator, embodiment: Embodiment, task: str
         return action
 
     try:
-        played = play(simulator, embodiment, task, seed, act, video=video, shadows=shadows, max_steps=max_steps)
+        played = play(simulator, embodiment, task, seed, act, video=video, sim_options=sim_options,
+                      max_steps=max_steps)
     finally:
         if threaded is not None:
             threaded.cancel()

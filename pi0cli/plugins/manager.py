@@ -20,7 +20,7 @@ import dataclasses
 import importlib.metadata
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -84,6 +84,11 @@ class _Table[T]:
         return dict(sorted(self.items.items()))
 
 
+#: A table of any kind (the kinds differ only in what they hold).
+type _AnyTable = (_Table[Embodiment] | _Table[TrainConfig] | _Table[Simulator] | _Table[DatasetConverter]
+                  | _Table[DoctorCheck])
+
+
 def _clash(what: str, previous: PluginInfo, owner: PluginInfo) -> str:
     return (f"{what} is registered by both {previous.label} (plugin {previous.name!r}) and {owner.label} "
             f"(plugin {owner.name!r}); uninstall one, or disable one with {DISABLE_ENV}={owner.name}")
@@ -132,7 +137,7 @@ class Registry:
             if getattr(self, attribute) is not None:
                 self._call_lazy(hook, plugin, info)
 
-    def _call(self, plugin: object, info: PluginInfo, hook: str, register: Callable[[Any], None]) -> None:
+    def _call(self, plugin: object, info: PluginInfo, hook: str, register: Callable[[object], None]) -> None:
         """Run one plugin's implementation of ``hook``; its failure is recorded, not raised (duplicates are)."""
         if info.error is not None:
             return
@@ -147,7 +152,7 @@ class Registry:
                 info.error = _one_line(exc)
 
     def _call_lazy(self, hook: str, plugin: object, info: PluginInfo) -> None:
-        register: Callable[[Any], None] = {
+        register: Callable[[object], None] = {
             "pi0_register_presets": lambda item: self.register_preset(item, info),
             "pi0_register_simulators": lambda item: self.register_simulator(item, info),
             "pi0_register_dataset_converters": lambda item: self.register_dataset_converter(item, info),
@@ -276,7 +281,7 @@ class Registry:
     def provider(self, kind: str, name: str) -> PluginInfo:
         """The plugin that registered ``name`` of ``kind`` (``embodiment``, ``preset``, ``simulator`` or
         ``dataset_converter``)."""
-        tables: dict[str, Callable[[], _Table[Any]]] = {
+        tables: dict[str, Callable[[], _AnyTable]] = {
             "embodiment": lambda: self._embodiments, "preset": self._preset_table,
             "simulator": self._simulator_table, "dataset_converter": self._converter_table,
         }

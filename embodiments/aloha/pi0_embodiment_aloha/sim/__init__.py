@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from pi0cli.simulator import Act, Episode, Frame, SimTask, Simulator
+from pi0cli.simulator import Act, Episode, Frame, OptionValue, SimOption, SimTask, Simulator
 
 #: Headless OpenGL back end used when ``MUJOCO_GL`` is unset. EGL through Mesa (llvmpipe, software) is what
 #: Debian's ``libegl1`` + ``libegl-mesa0`` + ``libgl1-mesa-dri`` provide; it needs no display and no GPU.
@@ -50,16 +50,23 @@ def task_name(task: str) -> str:
     return name
 
 
-def _rollout(task: str, seed: int, act: Act, *, max_steps: int | None = None, shadows: bool = False) -> Iterator[Frame]:
+#: The simulator's own setting (``pi0 record/eval --sim-option shadows=true``): shadow mapping is gym-aloha's
+#: look but makes CPU rendering about 3x slower; record and evaluate with the same value.
+SHADOWS = SimOption("shadows", False, "render shadows (gym-aloha's look; about 3x slower on a CPU)")
+
+
+def _rollout(task: str, seed: int, act: Act, *, max_steps: int | None = None,
+             **options: OptionValue) -> Iterator[Frame]:
     from pi0_embodiment_aloha.sim.episodes import rollout
 
-    return rollout(task, seed, act, max_steps=max_steps, shadows=shadows)
+    return rollout(task, seed, act, max_steps=max_steps, shadows=bool(options.get("shadows", SHADOWS.default)))
 
 
-def _scripted(task: str, num_episodes: int, *, start_seed: int = 0, shadows: bool = False) -> Iterator[Episode]:
+def _scripted(task: str, num_episodes: int, *, start_seed: int = 0, **options: OptionValue) -> Iterator[Episode]:
     from pi0_embodiment_aloha.sim.episodes import scripted_episodes
 
-    return scripted_episodes(task, num_episodes, start_seed=start_seed, shadows=shadows)
+    return scripted_episodes(task, num_episodes, start_seed=start_seed,
+                             shadows=bool(options.get("shadows", SHADOWS.default)))
 
 
 SIMULATOR = Simulator(
@@ -77,6 +84,7 @@ SIMULATOR = Simulator(
     rendering=f"OpenGL for MuJoCo: MUJOCO_GL={DEFAULT_GL} (Mesa: libegl1 libegl-mesa0 libgl1-mesa-dri) or osmesa",
     packages=("mujoco", "dm-control", "gym-aloha"),
     video_key="images/cam_high",
+    options=(SHADOWS,),
 )
 
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 
 from pi0_embodiment_metaworld.tasks import GROUPS, INSTRUCTIONS, TASKS
-from pi0cli.simulator import Act, Episode, Frame, SimTask, Simulator
+from pi0cli.simulator import Act, Episode, Frame, OptionValue, SimTask, Simulator
 
 #: Headless OpenGL for MuJoCo when ``MUJOCO_GL`` is unset: Mesa's EGL (software llvmpipe; no display, no GPU).
 DEFAULT_GL = "egl"
@@ -32,16 +32,17 @@ def ensure_headless_gl() -> str:
 
 
 def _rollout(task: str, seed: int, act: Act, *, max_steps: int | None = None,
-             shadows: bool = False) -> Iterator[Frame]:
+             **options: OptionValue) -> Iterator[Frame]:
     from pi0_embodiment_metaworld.sim.episodes import rollout
 
-    return rollout(task, seed, act, max_steps=max_steps, shadows=shadows)
+    # No simulator options declared (pi0cli.simulator.SimOption): shadows stay off, as LeRobot renders.
+    return rollout(task, seed, act, max_steps=max_steps, shadows=bool(options.get("shadows", False)))
 
 
-def _scripted(task: str, num_episodes: int, *, start_seed: int = 0, shadows: bool = False) -> Iterator[Episode]:
+def _scripted(task: str, num_episodes: int, *, start_seed: int = 0, **options: OptionValue) -> Iterator[Episode]:
     from pi0_embodiment_metaworld.sim.episodes import scripted_episodes
 
-    return scripted_episodes(task, num_episodes, start_seed=start_seed, shadows=shadows)
+    return scripted_episodes(task, num_episodes, start_seed=start_seed, shadows=bool(options.get("shadows", False)))
 
 
 def _aliases(task: str) -> tuple[str, ...]:
