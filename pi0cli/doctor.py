@@ -10,7 +10,6 @@ heavy at module level.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -20,36 +19,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from pi0cli.diagnostics import DoctorCheck, Row, Status
 
 if TYPE_CHECKING:
     from pi0cli.plugins.manager import Registry
 
-Status = Literal["ok", "warn", "fail", "info"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the doctor's table."""
-
-    check: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-    @property
-    def blocking(self) -> bool:
-        return self.status == "fail"
-
-
-@dataclasses.dataclass(frozen=True)
-class DoctorCheck:
-    """A check a plugin adds to ``pi0 doctor`` (hook ``pi0_doctor_checks``): ``run()`` returns its rows. A check
-    that raises becomes one warning row naming the plugin, not a doctor crash."""
-
-    name: str
-    run: Callable[[], list[Row]]
-
+__all__ = ["DoctorCheck", "Row", "Status", "run_checks"]  # the row types live in pi0cli.diagnostics (a contract)
 
 def _version(dist: str) -> str | None:
     try:

@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pi0cli"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contracts", ("pi0cli", "pi0cli.errors", "pi0cli.transforms", "pi0cli.normstats", "pi0cli.models.config",
                    "pi0cli.models.families", "pi0cli.embodiment", "pi0cli.observation_types",
-                   "pi0cli.observation_check", "pi0cli.simulator")),
+                   "pi0cli.observation_check", "pi0cli.simulator", "pi0cli.diagnostics")),
     ("files", ("pi0cli.checkpoint", "pi0cli.downloads")),
     # The model families' registry (pi0cli/models/families/__init__.py) is a contract the config checks
     # model_type against; the families themselves are model code.

@@ -23,7 +23,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from pi0cli.convert.datasets import DatasetConverter
-    from pi0cli.doctor import DoctorCheck
+    from pi0cli.diagnostics import DoctorCheck
     from pi0cli.embodiment import Embodiment
     from pi0cli.simulator import Simulator
     from pi0cli.training.config import TrainConfig
@@ -77,10 +77,10 @@ def pi0_register_dataset_converters(register: Callable[[DatasetConverter], None]
 
 @hookspec
 def pi0_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
-    """Add rows to ``pi0 doctor`` by calling ``register(check)`` once per :class:`~pi0cli.doctor.DoctorCheck`:
+    """Add rows to ``pi0 doctor`` by calling ``register(check)`` once per :class:`~pi0cli.diagnostics.DoctorCheck`:
     what the plugin needs of the host that the core cannot know (a simulator's headless OpenGL, a driver).
 
-    Called lazily, only by ``pi0 doctor``. ``check.run()`` returns :class:`~pi0cli.doctor.Row` objects; a
+    Called lazily, only by ``pi0 doctor``. ``check.run()`` returns :class:`~pi0cli.diagnostics.Row` objects; a
     ``"fail"`` row blocks (exit 1), so use ``"warn"`` for what limits only this plugin's robots. Run probes that
     can crash a process in a subprocess. Names need not be unique across plugins: each plugin checks its own.
     """

@@ -29,7 +29,7 @@ from pi0cli.plugins import hookspecs
 
 if TYPE_CHECKING:
     from pi0cli.convert.datasets import DatasetConverter
-    from pi0cli.doctor import DoctorCheck
+    from pi0cli.diagnostics import DoctorCheck
     from pi0cli.embodiment import Embodiment
     from pi0cli.simulator import Simulator
     from pi0cli.training.config import TrainConfig
@@ -204,10 +204,10 @@ class Registry:
         self._converter_table().add(converter.name, converter, owner)
 
     def register_doctor_check(self, check: object, owner: PluginInfo) -> None:
-        from pi0cli.doctor import DoctorCheck
+        from pi0cli.diagnostics import DoctorCheck
 
         if not isinstance(check, DoctorCheck):
-            raise TypeError(f"register() takes a pi0cli.doctor.DoctorCheck, got {type(check).__name__}")
+            raise TypeError(f"register() takes a pi0cli.diagnostics.DoctorCheck, got {type(check).__name__}")
         # Keyed by plugin: two plugins may both check, say, "rendering" for their own simulators.
         self._doctor_table().add(f"{owner.name}/{check.name}", check, owner)
 

@@ -21,7 +21,7 @@ from pi0cli.transforms import Data, SliceActions, Transform, bool_mask, compose,
 
 if TYPE_CHECKING:
     from pi0cli.convert.datasets import DatasetConverter
-    from pi0cli.doctor import DoctorCheck
+    from pi0cli.diagnostics import DoctorCheck
     from pi0cli.simulator import Simulator
     from pi0cli.training.config import TrainConfig
 

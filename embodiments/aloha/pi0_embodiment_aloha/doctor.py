@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from pi0cli.doctor import DoctorCheck, Row
+from pi0cli.diagnostics import DoctorCheck, Row
 
 _GL_PROBE = """
 import os
