@@ -350,3 +350,36 @@ def test_rtc_under_latency_executes_what_the_latency_leaves_and_reports_starving
     assert starving.returncode == 0, starving.stderr
     assert "5 starved step(s) per chunk" in starving.stderr and "--open-loop-steps 5 fits" in starving.stderr
     assert " steps starved (no action ready" in starving.stdout, starving.stdout
+
+
+# ------------------------------------------------------------------------------------------ 9. the smaller ones
+
+
+def test_train_help_names_every_model_family(tmp_path):
+    result = _pi0(tmp_path, "train", "--help")
+    assert result.returncode == 0 and "pi0-FAST" in result.stdout and "pi0.5" in result.stdout
+
+
+def test_memory_budget_prints_a_line_per_compiled_plan_when_not_on_a_terminal(monkeypatch, capsys):
+    """A spinner in a log stays blank for the minutes the plans compile; a log gets a line per plan instead."""
+    import dataclasses
+    import types
+
+    from pi0cli.cli import train as train_cli
+    from pi0cli.models.config import preset
+    from pi0cli.training import planner
+    from pi0cli.training.config import TrainConfig
+
+    config = TrainConfig(name="demo", embodiment="aloha_sim", model=preset("pi0_tiny"))
+
+    def plan_memory(config, budget, *, on_compile, **_):
+        for peak in (3 * 2**30, 2**30):
+            on_compile(None, peak)
+        return types.SimpleNamespace(config=dataclasses.replace(config, batch_size=4))
+
+    monkeypatch.setattr(planner, "plan_memory", plan_memory)
+    monkeypatch.setattr(planner, "plan_rows", lambda result: [("peak / device", "1 GiB")])
+    assert train_cli._plan(config, "2GiB", allow_freeze_vision=False, allow_no_ema=False).batch_size == 4
+    err = capsys.readouterr().err
+    assert "planning demo for 2.00 GiB per device" in err
+    assert "plan 1 compiled to 3.00 GiB per device" in err and "plan 2 compiled to 1.00 GiB per device" in err

@@ -192,12 +192,24 @@ def _plan(config: TrainConfig, budget: str, *, allow_freeze_vision: bool, allow_
     from pi0cli.training.planner import format_bytes, parse_bytes, plan_memory, plan_rows
 
     budget_bytes = parse_bytes(budget)
-    with console.err.status(f"planning {config.name} for {format_bytes(budget_bytes)} per device ...") as status:
-        result = plan_memory(
-            config, budget_bytes, allow_freeze_vision=allow_freeze_vision, allow_drop_ema=allow_no_ema,
-            on_compile=lambda plan, peak: status.update(f"planning {config.name}: a plan compiled to "
-                                                        f"{format_bytes(peak)} ..."),
-        )
+    started = time.perf_counter()
+    compiled = 0
+    # A spinner on a terminal; in a pipe or a log (which a spinner leaves blank for minutes) one line per plan.
+    say = console.err.print if not console.err.is_terminal else (lambda message: None)
+    first = f"planning {config.name} for {format_bytes(budget_bytes)} per device (each plan compiles a train step)"
+    say(first)
+
+    def on_compile(plan: object, peak: int) -> None:
+        nonlocal compiled
+        compiled += 1
+        message = (f"planning {config.name}: plan {compiled} compiled to {format_bytes(peak)} per device "
+                   f"({time.perf_counter() - started:.0f} s)")
+        status.update(message)
+        say(message)
+
+    with console.err.status(first + " ...") as status:
+        result = plan_memory(config, budget_bytes, allow_freeze_vision=allow_freeze_vision,
+                             allow_drop_ema=allow_no_ema, on_compile=on_compile)
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
