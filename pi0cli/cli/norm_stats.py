@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -31,10 +31,13 @@ def _default_horizon(embodiment) -> int:
 
 
 def norm_stats(
-    embodiment: Annotated[str, typer.Argument(help="Embodiment whose transforms and key map apply.",
-                                              autocompletion=complete_embodiment)],
-    dataset: Annotated[str, typer.Option(
-        "--dataset", "-d", help="LeRobot dataset: a local root or a repo id in the local cache.")],
+    embodiment: Annotated[str | None, typer.Argument(help="Embodiment whose transforms and key map apply.",
+                                                     autocompletion=complete_embodiment)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", "-d", help="LeRobot dataset: a local root or a repo id in the local cache.")] = None,
+    mixture: Annotated[Path | None, typer.Option(
+        "--mixture", help="Mixture file (as for pi0 train --mixture): one norm_stats.json per embodiment, over "
+                          "all of its datasets; instead of EMBODIMENT --dataset.")] = None,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Assets directory; writes <out>/<asset_id>/norm_stats.json.")] = Path("assets"),
     horizon: Annotated[int | None, typer.Option(
@@ -56,14 +59,22 @@ def norm_stats(
 ) -> None:
     """Compute exact mean, std, q01 and q99 of state and actions (no video is decoded)."""
     from pi0cli.data.stats import check_norm_stats, compute_norm_stats, load_columns, summarize
+    from pi0cli.errors import Pi0Error
     from pi0cli.normstats import load_norm_stats, save_norm_stats
 
+    if mixture is not None:
+        if embodiment is not None or dataset is not None or check is not None or fast_tokenizer:
+            raise Pi0Error("--mixture names the datasets and their embodiments: drop EMBODIMENT, --dataset, "
+                           "--check and --fast-tokenizer")
+        _mixture_stats(mixture, out, horizon, preset, as_json)
+        return
+    if embodiment is None or dataset is None:
+        raise Pi0Error("name the embodiment and its dataset (pi0 norm-stats EMBODIMENT --dataset ROOT), or pass "
+                       "--mixture mix.toml")
     emb = console.registry().embodiment(embodiment)
     if preset is not None:
         train_preset = console.registry().preset(preset)
         if train_preset.embodiment != emb.name:
-            from pi0cli.errors import Pi0Error
-
             raise Pi0Error(f"preset {preset!r} trains embodiment {train_preset.embodiment!r}, not {emb.name!r}; "
                            f"run `pi0 norm-stats {train_preset.embodiment} --preset {preset} ...`")
         horizon = horizon or train_preset.model.action_horizon
@@ -119,6 +130,44 @@ def norm_stats(
                           f"over {fast['chunks']} chunks")
     console.out.print(f"wrote {path} ({data.num_frames} frames, {data.num_episodes} episodes, action chunks of "
                       f"{horizon})")
+
+
+def _mixture_stats(path: Path, out: Path, horizon: int | None, preset: str | None, as_json: bool) -> None:
+    """``--mixture``: one stats file per embodiment, at ``<out>/<asset_id>/``, where ``pi0 train --mixture``
+    looks."""
+    from pi0cli.data.mixture import read_mixture, resolve_embodiments
+    from pi0cli.data.mixture_stats import mixture_norm_stats
+    from pi0cli.normstats import save_norm_stats
+
+    registry = console.registry()
+    spec = read_mixture(path)
+    embodiments = resolve_embodiments(spec, registry.embodiment)
+    horizon = horizon or (registry.preset(preset).model.action_horizon if preset else None)
+    if horizon is None:
+        horizons = {_default_horizon(e) for e in embodiments.values()}
+        if len(horizons) > 1:
+            from pi0cli.errors import Pi0Error
+
+            raise Pi0Error(f"the mixture's robots default to different action horizons ({sorted(horizons)}); pass "
+                           "--preset PRESET (the one you train) or --horizon N")
+        horizon = horizons.pop()
+    with console.err.status(f"reading the datasets of {path} ..."):
+        results = mixture_norm_stats(spec, embodiments, horizon=horizon)
+    written: list[dict[str, Any]] = []
+    for result in results:
+        emb = result.embodiment
+        computed_for = {"embodiment": emb.name, "asset_id": emb.asset_id, "horizon": horizon, "mixture": str(path),
+                        "dataset": ", ".join(s.dataset for s in result.sources), "frames": result.frames,
+                        "episodes": result.episodes, **({"preset": preset} if preset else {})}
+        stats_path = save_norm_stats(result.stats, out / emb.asset_id, computed_for=computed_for)
+        written.append({"embodiment": emb.name, "path": str(stats_path), "frames": result.frames,
+                        "episodes": result.episodes, "datasets": [s.dataset for s in result.sources]})
+    if as_json:
+        console.out.print_json(json.dumps({"horizon": horizon, "written": written}))
+        return
+    for row in written:
+        console.out.print(f"wrote {row['path']} for {row['embodiment']} ({row['frames']} frames, {row['episodes']} "
+                          f"episodes of {len(row['datasets'])} dataset(s), action chunks of {horizon})")
 
 
 def _two_passes(progress: console.Progress, frames: int) -> Callable[[int], None]:

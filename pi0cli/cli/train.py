@@ -12,6 +12,7 @@ import typer
 from pi0cli.cli import console
 
 if TYPE_CHECKING:
+    from pi0cli.data.mixture import MixtureSpec
     from pi0cli.training.config import TrainConfig
     from pi0cli.training.trainer import RunResult
 
@@ -32,6 +33,9 @@ def train(
         "--embodiment", "-e", help="Robot to train for (default: the preset's).")] = None,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", "-d", help="LeRobot dataset: local root or repo id in the local cache.")] = None,
+    mixture: Annotated[Path | None, typer.Option(
+        "--mixture", help="Mixture file (TOML): [[dataset]] entries with path or repo_id, embodiment, weight "
+        "(and an optional prompt); instead of --dataset.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Model preset: pi0, pi05, pi0_tiny, ... (default: the preset's, else pi0).")] = None,
     lora: Annotated[bool, typer.Option(
@@ -100,6 +104,7 @@ def train(
         model=model, lora=lora, steps=steps, batch_size=batch_size, lr=lr, seed=seed, init_from=init_from,
         save_interval=save_interval, log_interval=log_interval, fsdp_devices=fsdp_devices,
     )
+    spec = _read_mixture(mixture, dataset=dataset, embodiment=embodiment, norm_stats=norm_stats)
     if print_config:
         console.out.print_json(json.dumps(launch.config_as_dict(config)))
         return
@@ -107,6 +112,12 @@ def train(
         from pi0cli.errors import Pi0Error
 
         raise Pi0Error("--resume and --overwrite contradict each other: pick one")
+    if spec is not None and not dry_run:
+        from pi0cli.data.mixture import resolve_embodiments
+        from pi0cli.training.mixture_launch import check_mixture
+
+        embodiments = resolve_embodiments(spec, registry.embodiment)
+        check_mixture(config, spec, embodiments, warn=console.warn)  # every entry, before anything compiles
     launch.init_distributed(coordinator, num_processes, process_id)
     if dry_run and dataset is not None:
         from pi0cli.data.lerobot import resolve_dataset
@@ -128,6 +139,9 @@ def train(
                                   f"{time.perf_counter() - first['at']:.1f} s, compiling included")
                 first.clear()
             reached.append(step)
+            # A mixture's loss per dataset (means over the steps since the last report): "loss[aloha] 0.4123".
+            progress.fields.update({f"loss[{key.removeprefix('loss/')}]": f"{value:.4f}"
+                                    for key, value in metrics.items() if key.startswith("loss/")})
             progress.update(step, line=True, loss=f"{metrics['loss']:.4f}",
                             grad=f"{metrics.get('grad_norm', float('nan')):.3f}",
                             rate=f"{metrics['steps_per_s']:.2f} steps/s")
@@ -140,13 +154,34 @@ def train(
 
         exp_dir = checkpoint_dir / config.name / exp
         try:
-            result = launch.train(config, registry.embodiment(config.embodiment), exp_dir=exp_dir, resume=resume,
-                                  overwrite=overwrite, norm_stats=norm_stats, tokenizer=tokenizer, wandb=wandb,
-                                  warn=console.warn, on_start=on_start, on_step=on_step)
+            if spec is not None:
+                from pi0cli.training.mixture_launch import train_mixture
+
+                result = train_mixture(config, spec, embodiments, exp_dir=exp_dir, resume=resume,
+                                       overwrite=overwrite, tokenizer=tokenizer, wandb=wandb, warn=console.warn,
+                                       on_start=on_start, on_step=on_step)
+            else:
+                result = launch.train(config, registry.embodiment(config.embodiment), exp_dir=exp_dir,
+                                      resume=resume, overwrite=overwrite, norm_stats=norm_stats, tokenizer=tokenizer,
+                                      wandb=wandb, warn=console.warn, on_start=on_start, on_step=on_step)
         except KeyboardInterrupt:
             _print_interrupted(exp_dir, reached[-1] if reached else None, config)
             raise typer.Exit(130) from None
     _print_summary(result)
+
+
+def _read_mixture(path: Path | None, *, dataset: str | None, embodiment: str | None,
+                  norm_stats: Path | None) -> MixtureSpec | None:
+    """The mixture file's entries, or None without --mixture; the one-dataset flags are refused beside it."""
+    if path is None:
+        return None
+    from pi0cli.data.mixture import MixtureError, read_mixture
+
+    for flag, value in (("--dataset", dataset), ("--embodiment", embodiment), ("--norm-stats", norm_stats)):
+        if value is not None:
+            raise MixtureError(f"--mixture and {flag} exclude each other: the mixture file names each dataset, its "
+                               "embodiment and its norm stats (./assets/<asset_id>/); drop " + flag)
+    return read_mixture(path)
 
 
 def resume_command(argv: list[str]) -> str:

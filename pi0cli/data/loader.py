@@ -121,16 +121,17 @@ class DataLoader:
     ``dataset`` is anything with ``__len__`` and ``__getitem__`` (e.g. :class:`LeRobotFrames`); ``transform``
     turns one item into one model example (e.g. ``Pipeline.training_inputs()``). ``workers="thread"`` (default;
     PyAV decodes with the GIL released) or ``"process"`` (spawned processes; needs picklable dataset and
-    transform); ``num_workers=0`` loads in the calling thread.
+    transform); ``num_workers=0`` loads in the calling thread. ``order`` replaces the shuffled epochs (a
+    weighted mixture's :class:`pi0cli.data.mixture.MixtureOrder`).
     """
 
     def __init__(self, dataset: Any, transform: Callable | None, *, batch_size: int, seed: int = 0,
                  shard: Shard = Shard(), num_workers: int = 2, prefetch: int | None = None,
-                 workers: str = "thread", split: int | None = None):
+                 workers: str = "thread", split: int | None = None, order: BatchOrder | None = None):
         if workers not in ("thread", "process"):
             raise LoaderError(f"workers must be 'thread' or 'process', got {workers!r}")
         self.dataset, self.transform = dataset, transform
-        self.order = BatchOrder(len(dataset), batch_size, seed, shard)
+        self.order = order if order is not None else BatchOrder(len(dataset), batch_size, seed, shard)
         self.num_workers = max(0, int(num_workers))
         self.workers = workers
         self.prefetch = max(1, prefetch if prefetch is not None else self.num_workers + 1)

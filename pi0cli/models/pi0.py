@@ -175,8 +175,10 @@ class Pi0(nnx.Module):
         time: jax.Array | None = None,
         train: bool = False,
         preprocessed: bool = False,
+        action_mask: jax.Array | None = None,
     ) -> jax.Array:
-        """Flow-matching loss per example and step, ``[B, H]`` (mean over action dims, padded dims included).
+        """Flow-matching loss per example and step, ``[B, H]``: the mean over action dims, padded dims included
+        (the reference) unless ``action_mask [B, A]`` (true for a robot's real dims) says which dims count.
 
         ``noise [B, H, A]`` and ``time [B]`` default to N(0, I) and ``Beta(1.5, 1) * 0.999 + 0.001``.
         ``preprocessed``: ``obs`` already went through ``preprocess_observation`` (micro-batches of one batch).
@@ -204,7 +206,12 @@ class Pi0(nnx.Module):
             [prefix, suffix], mask=mask, positions=positions, adarms_cond=[None, cond]
         )
         v_t = self._actions_out(suffix_out)
-        return jnp.mean(jnp.square(v_t - u_t), axis=-1)
+        if action_mask is None:
+            return jnp.mean(jnp.square(v_t - u_t), axis=-1)
+        # A where, not a product: a padded dim's error (even inf or nan) has no path into the loss or its gradient.
+        mask = action_mask.astype(bool)[..., None, :]
+        squared = jnp.where(mask, jnp.square(v_t - u_t), 0.0)
+        return jnp.sum(squared, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1)
 
     # ------------------------------------------------------------------------------------------------ sampling
     def _actions_out(self, expert_out: jax.Array | None) -> jax.Array:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,9 +120,14 @@ def _micro_batches(tree: Any, n: int) -> Any:
 
 
 def make_train_step(
-    static: Model, tx: optax.GradientTransformation, ema_decay: float | None, *, grad_accum_steps: int = 1
+    static: Model, tx: optax.GradientTransformation, ema_decay: float | None, *, grad_accum_steps: int = 1,
+    source_names: tuple[str, ...] = (),
 ) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``, pure (jit it).
+
+    A batch with ``action_mask [B, A]`` (a mixture's) has its padded action dims left out of the loss; with
+    ``source [B]`` and ``source_names``, the metrics add ``loss/<name>``, the mean loss of each source's examples
+    in the batch (nan when it has none).
 
     With ``grad_accum_steps = n > 1`` the batch runs as ``n`` micro-batches under ``lax.scan`` whose gradients
     are averaged: the noise, flow times and augmentation are drawn for the whole batch first, so the step is
@@ -132,13 +138,20 @@ def make_train_step(
         rng = jax.random.fold_in(state.rng, state.step)
         obs = Observation.from_dict(batch)
         actions = batch["actions"]
+        action_mask = batch.get("action_mask")
 
-        def loss_fn(params: nnx.State, obs: Observation, actions: jax.Array, **draws: Any) -> jax.Array:
+        def loss_fn(params: nnx.State, obs: Observation, actions: jax.Array, mask: jax.Array | None,
+                    **draws: Any) -> tuple[jax.Array, jax.Array]:
             model = static.merge(params, state.frozen)
-            return jnp.mean(model.compute_loss(rng, obs, actions, train=True, **draws))
+            if mask is not None:  # only then: a model without the keyword trains single datasets as before
+                draws["action_mask"] = mask
+            per_example = model.compute_loss(rng, obs, actions, train=True, **draws)
+            per_example = per_example.reshape(per_example.shape[0], -1).mean(axis=-1)
+            return jnp.mean(per_example), per_example
 
         if grad_accum_steps == 1:
-            loss, grads = jax.value_and_grad(loss_fn)(state.params, obs, actions)
+            (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, obs, actions,
+                                                                                  action_mask)
         else:
             # The draws compute_loss would make for the whole batch, from the same keys.
             pre_rng, noise_rng, time_rng = jax.random.split(rng, 3)
@@ -152,16 +165,17 @@ def make_train_step(
             times = jax.random.beta(time_rng, 1.5, 1.0, actions.shape[:-2]) * 0.999 + 0.001
 
             def micro(carry, xs):
-                obs_i, actions_i, noise_i, time_i = xs
-                loss_i, grads_i = jax.value_and_grad(loss_fn)(
-                    state.params, obs_i, actions_i, noise=noise_i, time=time_i, preprocessed=True
+                obs_i, actions_i, noise_i, time_i, mask_i = xs
+                (loss_i, per_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(
+                    state.params, obs_i, actions_i, mask_i, noise=noise_i, time=time_i, preprocessed=True
                 )
-                return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), None
+                return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), per_i
 
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-            micro_batches = _micro_batches((obs, actions, noise, times), grad_accum_steps)
-            (loss, grads), _ = jax.lax.scan(micro, zeros, micro_batches)
+            micro_batches = _micro_batches((obs, actions, noise, times, action_mask), grad_accum_steps)
+            (loss, grads), per_micro = jax.lax.scan(micro, zeros, micro_batches)
             loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+            per_example = per_micro.T.reshape(-1)  # micro-batch i held examples i, i + n, ...
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
@@ -174,6 +188,12 @@ def make_train_step(
         kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
                    if "kernel" in jax.tree_util.keystr(path) or jax.tree_util.keystr(path).endswith("'w']")]
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(kernels)}
+        if source_names and "source" in batch:
+            for k, name in enumerate(source_names):
+                sel = batch["source"] == k
+                count = jnp.sum(sel)
+                total = jnp.sum(jnp.where(sel, per_example, 0.0))
+                metrics[f"loss/{name}"] = jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
         return dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
     return train_step
@@ -227,13 +247,16 @@ def run(
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     stop_after: int | None = None,
+    source_names: tuple[str, ...] = (),
 ) -> RunResult:
     """Train ``config`` on ``batches(start_step)``, checkpointing into ``exp_dir``.
 
     ``batches`` yields this process's share of each global batch (numpy; all of it in a one-process run).
 
     ``init_params`` loads initial weights into a fresh model. ``resume`` continues from the latest complete
-    checkpoint. ``stop_after`` ends the run early at that step (tests of resumption).
+    checkpoint. ``stop_after`` ends the run early at that step (tests of resumption). ``source_names`` label a
+    mixture's sources (batches carry ``source``): each logged row then has ``loss/<name>`` for the sources in
+    its batch, and ``on_step`` gets each source's mean over the steps since the last report.
     """
     exp_dir = Path(exp_dir).absolute()
     mesh = sharding.make_mesh(config.fsdp_devices)
@@ -257,7 +280,8 @@ def run(
             state = checkpoints.restore_train_state(latest, target)
             start = int(state.step)
         step_fn = jax.jit(
-            make_train_step(static, tx, config.ema_decay, grad_accum_steps=config.grad_accum_steps),
+            make_train_step(static, tx, config.ema_decay, grad_accum_steps=config.grad_accum_steps,
+                            source_names=source_names),
             in_shardings=(state_shardings, sharding.data_sharding(mesh)),
             out_shardings=(state_shardings, sharding.replicated(mesh)),
             donate_argnums=0,
@@ -279,15 +303,22 @@ def run(
                     now = time.perf_counter()
                     rate = len(pending) / max(now - last_log, 1e-9)
                     last_log = now
+                    window: dict[str, list[float]] = {}
                     for logged_step, logged in jax.device_get(pending):
-                        row = {"step": logged_step + 1, **{k: float(v) for k, v in logged.items()}}
+                        # A source absent from a batch has no loss there (nan): no entry rather than an invalid one.
+                        row = {"step": logged_step + 1,
+                               **{k: float(v) for k, v in logged.items() if math.isfinite(float(v)) or "/" not in k}}
+                        for key, value in row.items():
+                            if key.startswith("loss/"):
+                                window.setdefault(key, []).append(value)
                         losses.append(row["loss"])
                         if jax.process_index() == 0:
                             log.write(json.dumps(row | {"steps_per_s": round(rate, 3)}) + "\n")
                     log.flush()
                     pending.clear()
                     if on_step is not None:
-                        on_step(done, {"loss": losses[-1], "steps_per_s": rate, **row})
+                        means = {key: sum(values) / len(values) for key, values in window.items()}
+                        on_step(done, {"loss": losses[-1], "steps_per_s": rate, **row, **means})
                 if (done % config.save_interval == 0 and done > start) or done == end:
                     checkpoints.save(done, params=export_checkpoint_params(static, state), train_state=state,
                                      assets=assets)
