@@ -78,7 +78,7 @@ def record(
             for s in range(seed, seed + episodes):
                 broker = ActionChunkBroker(policy, action_horizon=emb.open_loop_steps)
                 act = lambda obs, broker=broker: broker.infer(obs)["actions"]  # noqa: E731
-                yield checked(simulator.rollout(sim_task.name, s, act, **sim_options), simulator, emb)
+                yield checked(simulator.rollout(sim_task.name, s, act, max_steps=None, **sim_options), simulator, emb)
 
         source = rollouts()
     writer = DatasetWriter(out, fps=emb.control_hz, features=embodiment_features(emb), robot_type=emb.name,
