@@ -383,3 +383,25 @@ def test_memory_budget_prints_a_line_per_compiled_plan_when_not_on_a_terminal(mo
     err = capsys.readouterr().err
     assert "planning demo for 2.00 GiB per device" in err
     assert "plan 1 compiled to 3.00 GiB per device" in err and "plan 2 compiled to 1.00 GiB per device" in err
+
+
+def test_a_state_the_model_cannot_compute_is_refused_without_max_input_std(tmp_path):
+    """1e30 used to be served (with an overflow warning in the server log): --max-input-std is off by default,
+    but a normalised state whose square overflows float32 is refused whatever it says."""
+    import warnings
+
+    import numpy as np
+
+    from pi0cli.plugins.manager import load_registry
+    from pi0cli.policy import load_policy
+    from pi0cli.policy.policy import InputRangeError
+    from pi0cli.testing import make_tiny_checkpoint
+
+    emb = load_registry({}).embodiment("aloha_sim")
+    policy = load_policy(make_tiny_checkpoint(tmp_path / "tiny", emb), embodiment=emb)
+    assert policy.max_input_std is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning on the way to the one-line refusal
+        with pytest.raises(InputRangeError, match="the model's norm layers overflow"):
+            policy.prepare(emb.example_observation(0) | {"state": np.full(14, 1e30, np.float32)})
+    policy.prepare(emb.example_observation(0) | {"state": np.full(14, 1e3, np.float32)})  # large, but computable

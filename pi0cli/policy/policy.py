@@ -59,6 +59,11 @@ class PolicyError(Pi0Error):
     """A policy that cannot be built or run as asked."""
 
 
+#: Normalised state magnitudes refused even without ``max_input_std``: their squares (RMSNorm) overflow float32
+#: and bfloat16 (both top out near 3.4e38), so the model would compute infinities, not actions.
+OVERFLOW_STD = 1e18
+
+
 class InputRangeError(ObservationError):
     """A finite observation that lies too far outside the norm stats for the model to act on safely."""
 
@@ -252,7 +257,8 @@ class Policy:
         """The input transforms of one request (thread-safe; the server runs them off the model thread)."""
         horizon = self.rtc_shape[0] if self.rtc_shape else None
         obs, rtc = rtc_fields.split_request(obs, horizon)
-        data = rtc_fields.transform(self.input_transform, obs, rtc, horizon)
+        with np.errstate(over="ignore"):  # a state that overflows is refused below, in one line, not warned about
+            data = rtc_fields.transform(self.input_transform, obs, rtc, horizon)
         missing = [k for k in ("image", "state") if k not in data]
         if missing:
             raise PolicyError(f"the input transforms produced no {missing}")
@@ -272,10 +278,15 @@ class Policy:
             raise InputRangeError(
                 f"'state' overflows to infinity when normalised (dimension {dim} after the embodiment's input "
                 "transforms): it lies far outside the norm stats; check the robot's state units")
-        if self.max_input_std is None:
-            return
         magnitude = np.abs(state.reshape(-1))
         dim = int(np.argmax(magnitude))
+        if magnitude[dim] > OVERFLOW_STD:  # refused whatever --max-input-std says: the model cannot compute it
+            raise InputRangeError(
+                f"'state' dimension {dim} (after the embodiment's input transforms) is {magnitude[dim]:.3g} normalised "
+                f"units from the norm stats' centre: beyond {OVERFLOW_STD:.0e} the model's norm layers overflow "
+                "(they square it); check the robot's state units")
+        if self.max_input_std is None:
+            return
         if magnitude[dim] > self.max_input_std:
             raise InputRangeError(
                 f"'state' dimension {dim} (after the embodiment's input transforms) is {magnitude[dim]:.3g} "
