@@ -128,7 +128,7 @@ def _load(directory: str | os.PathLike[str], embodiment: Embodiment, model: str 
 
     directory, _ = resolve_step(directory)  # an experiment folder means its latest step (the CLI says so)
     params_dir = _params_dir(directory)
-    saved = read_checkpoint_config(directory) or {}
+    saved = _as_trained_for(directory, read_checkpoint_config(directory) or {}, embodiment)
     model_config = model_config_of(saved, model)
     if model_config is None:
         raise CheckpointError(
@@ -155,6 +155,21 @@ def _load(directory: str | os.PathLike[str], embodiment: Embodiment, model: str 
     except FamilyError as exc:
         raise CheckpointError(f"{model_config.model_type} checkpoint {directory}: {exc}") from None
     return _Loaded(directory, saved, model_config, module, norm_stats, sequences, mask)
+
+
+def _as_trained_for(directory: Path, saved: dict[str, Any], embodiment: Embodiment) -> dict[str, Any]:
+    """A mixture checkpoint's config as if trained for ``embodiment`` alone (its asset, prompt and metadata);
+    a robot the mixture never had is one error naming the ones it had. Other checkpoints pass unchanged."""
+    mixture = saved.get("mixture")
+    if not mixture:
+        return saved
+    for entry in mixture:
+        if entry.get("embodiment") == embodiment.name:
+            return saved | {"embodiment": embodiment.name, "asset_id": entry["asset_id"], "metadata": {},
+                            "default_prompt": entry.get("prompt") or embodiment.default_prompt}
+    had = sorted({str(entry.get("embodiment")) for entry in mixture})
+    raise CheckpointError(f"{directory} was trained on a mixture of {', '.join(had)}, not {embodiment.name!r}; "
+                          f"pass --embodiment {' or '.join(had)}")
 
 
 def checkpoint_embodiment(directory: str | os.PathLike[str]) -> str:
