@@ -165,10 +165,10 @@ def test_scripted_expert_succeeds(task):
 
 
 def test_scripted_episodes_skip_failed_seeds():
-    # peg-insert-side's expert fails on seed 0 (4 of its first 5 seeds succeed): that seed is never recorded.
-    assert not run_script("peg-insert-side-v3", 0)[1]
-    episode = next(scripted_episodes("peg-insert-side-v3", 1, start_seed=0))
-    assert (episode.seed, episode.task) == (1, "peg-insert-side-v3")
+    # peg-insert-side's expert fails on seed 7 (and 17, 21: 22 of its first 25 seeds succeed): never recorded.
+    assert not run_script("peg-insert-side-v3", 7)[1]
+    episode = next(scripted_episodes("peg-insert-side-v3", 1, start_seed=7))
+    assert (episode.seed, episode.task) == (8, "peg-insert-side-v3")
     assert episode.prompt == INSTRUCTIONS["peg-insert-side-v3"]
 
 
@@ -187,3 +187,14 @@ def test_doctor_check_renders_a_scene():
 
     (row,) = check_rendering()
     assert row.status == "ok" and "ms a frame" in row.detail, row
+
+
+def test_every_task_resets_to_its_seeded_scene():
+    # A frozen placement made reach-v3 (and other tasks that redraw) loop forever on some seeds (reach: 7).
+    from pi0_embodiment_metaworld.tasks import TASKS
+
+    for task in TASKS:
+        with MetaWorldSim(task) as sim:
+            first, other, again = sim.reset(7), sim.reset(8), sim.reset(7)
+        np.testing.assert_array_equal(first, again, err_msg=task)
+        assert not np.array_equal(first, other), task

@@ -1,9 +1,9 @@
 """One Meta-World ``-v3`` task in MuJoCo, headless, in LeRobot's conventions.
 
-- Scene placement: object and goal positions are drawn from the task's own reset range by a generator seeded
-  with ``(seed, task index)``, then frozen into the task; the same seed gives the same scene, and seeds
-  that differ give placements that differ (continuous draws), so evaluation seeds that ``pi0 record`` did not
-  use are scenes the recording never saw.
+- Scene placement: metaworld's own sampler draws the object and goal positions (redrawing until the task's
+  constraints hold, e.g. reach's goal at least 15 cm from the puck) from its random generator, seeded with
+  a number derived from ``(seed, task index)``. The same seed gives the same scene; different seeds give
+  different continuous draws, so evaluation seeds that ``pi0 record`` did not use are scenes it never saw.
 - The goal is observable (as in Meta-World's multi-task benchmarks): the scripted experts read it from
   the 39-D environment observation. The policy never sees that vector, only ``state`` and the image.
 - Camera ``corner2``, moved to where LeRobot puts it, rendered with MuJoCo's own renderer from a snapshot
@@ -37,10 +37,9 @@ def flip_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[::-1, ::-1])
 
 
-def placement(task: str, seed: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """The scene of ``seed``: object/goal positions drawn uniformly from ``[low, high]``."""
-    rng = np.random.default_rng([seed, TASKS.index(task)])
-    return rng.uniform(low, high).astype(np.float64)
+def scene_seed(task: str, seed: int) -> int:
+    """The generator seed of a task's scene ``seed``: distinct tasks draw independently for the same seed."""
+    return int(np.random.SeedSequence([seed, TASKS.index(task)]).generate_state(1)[0])
 
 
 class Snapshot:
@@ -81,16 +80,23 @@ class MetaWorldSim:
         self.steps = 0
         self.success = False
         self.rand_vec: np.ndarray | None = None
+        self._task_set = False
 
     def reset(self, seed: int) -> np.ndarray:
         """Start the scene of ``seed``; returns the 39-D environment observation."""
-        space = self.env._random_reset_space  # the task's own object/goal reset range
-        assert space is not None, f"metaworld's {self.task} declares no reset range"
-        self.rand_vec = placement(self.task, seed, space.low, space.high)
-        # Meta-World's documented way to fix a scene: a Task carrying the positions (goal observable).
-        data = {"env_cls": self._cls, "rand_vec": self.rand_vec, "partially_observable": False}
-        self.env.set_task(self._task_type(env_name=self.task, data=pickle.dumps(data)))
+        if not self._task_set:
+            # A Task makes the goal observable (as Meta-World's multi-task benchmarks do); its positions are
+            # only a placeholder: a frozen vector would make the tasks that redraw (reach, ...) loop forever.
+            space = self.env._random_reset_space
+            assert space is not None, f"metaworld's {self.task} declares no reset range"
+            data = {"env_cls": self._cls, "rand_vec": space.low, "partially_observable": False}
+            self.env.set_task(self._task_type(env_name=self.task, data=pickle.dumps(data)))
+            self._task_set = True
+        self.env._freeze_rand_vec = False  # draw a new scene on every reset ...
+        self.env.seeded_rand_vec = True  # ... from the env's own generator, which seed() sets
+        self.env.seed(scene_seed(self.task, seed))
         obs, _ = self.env.reset()
+        self.rand_vec = np.array(self.env._last_rand_vec, dtype=np.float64)
         self.steps, self.success = 0, False
         return np.asarray(obs, dtype=np.float64)
 
@@ -127,4 +133,4 @@ class MetaWorldSim:
 
 
 __all__ = ["CAMERA", "CAMERA_POSITION", "IMAGE_SIZE", "MAX_STEPS", "MetaWorldSim", "Snapshot", "flip_image",
-           "placement"]
+           "scene_seed"]
