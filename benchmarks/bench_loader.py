@@ -6,6 +6,10 @@ Peak memory is the peak resident set size of this process (and of the worker pro
 
     .venv/bin/python benchmarks/bench_loader.py            # libero (2 cameras), 20 episodes x 50 frames, 224px
     .venv/bin/python benchmarks/bench_loader.py --quick    # 20 episodes x 10 frames, 96px
+
+Mixture: the same loader over a two-dataset mixture (the dataset above and one of ``--mixture-with``, same
+episodes, frames and image size, weights 1:1, each through its own pipeline), thread workers, as a ratio of
+the single-dataset thread rate of the same run (``--no-mixture`` skips it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--horizon", type=int, default=10)
+    parser.add_argument("--mixture-with", default="metaworld", help="second robot of the mixture measurement")
+    parser.add_argument("--no-mixture", action="store_true")
     args = parser.parse_args()
     frames = args.frames or (10 if args.quick else 50)
     size = args.image_size or (96 if args.quick else 224)
@@ -97,9 +103,37 @@ def main() -> None:
             extra = f"; worker peak RSS {rss:.0f} MiB" if workers == "process" else ""
             print(f"loader, {args.workers} {workers} workers: {rate:.1f} samples/s = {rate / base:.2f}x baseline; "
                   f"peak RSS {peak_rss_mib():.0f} MiB{extra}")
+        if not args.no_mixture:
+            other = get_registry().embodiment(args.mixture_with)
+            second = write_synthetic_dataset(Path(tmp) / "ds2", other, episodes=args.episodes, frames=frames,
+                                             image_size=(size, size), seed=1)
+            pipe2 = Pipeline.create(other, model, compute_norm_stats(other, second, horizon=args.horizon),
+                                    tokenizer=pipe.tokenizer)
+            frames2 = LeRobotFrames(second, action_key=other.action_key, action_horizon=args.horizon)
+            rate = _mixture_rate([(dataset, transform, emb.action_dim), (frames2, pipe2.training_inputs(),
+                                  other.action_dim)], model.action_dim, batch, steps, args.workers)
+            results["mixture"] = rate
+            print(f"mixture of {emb.name} + {other.name} (1:1), {args.workers} thread workers: {rate:.1f} samples/s = "
+                  f"{rate / results['thread']:.2f}x the single dataset's thread rate")
         image_mib = 3 * model.image_resolution[0] * model.image_resolution[1] * 3 * batch / 2**20
         print(f"memory: main-process peak RSS {peak_rss_mib():.0f} MiB (was {rss_start:.0f} MiB before loading; "
               f"one batch of images is {image_mib:.1f} MiB, at most {args.workers + 1} batches in flight)")
+
+
+def _mixture_rate(parts, model_action_dim: int, batch: int, steps: int, workers: int) -> float:
+    """Steady-state samples/s of the loader over a 1:1 mixture of ``parts`` ((frames, transform, action dims))."""
+    from pi0cli.data.loader import DataLoader
+    from pi0cli.data.mixture import MixtureFrames, MixtureOrder, MixturePart
+
+    frames = MixtureFrames([MixturePart(f, t, dim, model_action_dim) for f, t, dim in parts])
+    order = MixtureOrder(frames.sizes, [0.5, 0.5], batch, seed=0)
+    loader = DataLoader(frames, None, batch_size=batch, seed=0, num_workers=workers, order=order)
+    warm = loader.prefetch
+    stamps, sizes = [], []
+    for b in loader.batches(0, num_steps=steps + warm):
+        stamps.append(time.perf_counter())
+        sizes.append(len(b["state"]))
+    return sum(sizes[warm:]) / (stamps[-1] - stamps[warm - 1])
 
 
 if __name__ == "__main__":
