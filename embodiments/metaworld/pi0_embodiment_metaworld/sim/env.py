@@ -8,7 +8,7 @@
   the 39-D environment observation. The policy never sees that vector, only ``state`` and the image.
 - Camera ``corner2``, moved to where LeRobot puts it, rendered with MuJoCo's own renderer from a snapshot
   of the simulation state (so an image can be rendered later, or never), flipped on both axes as LeRobot
-  flips it. Shadows are off unless asked for: they cost about 3x the render time.
+  flips it. Shadows are off unless asked for: they cost 3.5-4x the render time.
 """
 
 from __future__ import annotations

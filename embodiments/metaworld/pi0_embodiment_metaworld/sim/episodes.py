@@ -4,7 +4,7 @@ The ``metaworld`` observation is ``{"image": uint8 (224, 224, 3), "state": float
 the flipped ``corner2`` image, hand xyz and gripper opening (the first 4 values of the environment's 39),
 and the task's instruction. ``env_observation`` holds the 39-D vector and the scene's placement vector.
 
-Rendering is the cost (~85 ms a frame on 2 cores, against ~0.4 ms a physics step), so a frame is rendered
+Rendering is the cost (40-100 ms a frame on 2 busy cores, against 0.6-1.2 ms a physics step), so a frame is rendered
 only when something reads its image: a rollout's observation renders the state it was taken in on first
 access (a chunk-executing policy reads one observation per chunk), and scripted demonstrations are
 simulated without a camera first and rendered only when they succeeded.
