@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 
 from pi0_embodiment_metaworld.tasks import GROUPS, INSTRUCTIONS, TASKS
-from pi0cli.simulator import Act, Episode, Frame, OptionValue, SimTask, Simulator
+from pi0cli.simulator import Act, Episode, Frame, OptionValue, SimOption, SimTask, Simulator
 
 #: Headless OpenGL for MuJoCo when ``MUJOCO_GL`` is unset: Mesa's EGL (software llvmpipe; no display, no GPU).
 DEFAULT_GL = "egl"
@@ -35,7 +35,6 @@ def _rollout(task: str, seed: int, act: Act, *, max_steps: int | None = None,
              **options: OptionValue) -> Iterator[Frame]:
     from pi0_embodiment_metaworld.sim.episodes import rollout
 
-    # No simulator options declared (pi0cli.simulator.SimOption): shadows stay off, as LeRobot renders.
     return rollout(task, seed, act, max_steps=max_steps, shadows=bool(options.get("shadows", False)))
 
 
@@ -43,6 +42,10 @@ def _scripted(task: str, num_episodes: int, *, start_seed: int = 0, **options: O
     from pi0_embodiment_metaworld.sim.episodes import scripted_episodes
 
     return scripted_episodes(task, num_episodes, start_seed=start_seed, shadows=bool(options.get("shadows", False)))
+
+
+# One option only: the image size is the embodiment's declared camera (what datasets are written with).
+OPTIONS = (SimOption("shadows", False, "render shadows (the scene's default look; 3.5-4x slower on a CPU)"),)
 
 
 def _aliases(task: str) -> tuple[str, ...]:
@@ -57,6 +60,7 @@ SIMULATOR = Simulator(
     tasks=tuple(SimTask(task, INSTRUCTIONS[task], aliases=_aliases(task)) for task in TASKS),
     rollout=_rollout,
     scripted=_scripted,
+    options=OPTIONS,
     default_task="reach-v3",
     rendering=f"OpenGL for MuJoCo: MUJOCO_GL={DEFAULT_GL} (Mesa: libegl1 libegl-mesa0 libgl1-mesa-dri) or osmesa",
     packages=("metaworld", "mujoco", "gymnasium"),
