@@ -101,7 +101,7 @@ def test_registered_through_the_hooks(pi0_registry):
     assert simulator.task("window-open").prompt == INSTRUCTIONS["window-open-v3"]
     assert simulator.metadata["task_groups"]["mt10"] == list(GROUPS["mt10"])
     assert list(pi0_registry.doctor_checks) == ["metaworld/metaworld rendering"]
-    assert simulator.parse_options([]) == {"shadows": False}  # LeRobot's look and 3.5-4x cheaper
+    assert simulator.settings({}) == {"shadows": False}  # LeRobot's look, and 3.5-4x cheaper
     assert simulator.parse_options(["shadows=true"]) == {"shadows": True}
 
 
