@@ -117,7 +117,7 @@ def train(
         from pi0cli.training.mixture_launch import check_mixture
 
         embodiments = resolve_embodiments(spec, registry.embodiment)
-        check_mixture(config, spec, embodiments, warn=console.warn)  # every entry, before anything compiles
+        check_mixture(config, spec, embodiments)  # every entry, before anything compiles (train warns once)
     launch.init_distributed(coordinator, num_processes, process_id)
     if dry_run and dataset is not None:
         from pi0cli.data.lerobot import resolve_dataset
