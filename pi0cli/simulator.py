@@ -171,6 +171,37 @@ class Simulator:
                 return task
         raise UnknownNameError(f"{self.name} task", spelling, self.task_names)
 
+    @property
+    def task_groups(self) -> dict[str, tuple[str, ...]]:
+        """Named groups of tasks (``metadata["task_groups"]``: selector -> task names), none when it has none."""
+        groups = self.metadata.get("task_groups") or {}
+        if not isinstance(groups, Mapping):
+            raise SimulatorError(f"simulator {self.name!r}: metadata['task_groups'] must map names to task lists")
+        return {str(name): tuple(str(task) for task in tasks) for name, tasks in groups.items()}
+
+    def select_tasks(self, selector: str) -> tuple[SimTask, ...]:
+        """The tasks ``selector`` names, in order and without repeats: comma-separated task names (or aliases)
+        and names of :attr:`task_groups`. An unknown part raises :class:`~pi0cli.errors.UnknownNameError`
+        naming the closest task or group."""
+        groups = {name.lower().replace("-", "_"): tasks for name, tasks in self.task_groups.items()}
+        chosen: dict[str, SimTask] = {}
+        for part in (p.strip() for p in selector.split(",")):
+            if not part:
+                continue
+            names = groups.get(part.lower().replace("-", "_"))
+            if names is None and not any(task.matches(part) for task in self.tasks):
+                raise UnknownNameError(f"{self.name} task or task group", part,
+                                       [*self.task_names, *self.task_groups])
+            for task in (self.task(name) for name in names) if names is not None else (self.task(part),):
+                chosen.setdefault(task.name, task)
+        if not chosen:
+            raise SimulatorError(f"--tasks {selector!r} names no task; pass task names or groups, comma-separated")
+        return tuple(chosen.values())
+
+    def groups_of(self, task: str) -> tuple[str, ...]:
+        """The :attr:`task_groups` that hold ``task`` (a task name), in the metadata's order."""
+        return tuple(name for name, tasks in self.task_groups.items() if task in tasks)
+
     def parse_options(self, pairs: Iterable[str]) -> dict[str, OptionValue]:
         """``NAME=VALUE`` texts (``--sim-option``) as keywords for :attr:`rollout` and :attr:`scripted`; a name
         this simulator lacks fails naming the ones it has."""

@@ -32,6 +32,31 @@ def task_of(simulator: Simulator, task: str | None) -> SimTask:
     return simulator.task(task)
 
 
+#: The first scene ``pi0 eval`` runs by default. ``pi0 record`` starts at seed 0 and tries seeds upward, each task
+#: from ``--seed`` (a scene is a function of task and seed), so evaluation sees scenes the recording did not use as
+#: long as a recording tries fewer than this many seeds per task; ``pi0 record`` warns when it reaches them.
+EVAL_SEED = 1000
+
+
+def selected_tasks(simulator: Simulator, task: str | None, tasks: str | None) -> tuple[SimTask, ...]:
+    """The tasks of ``--task NAME`` (one; default: the simulator's) or ``--tasks SELECTOR`` (task names and the
+    simulator's task groups, comma-separated); both at once is refused."""
+    if task is not None and tasks is not None:
+        raise Pi0Error("pass --task NAME (one task) or --tasks SELECTOR (several), not both")
+    return simulator.select_tasks(tasks) if tasks is not None else (simulator.task(task),)
+
+
+def episode_count(episodes: int | None, episodes_per_task: int | None, *, several: bool, default: int = 10) -> int:
+    """Episodes per task: ``--episodes`` for one ``--task``, ``--episodes-per-task`` (either for one task)."""
+    if episodes_per_task is not None and episodes_per_task < 1:
+        raise Pi0Error(f"--episodes-per-task must be at least 1, got {episodes_per_task}")
+    if episodes is not None and episodes_per_task is not None:
+        raise Pi0Error("pass --episodes N or --episodes-per-task N, not both")
+    if several and episodes is not None:
+        raise Pi0Error("with --tasks, say how many episodes each task gets: --episodes-per-task N")
+    return episodes_per_task or episodes or default
+
+
 def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | None, *, api_key: str | None = None,
                 default_prompt: str | None = None, connect_timeout: float = 30.0,
                 model: str | None = None, fast_decode: str = "strict") -> tuple[Any, dict[str, Any]]:
