@@ -44,6 +44,20 @@ def evaluate(
     seed: Annotated[int, typer.Option(
         "--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the simulator's).")] = None,
+    tasks: Annotated[str | None, typer.Option(
+        "--tasks", metavar="SELECTOR",
+        help="Several tasks: comma-separated task names and the simulator's task groups (metaworld: mt10, mt50, "
+             "easy, ...). One report: success per task, per group and overall, each with its 95% interval; "
+             "videos in videos/<task>/.")] = None,
+    episodes_per_task: Annotated[int | None, typer.Option(
+        "--episodes-per-task", metavar="N",
+        help="With --tasks: episodes of each task (default 10), on the scenes of seeds --seed .. --seed+N-1.")
+    ] = None,
+    prompt_from: Annotated[str | None, typer.Option(
+        "--prompt-from", metavar="TASK|shifted",
+        help="Language ablation: every episode gets TASK's instruction instead of its own; 'shifted' gives each "
+             "task the instruction of the next task of the selection (cyclically) whose instruction differs. The "
+             "report records each task's prompt.")] = None,
     open_loop_steps: Annotated[int | None, typer.Option(
         "--open-loop-steps", min=1, help="Actions of each chunk executed before the policy is asked again "
                                          "(default: the embodiment's).")] = None,
@@ -86,19 +100,25 @@ def evaluate(
     if embodiment is None:
         raise typer.BadParameter("name the simulated embodiment (e.g. aloha_sim), or pass --dataset",
                                  param_hint="EMBODIMENT")
-    episodes = 10 if episodes is None else episodes
+    from pi0cli.cli.sim_common import episode_count
+
+    episodes = episode_count(episodes, episodes_per_task, several=tasks is not None)
     if (latency_ms or real_time) and execution is None:
         raise typer.BadParameter("--latency-ms and --real-time need --execution sync|naive|ensemble|rtc",
                                  param_hint="--execution")
     from pi0cli.evaluation.realtime import Execution
 
     setting = None if execution is None else Execution(execution, latency_ms, real_time=real_time)
-    from pi0cli.cli.sim_common import open_policy, simulated, task_of
+    from pi0cli.cli.sim_common import open_policy, selected_tasks, simulated
     from pi0cli.evaluation.closed_loop import evaluate as run
     from pi0cli.evaluation.episode import EpisodeResult
+    from pi0cli.evaluation.prompting import prompt_plan
 
     emb, simulator = simulated(embodiment)
-    sim_task = task_of(simulator, task)
+    selection = selected_tasks(simulator, task, tasks)
+    sim_task = selection[0]
+    several = tasks is not None or prompt_from is not None
+    plan = prompt_plan(simulator, selection, prompt_from) if several else ()
     sim_options = simulator.parse_options(sim_option or ())  # record and evaluate with the same settings
     policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=sim_task.prompt,
                                      connect_timeout=connect_timeout, model=model, fast_decode=fast_decode)
@@ -118,16 +138,32 @@ def evaluate(
         console.err.print(f"episode seed {result.seed}: {mark}  return {result.episode_return:.0f}  "
                           f"{result.steps} steps  {result.seconds:.1f} s")
 
-    report = run(simulator, emb, sim_task.name, list(range(seed, seed + episodes)), policy,
-                 open_loop_steps=open_loop_steps or emb.open_loop_steps, out=out,
-                 provenance={"embodiment": emb.name, **provenance}, videos=videos, on_episode=show,
-                 sim_options=sim_options,
-                 execution=setting)
+    if several:
+        from pi0cli.evaluation.closed_loop import evaluate_tasks
+
+        def show_task(name: str, result: EpisodeResult) -> None:
+            console.err.print(f"{console.escape(name)} ", end="")
+            show(result)
+
+        report = evaluate_tasks(simulator, emb, plan, list(range(seed, seed + episodes)), policy,
+                                open_loop_steps=open_loop_steps or emb.open_loop_steps, out=out,
+                                provenance={"embodiment": emb.name, **provenance}, videos=videos,
+                                selector=tasks or sim_task.name, prompt_from=prompt_from, on_episode=show_task,
+                                sim_options=sim_options, execution=setting)
+    else:
+        report = run(simulator, emb, sim_task.name, list(range(seed, seed + episodes)), policy,
+                     open_loop_steps=open_loop_steps or emb.open_loop_steps, out=out,
+                     provenance={"embodiment": emb.name, **provenance}, videos=videos, on_episode=show,
+                     sim_options=sim_options,
+                     execution=setting)
     if as_json:
         console.out.print_json(json.dumps(report, default=str))
         return
+    if several:
+        _success_table(report)
     low, high = report["success_rate_ci95"]
-    console.out.print(f"success rate {report['success_rate']:.0%} ({report['successes']}/{report['episodes']}), "
+    console.out.print(f"{'overall ' if several else ''}success rate {report['success_rate']:.0%} "
+                      f"({report['successes']}/{report['episodes']}), "
                       f"95% CI {low:.0%}-{high:.0%}; mean return {report['mean_return']:.1f}"
                       + (f"; report {Path(out) / 'report.json'}" if out else ""))
     if "decode_failures" in report:
@@ -145,6 +181,39 @@ def evaluate(
         if starved:
             console.out.print(f"[yellow]{starved} of {steps} steps starved[/yellow] (no action ready: the last one "
                               "was held while the next chunk was on its way)")
+
+
+def _success_table(report: dict) -> None:
+    """Success per task, per group and overall, each with its 95% Wilson interval (and, under a language
+    ablation, whose instruction each task got)."""
+    from rich.table import Table
+
+    ablated = report.get("prompt_from") is not None
+    title = "success" + (f" with --prompt-from {report['prompt_from']}" if ablated else "")
+    table = Table(title=title, title_justify="left")
+    table.add_column("task / group")
+    if ablated:
+        table.add_column("instruction of")
+    for column in ("successes", "rate", "95% CI"):
+        table.add_column(column, justify="right")
+
+    def row(name: str, stats: dict, instruction: str = "", *, bold: bool = False) -> None:
+        low, high = stats["success_rate_ci95"]
+        cells = [console.escape(name), *([console.escape(instruction)] if ablated else []),
+                 f"{stats['successes']}/{stats['episodes']}", f"{stats['success_rate']:.0%}", f"{low:.0%}-{high:.0%}"]
+        table.add_row(*(f"[bold]{c}[/bold]" for c in cells) if bold else cells)
+
+    for name, stats in report["per_task"].items():
+        row(name, stats, stats["prompt_from"])
+    if report["per_group"]:
+        table.add_section()
+        for name, stats in report["per_group"].items():
+            covered = len(stats["tasks"])
+            part = "" if covered == stats["tasks_in_group"] else f" ({covered} of {stats['tasks_in_group']} tasks)"
+            row(f"group {name}{part}", stats)
+    table.add_section()
+    row("overall", report["overall"], bold=True)
+    console.out.print(table)
 
 
 def _fit_horizon(setting: Execution, policy: BasePolicy, emb: Embodiment, open_loop_steps: int | None) -> Execution:

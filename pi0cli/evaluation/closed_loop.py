@@ -5,6 +5,7 @@ with provenance."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import math
@@ -23,6 +24,7 @@ from pi0cli.models.tokenizer import ACTION_TOKENS_KEY, DECODE_FAILURES_KEY, DECO
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
+    from pi0cli.evaluation.prompting import TaskPrompt
     from pi0cli.simulator import OptionValue, Simulator
 
 REPORT_FILENAME = "report.json"
@@ -94,6 +96,47 @@ class DecodeFailureCounter(BasePolicy):
         self.inner.reset()
 
 
+def _play_all(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Sequence[int], policy: BasePolicy, *,
+              open_loop_steps: int, video_dir: Path | None, on_episode: Callable[[EpisodeResult], None] | None,
+              sim_options: Mapping[str, OptionValue] | None, execution: Execution | None) -> list[EpisodeResult]:
+    """Every seed of ``task``, an mp4 per episode in ``video_dir`` (none without one)."""
+    results = []
+    for seed in seeds:
+        video = video_dir / f"episode_{seed:05d}.mp4" if video_dir is not None else None
+        if execution is None:
+            result = run_episode(simulator, embodiment, task, seed, policy, open_loop_steps=open_loop_steps,
+                                 video=video, sim_options=sim_options)
+        else:
+            result = run_realtime_episode(simulator, embodiment, task, seed, policy, execution,
+                                          open_loop_steps=open_loop_steps, video=video, sim_options=sim_options)
+        results.append(result)
+        if on_episode is not None:
+            on_episode(result)
+    return results
+
+
+def success_summary(results: Sequence[EpisodeResult]) -> dict[str, Any]:
+    """Episodes, successes, success rate with its 95% Wilson interval, and mean return."""
+    successes = sum(r.success for r in results)
+    low, high = wilson_interval(successes, len(results))
+    return {"episodes": len(results), "successes": successes,
+            "success_rate": successes / len(results) if results else 0.0, "success_rate_ci95": [low, high],
+            "mean_return": float(np.mean([r.episode_return for r in results])) if results else 0.0}
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{REPORT_FILENAME}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(out / REPORT_FILENAME)
+
+
+def _provenance(simulator: Simulator, provenance: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+    return {**provenance, "simulator": simulator.name, "seeds": list(seeds),
+            "packages": package_versions(simulator.packages),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Sequence[int], policy: BasePolicy, *,
              open_loop_steps: int, out: Path | None, provenance: dict[str, Any], videos: bool = True,
              on_episode: Callable[[EpisodeResult], None] | None = None,
@@ -104,39 +147,74 @@ def evaluate(simulator: Simulator, embodiment: Embodiment, task: str, seeds: Seq
     instead of the chunk broker; the report then adds smoothness."""
     out = None if out is None else Path(out).absolute()
     policy = counter = DecodeFailureCounter(policy)
-    results = []
-    for seed in seeds:
-        video = out / "videos" / f"episode_{seed:05d}.mp4" if (out is not None and videos) else None
-        if execution is None:
-            result = run_episode(simulator, embodiment, task, seed, policy, open_loop_steps=open_loop_steps,
-                                 video=video, sim_options=sim_options)
-        else:
-            result = run_realtime_episode(simulator, embodiment, task, seed, policy, execution,
-                                          open_loop_steps=open_loop_steps, video=video, sim_options=sim_options)
-        results.append(result)
-        if on_episode is not None:
-            on_episode(result)
-    successes = sum(r.success for r in results)
-    low, high = wilson_interval(successes, len(results))
+    results = _play_all(simulator, embodiment, task, seeds, policy, open_loop_steps=open_loop_steps,
+                        video_dir=out / "videos" if (out is not None and videos) else None, on_episode=on_episode,
+                        sim_options=sim_options, execution=execution)
     report = {
         "task": task,
-        "episodes": len(results),
-        "successes": successes,
-        "success_rate": successes / len(results) if results else 0.0,
-        "success_rate_ci95": [low, high],
-        "mean_return": float(np.mean([r.episode_return for r in results])) if results else 0.0,
+        **success_summary(results),
         "open_loop_steps": open_loop_steps,
         **counter.summary(),
         "sim_options": simulator.settings(sim_options or {}),
         **({} if execution is None else summary(results, execution, open_loop_steps)),
         "per_episode": [dataclasses.asdict(r) for r in results],
-        "provenance": {**provenance, "simulator": simulator.name, "seeds": list(seeds),
-                       "packages": package_versions(simulator.packages),
-                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "provenance": _provenance(simulator, provenance, seeds),
     }
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{REPORT_FILENAME}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-        tmp.replace(out / REPORT_FILENAME)
+        _write_report(out, report)
+    return report
+
+
+def evaluate_tasks(simulator: Simulator, embodiment: Embodiment, plan: Sequence[TaskPrompt], seeds: Sequence[int],
+                   policy: BasePolicy, *, open_loop_steps: int, out: Path | None, provenance: dict[str, Any],
+                   videos: bool = True, selector: str | None = None, prompt_from: str | None = None,
+                   on_episode: Callable[[str, EpisodeResult], None] | None = None,
+                   sim_options: Mapping[str, OptionValue] | None = None,
+                   execution: Execution | None = None) -> dict[str, Any]:
+    """Every seed of every task of ``plan`` (each with the instruction the plan gives it: see
+    :mod:`pi0cli.evaluation.prompting`) and one report: success per task, per task group of the simulator
+    (``Simulator.task_groups``, those holding an evaluated task, with how many of their tasks were evaluated)
+    and overall (all episodes pooled), each with its 95% Wilson interval; videos in ``out/videos/<task>/``."""
+    out = None if out is None else Path(out).absolute()
+    counter = DecodeFailureCounter(policy)
+    per_task: dict[str, dict[str, Any]] = {}
+    everything: list[EpisodeResult] = []
+    by_task: dict[str, list[EpisodeResult]] = {}
+    for item in plan:
+        own = simulator.task(item.task)
+        # The instruction is set under the broker (once per chunk request), never per control step.
+        shown = None if on_episode is None else functools.partial(on_episode, item.task)
+        results = _play_all(simulator, embodiment, item.task, seeds, item.policy(counter),
+                            open_loop_steps=open_loop_steps,
+                            video_dir=out / "videos" / item.task if (out is not None and videos) else None,
+                            on_episode=shown, sim_options=sim_options, execution=execution)
+        by_task[item.task] = results
+        everything += results
+        per_task[item.task] = {**success_summary(results), "groups": list(simulator.groups_of(item.task)),
+                               "prompt": item.prompt, "prompt_from": item.prompt_from, "own_prompt": own.prompt,
+                               "per_episode": [dataclasses.asdict(r) for r in results]}
+    per_group: dict[str, dict[str, Any]] = {}
+    for group, members in simulator.task_groups.items():
+        evaluated = [task for task in members if task in by_task]
+        if evaluated:
+            per_group[group] = {**success_summary([r for task in evaluated for r in by_task[task]]),
+                                "tasks": evaluated, "tasks_in_group": len(members)}
+    overall = success_summary(everything)
+    report = {
+        "tasks_selector": selector,
+        "tasks": [item.task for item in plan],
+        "episodes_per_task": len(seeds),
+        "prompt_from": prompt_from,
+        **overall,
+        "overall": overall,
+        "per_task": per_task,
+        "per_group": per_group,
+        "open_loop_steps": open_loop_steps,
+        **counter.summary(),
+        "sim_options": simulator.settings(sim_options or {}),
+        **({} if execution is None else summary(everything, execution, open_loop_steps)),
+        "provenance": _provenance(simulator, provenance, seeds),
+    }
+    if out is not None:
+        _write_report(out, report)
     return report

@@ -5,6 +5,7 @@ success with Wilson intervals, the language ablation (``--prompt-from``), and on
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,103 @@ def test_record_bad_task_selection_is_one_clear_line(tmp_path, args, says):
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith(f"Error: {says}"), line
     assert not (tmp_path / "demos").exists()
+
+
+@pytest.mark.slow
+def test_eval_two_tasks_reports_success_per_task_group_and_overall(tmp_path):
+    from pi0_embodiment_metaworld import METAWORLD
+
+    from pi0cli.evaluation.closed_loop import wilson_interval
+    from pi0cli.testing import make_tiny_checkpoint
+
+    make_tiny_checkpoint(tmp_path / "ckpt", METAWORLD)
+    result = _pi0("eval", "metaworld", "--checkpoint", "ckpt", "--tasks", "reach,peg-insert-side",
+                  "--episodes-per-task", "1", "--no-videos", "--out", "report", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["tasks"] == ["reach-v3", "peg-insert-side-v3"] and report["tasks_selector"] == "reach,peg-insert-side"
+    assert set(report["per_task"]) == {"reach-v3", "peg-insert-side-v3"}
+    for name, stats in report["per_task"].items():
+        assert stats["episodes"] == 1 and [e["seed"] for e in stats["per_episode"]] == [1000]
+        assert stats["prompt"] == stats["own_prompt"] == INSTRUCTIONS[name] and stats["prompt_from"] == name
+        assert stats["success_rate_ci95"] == list(wilson_interval(stats["successes"], 1))
+    groups = report["per_group"]
+    assert {g: (s["tasks"], s["tasks_in_group"]) for g, s in groups.items()} == {
+        "mt10": (["reach-v3", "peg-insert-side-v3"], 10), "mt50": (["peg-insert-side-v3", "reach-v3"], 50),
+        "easy": (["reach-v3"], 28), "medium": (["peg-insert-side-v3"], 11)}
+    successes = sum(s["successes"] for s in report["per_task"].values())
+    assert groups["easy"]["episodes"] == 1 and groups["mt10"]["episodes"] == 2
+    assert report["overall"] == {"episodes": 2, "successes": successes, "success_rate": successes / 2,
+                                 "success_rate_ci95": list(wilson_interval(successes, 2)),
+                                 "mean_return": report["overall"]["mean_return"]}
+    assert report["provenance"]["seeds"] == [1000] and report["prompt_from"] is None
+    assert "group easy (1 of 28 tasks)" in result.stdout and "overall" in result.stdout
+    assert "peg-insert-side-v3 episode seed 1000" in result.stderr
+
+
+class _PromptRecorder:
+    """A fake policy: holds still and records the prompt of every request."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        self.prompts.append(obs["prompt"])
+        return {"actions": np.zeros((50, 4), np.float32)}
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_prompt_from_shifted_gives_each_task_another_tasks_instruction(tmp_path, monkeypatch, capsys):
+    from pi0cli.cli import main, sim_common
+
+    policy = _PromptRecorder()
+    observations: list[Any] = []
+
+    def rollout(task: str, seed: int, act: Any, **kwargs: Any) -> Iterator[Any]:
+        for frame in SIMULATOR.rollout(task, seed, act, **kwargs):
+            observations.append(frame["observation"])
+            yield frame
+
+    watched = dataclasses.replace(SIMULATOR, rollout=rollout)
+    embodiment, _ = sim_common.simulated("metaworld")
+    monkeypatch.setattr(sim_common, "simulated", lambda name: (embodiment, watched))
+    monkeypatch.setattr(sim_common, "open_policy", lambda *a, **k: (policy, {"fake": True}))
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "metaworld", "--server", "ws://unused:1", "--tasks", "reach,drawer-close",
+              "--episodes-per-task", "1", "--prompt-from", "shifted", "--no-videos", "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 0, err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["prompt_from"] == "shifted"
+    assert {t: (s["prompt_from"], s["prompt"]) for t, s in report["per_task"].items()} == {
+        "reach-v3": ("drawer-close-v3", INSTRUCTIONS["drawer-close-v3"]),
+        "drawer-close-v3": ("reach-v3", INSTRUCTIONS["reach-v3"])}
+    # The policy is asked once per chunk of 10 steps (under the broker), with the other task's instruction.
+    steps = [s["per_episode"][0]["steps"] for s in report["per_task"].values()]
+    chunks = [-(-n // 10) for n in steps]
+    assert policy.prompts == [INSTRUCTIONS["drawer-close-v3"]] * chunks[0] + [INSTRUCTIONS["reach-v3"]] * chunks[1]
+    # Without videos, only the observations the policy is asked with are rendered: one per chunk.
+    assert len(observations) == sum(steps)
+    assert sum(o.rendered for o in observations) == sum(chunks)
+    assert "instruction of" in out
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--tasks", "mt11"], "unknown metaworld task or task group 'mt11'; did you mean 'mt10'?"),
+    (["--tasks", "reach,drawer-close", "--episodes-per-task", "0"], "--episodes-per-task must be at least 1, got 0"),
+    (["--tasks", "reach", "--prompt-from", "no-such-task"], "unknown --prompt-from task (shifted or a task of "
+                                                            "metaworld) 'no-such-task'"),
+    (["--tasks", "reach", "--prompt-from", "shifted"], "--prompt-from shifted needs another task with a different "
+                                                       "instruction in the selection"),
+])
+def test_eval_bad_task_selection_is_one_clear_line(tmp_path, args, says):
+    result = _pi0("eval", "metaworld", "--server", "ws://127.0.0.1:9", *args, cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith(f"Error: {says}"), line
