@@ -92,6 +92,11 @@ def find_source_stats(config: TrainConfig, spec: MixtureSpec, source: DatasetSou
 def check_mixture(config: TrainConfig, spec: MixtureSpec, embodiments: Mapping[int, Embodiment],
                   warn: Callable[[str], None] | None = None) -> list[CheckedSource]:
     """Every check of a mixture run that needs no compilation, in file order."""
+    family = config.model.family
+    if not family.supports_action_mask:
+        # Without the mask a robot's padded action dims would train as zeros: refuse rather than mislearn.
+        raise Pi0Error(f"--mixture: the {family.name} model cannot mask padded action dims out of its loss yet; "
+                       "train a pi0 or pi05 preset on the mixture, or train this one with --dataset")
     checked = []
     for source, frames in open_sources(spec, embodiments, config.model.action_horizon):
         embodiment = embodiments[source.index]

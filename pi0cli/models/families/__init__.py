@@ -150,6 +150,8 @@ class ModelFamily(Protocol):
     pads_state: bool
     #: whether the sampler takes real-time chunking inputs
     supports_rtc: bool
+    #: whether ``compute_loss`` takes an ``action_mask`` (mixtures mask the padded action dims out of the loss)
+    supports_action_mask: bool
     #: whether the sampler decodes tokens (turned into actions by the output transform) rather than sampling
     #: continuous actions; ``pi0 convert --verify`` then compares the loss and the greedy tokens
     autoregressive: bool

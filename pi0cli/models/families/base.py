@@ -48,6 +48,7 @@ class FamilyBase:
     quantile_norm: bool = True
     pads_state: bool = True
     supports_rtc: bool = False
+    supports_action_mask: bool = False
     autoregressive: bool = False
     lerobot_type: str | None = None
     lerobot_layout: LeRobotLayout | None = None

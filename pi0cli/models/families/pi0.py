@@ -28,6 +28,7 @@ class Pi0Family(FamilyBase):
     default_token_len = 48
     quantile_norm = False  # the reference rule: mean/std for pi0, quantiles for everything else
     supports_rtc = True
+    supports_action_mask = True
     lerobot_type: str | None = "pi0"
     lerobot_layout: LeRobotLayout | None = LeRobotLayout(
         projections=("action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in", "action_time_mlp_out"),
