@@ -42,12 +42,14 @@ def evaluate(
                              "(re-created from its seed): its action error and the held-out loss of both, to "
                              "show what training changed.")] = False,
     seed: Annotated[int, typer.Option(
-        "--seed", help="Seed of the first episode (default: scenes not used by `pi0 record`'s defaults).")] = 1000,
+        "--seed", help="Seed of the first episode (of each task). Default 1000: pi0 record starts at 0 and tries "
+                       "seeds upward, so these scenes stay unseen while a recording tries fewer than 1000 seeds per "
+                       "task (pi0 record warns when it reaches them).")] = 1000,
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the simulator's).")] = None,
     tasks: Annotated[str | None, typer.Option(
         "--tasks", metavar="SELECTOR",
-        help="Several tasks: comma-separated task names and the simulator's task groups (metaworld: mt10, mt50, "
-             "easy, ...). One report: success per task, per group and overall, each with its 95% interval; "
+        help="Several tasks: comma-separated task names and the simulator's task groups (a wrong name lists "
+             "them). One report: success per task, per group and overall, each with its 95% interval; "
              "videos in videos/<task>/.")] = None,
     episodes_per_task: Annotated[int | None, typer.Option(
         "--episodes-per-task", metavar="N",

@@ -30,8 +30,8 @@ def record(
     task: Annotated[str | None, typer.Option("--task", help="Simulator task (default: the simulator's).")] = None,
     tasks: Annotated[str | None, typer.Option(
         "--tasks", metavar="SELECTOR",
-        help="Several tasks: comma-separated task names and the simulator's task groups (metaworld: mt10, mt50, "
-             "easy, ...); each task gets --episodes-per-task episodes and every episode its own instruction.")
+        help="Several tasks: comma-separated task names and the simulator's task groups (a wrong name lists "
+             "them); each task gets --episodes-per-task episodes and every episode its own instruction.")
     ] = None,
     episodes_per_task: Annotated[int | None, typer.Option(
         "--episodes-per-task", metavar="N", help="With --tasks: episodes of each task (default 10).")] = None,
