@@ -67,7 +67,7 @@ def record(
     if scripted == (checkpoint is not None or server is not None) or (checkpoint is not None and server is not None):
         raise Pi0Error("pass one source of actions: --scripted, --checkpoint DIR or --policy ws://HOST:PORT")
     tallies = {t.name: _Tally() for t in selection}
-    # Each item: the task, the instruction for frames that carry none, and the episode's frames.
+    # Each item: the task, the episode's instruction (a rollout's frames may carry their own), its frames.
     source: Iterator[tuple[str, str, Iterator[Frame]]]
     if scripted:
         scripted_episodes = simulator.scripted
@@ -117,7 +117,8 @@ def record(
                     if isinstance(frame, str):
                         failed = frame
                         break
-                    own = frame["observation"].get("prompt")
+                    # A scripted episode's own prompt; a rollout's, the prompt its observation carries.
+                    own = None if scripted else frame["observation"].get("prompt")
                     writer.add_frame(frame_from_observation(emb, frame["observation"], frame["action"]),
                                      own if isinstance(own, str) and own else prompt)
                 if failed is not None:  # the simulator broke this episode: skip it; the task's next ones still come
