@@ -198,3 +198,34 @@ def test_eval_bad_task_selection_is_one_clear_line(tmp_path, args, says):
     assert result.returncode == 1 and result.stdout == ""
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith(f"Error: {says}"), line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("carried", [True, False])
+def test_recorded_rollouts_carry_each_tasks_prompt(tmp_path, monkeypatch, capsys, carried):
+    """Rollouts of several tasks: each episode is written with the prompt its observations carry, or, for a
+    simulator whose observations carry none, its task's instruction, which the policy is also asked with."""
+    from pi0cli.cli import main, sim_common
+
+    policy = _PromptRecorder()
+
+    def rollout(task: str, seed: int, act: Any, **kwargs: Any) -> Iterator[Any]:
+        def relabelled(obs: Any) -> Any:
+            plain = {k: v for k, v in obs.items() if k != "prompt"}
+            return {**plain, "prompt": f"custom {task}"} if carried else plain
+
+        for frame in SIMULATOR.rollout(task, seed, lambda obs: act(relabelled(obs)), **{**kwargs, "max_steps": 3}):
+            yield {**frame, "observation": relabelled(frame["observation"])}
+
+    short = dataclasses.replace(SIMULATOR, rollout=rollout)
+    embodiment, _ = sim_common.simulated("metaworld")
+    monkeypatch.setattr(sim_common, "simulated", lambda name: (embodiment, short))
+    monkeypatch.setattr(sim_common, "open_policy", lambda *a, **k: (policy, {"fake": True}))
+    with pytest.raises(SystemExit) as exit_:
+        main(["record", "metaworld", "--policy", "ws://unused:1", "--tasks", "reach,drawer-close",
+              "--episodes-per-task", "1", "--out", str(tmp_path / "rollouts")])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    expected = ([f"custom {t}" for t in ("reach-v3", "drawer-close-v3")] if carried else
+                [INSTRUCTIONS["reach-v3"], INSTRUCTIONS["drawer-close-v3"]])
+    assert _episode_tasks(tmp_path / "rollouts") == dict(enumerate(expected))
+    assert policy.prompts == expected  # one chunk per 3-step episode
