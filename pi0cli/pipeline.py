@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.config import Pi0Config
     from pi0cli.models.families import ModelFamily
-    from pi0cli.models.tokenizer import FASTTokenizer
+    from pi0cli.models.tokenizer import FastDecode, FASTTokenizer
 
 def uses_quantile_norm(model_type: str) -> bool:
     """Whether the family of ``model_type`` normalises with quantiles (the reference: every type but pi0)."""
@@ -174,7 +174,7 @@ class Pipeline:
         # The default prompt is filled in by the model inputs (one place, for training rows and requests alike).
         return compose(self.robot_inputs(), self._normalize(), self._model_inputs())
 
-    def outputs(self, *, fast_decode: Literal["strict", "lenient"] = "strict") -> Compose:
+    def outputs(self, *, fast_decode: FastDecode = "strict") -> Compose:
         """``{"state": model-input state, "actions": model actions [H, action_dim]}`` -> robot actions
         (``fast_decode``: pi0-FAST's token decoding, see :class:`~pi0cli.models.tokenizer.FastActionOutputs`).
         The family's output step comes first (pi0-FAST: tokens -> actions); the keys it adds reach the client."""
