@@ -40,7 +40,8 @@ MAX_DEPTH = 64
 
 _MISSING = object()
 #: (parent link, key or index): a path into the observation, built into text only for an error.
-type _Link = tuple[_Link, object] | None
+#: (parent link, key or index): a path into nested data, built into text only for an error message.
+type KeyPath = tuple[KeyPath, object] | None
 _PLAIN = frozenset({int, bool, str, bytes, type(None)})
 _NUMBERS = frozenset({int, bool, float})
 
@@ -121,7 +122,7 @@ def _check_finite(obs: Mapping[str, object], where: str) -> None:
     """One iterative pass: every float, float array and numpy float scalar is finite. Containers of plain
     leaves are checked at C speed, and key paths are built only for the error text (a hostile request may
     hold tens of thousands of elements)."""
-    stack: list[tuple[object, int, _Link]] = [(obs, 0, None)]
+    stack: list[tuple[object, int, KeyPath]] = [(obs, 0, None)]
     while stack:
         value, depth, link = stack.pop()
         keyed: Mapping[object, object] | None = None
@@ -132,13 +133,13 @@ def _check_finite(obs: Mapping[str, object], where: str) -> None:
         elif _finite_leaf(value):
             continue
         else:
-            raise ObservationError(f"{where}{_path_text(link)} holds NaN or infinity; send finite values")
+            raise ObservationError(f"{where}{key_path_text(link)} holds NaN or infinity; send finite values")
         kinds = set(map(type, items))
         if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, cast("list[float]", items)))):
             continue
         if depth >= MAX_DEPTH:
             raise ObservationError(f"{where}the observation nests deeper than {MAX_DEPTH} levels at "
-                                   f"{_path_text(link)}")
+                                   f"{key_path_text(link)}")
         keys: Sequence[object] = range(len(items)) if keyed is None else list(keyed)
         for key, item in zip(keys, items, strict=True):
             kind = type(item)
@@ -157,12 +158,13 @@ def _finite_leaf(value: object) -> bool:
     return True
 
 
-def _path_text(link: _Link) -> str:
+def key_path_text(link: KeyPath, *, root: str = "the observation") -> str:
+    """``a/b[0]/c`` for a :data:`KeyPath` (quoted, clipped at 200 characters); ``root`` names the empty path."""
     parts: list[str] = []
     while link is not None:
         link, key = link
         parts.append(f"[{key}]" if isinstance(key, int) else f"/{key}")
     text = "".join(reversed(parts)).lstrip("/")
     if not text:
-        return "the observation"
+        return root
     return repr(text) if len(text) <= 200 else f"{text[:200]!r}..."

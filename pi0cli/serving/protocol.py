@@ -29,6 +29,7 @@ import msgpack
 import numpy as np
 
 from pi0cli.errors import Pi0Error
+from pi0cli.observation_check import KeyPath, key_path_text
 from pi0cli.observation_types import Array, Observation, ObservationValue
 
 NDARRAY_KEY = b"__ndarray__"
@@ -273,25 +274,15 @@ def _unpack(message: object, max_elements: int) -> ObservationValue:
 _PLAIN = frozenset({int, bool, float, str, bytes, type(None)})
 _CONTAINERS = (dict, list)
 
-#: (parent link, key or index): a path, built into a string only for errors.
-type _Link = tuple[_Link, object] | None
 
-
-def _path(link: _Link) -> str:
-    parts: list[str] = []
-    while link is not None:
-        link, key = link
-        parts.append(f"[{key}]" if isinstance(key, int) else f"/{key}")
-    text = "".join(reversed(parts)).lstrip("/")
-    if not text:
-        return "the top"
-    return repr(text) if len(text) <= 200 else f"{text[:200]!r}..."
+def _path(link: KeyPath) -> str:
+    return key_path_text(link, root="the top")
 
 
 def _check_tree(obj: object) -> None:
     """One iterative pass over a decoded message: str map keys, allowed leaf types, depth. Error texts name
     the key path."""
-    stack: list[tuple[object, int, _Link]] = [(obj, 0, None)]
+    stack: list[tuple[object, int, KeyPath]] = [(obj, 0, None)]
     while stack:
         value, depth, link = stack.pop()
         kind = type(value)
@@ -306,8 +297,8 @@ def _check_tree(obj: object) -> None:
             raise ProtocolError(f"value of type {kind.__name__} at {_path(link)} is not allowed")  # e.g. Timestamp
 
 
-def _check_children(stack: list[tuple[object, int, _Link]], values: list[object], keys: list[str] | None,
-                    depth: int, link: _Link) -> None:
+def _check_children(stack: list[tuple[object, int, KeyPath]], values: list[object], keys: list[str] | None,
+                    depth: int, link: KeyPath) -> None:
     if not values:
         return
     if depth >= MAX_DEPTH:
