@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
     from pi0cli.models.tokenizer import PaligemmaTokenizer
     from pi0cli.normstats import NormStats
+    from pi0cli.training.checkpoints import Assets
     from pi0cli.training.trainer import RunResult
 
 #: ``on_step(step, metrics)``: called every ``log_interval`` steps with loss, grad_norm, steps_per_s, ...
@@ -254,9 +255,7 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
     from pi0cli.data.lerobot import LeRobotFrames, check_dataset_fits, read_info, resolve_dataset
     from pi0cli.data.loader import DataLoader, Shard
     from pi0cli.pipeline import Pipeline
-    from pi0cli.training import trainer
     from pi0cli.training.checkpoints import Assets, wipe
-    from pi0cli.training.weights import load_initial_weights
 
     if embodiment.name != config.embodiment:
         raise Pi0Error(f"config {config.name!r} trains embodiment {config.embodiment!r}, not {embodiment.name!r}")
@@ -295,6 +294,17 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
                          "dataset_root": str(frames.root)},
         files=({TOKENIZER_FILENAME: tokenizer_bytes} if tokenizer_bytes else {}) | family_files,
     )
+    return run_trainer(config, exp_dir, loader.batches, assets, resume=resume, wandb=wandb, on_start=on_start,
+                       on_step=on_step)
+
+
+def run_trainer(config: TrainConfig, exp_dir: Path, batches: Callable[[int], Iterator[dict[str, Any]]],
+                assets: Assets, *, resume: bool, wandb: bool, on_start: Callable[[int], None] | None,
+                on_step: StepCallback | None, source_names: tuple[str, ...] = ()) -> RunResult:
+    """The training loop of a checked run (one dataset or a mixture): initial weights, the first step, callbacks."""
+    from pi0cli.training import trainer
+    from pi0cli.training.weights import load_initial_weights
+
     exp_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [c for c in (on_step, _wandb_logger(config, exp_dir, wandb)) if c is not None]
     init_from = config.init_from
@@ -307,5 +317,5 @@ def train(config: TrainConfig, embodiment: Embodiment, *, exp_dir: Path, resume:
 
     if on_start is not None:
         on_start(start)
-    return trainer.run(config, exp_dir=exp_dir, batches=loader.batches, assets=assets, init_params=init,
-                       resume=resume, on_step=report if callbacks else None)
+    return trainer.run(config, exp_dir=exp_dir, batches=batches, assets=assets, init_params=init,
+                       resume=resume, on_step=report if callbacks else None, source_names=source_names)

@@ -124,9 +124,8 @@ def train_mixture(config: TrainConfig, spec: MixtureSpec, embodiments: Mapping[i
     from pi0cli.data.loader import DataLoader, Shard
     from pi0cli.data.mixture import MixtureFrames, MixtureOrder, MixturePart
     from pi0cli.pipeline import Pipeline
-    from pi0cli.training import launch, trainer
+    from pi0cli.training import launch
     from pi0cli.training.checkpoints import Assets, wipe
-    from pi0cli.training.weights import load_initial_weights
 
     checked = check_mixture(config, spec, embodiments, warn)
     exp_dir = Path(exp_dir).absolute()
@@ -175,17 +174,5 @@ def train_mixture(config: TrainConfig, spec: MixtureSpec, embodiments: Mapping[i
                          "mixture": mixture},
         files=({TOKENIZER_FILENAME: tokenizer_bytes} if tokenizer_bytes else {}) | family_files,
     )
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = [c for c in (on_step, launch._wandb_logger(config, exp_dir, wandb)) if c is not None]
-    init_from = config.init_from
-    init = None if resume or not init_from else (lambda model: load_initial_weights(model, init_from))
-    start = max((int(p.name) for p in exp_dir.iterdir() if p.name.isdigit()), default=0) if resume else 0
-
-    def report(step: int, metrics: dict[str, float]) -> None:
-        for callback in callbacks:
-            callback(step, metrics)
-
-    if on_start is not None:
-        on_start(start)
-    return trainer.run(config, exp_dir=exp_dir, batches=loader.batches, assets=assets, init_params=init,
-                       resume=resume, on_step=report if callbacks else None, source_names=spec.names)
+    return launch.run_trainer(config, exp_dir, loader.batches, assets, resume=resume, wandb=wandb,
+                              on_start=on_start, on_step=on_step, source_names=spec.names)
