@@ -32,10 +32,13 @@ def test_plugins_lists_distribution_version_and_hooks(tmp_path):
                            "hooks": ["pi0_doctor_checks", "pi0_register_embodiments"], "embodiments": [],
                            "error": None}
     assert rows["broken"]["hooks"] == [] and "boom" in rows["broken"]["error"]
-    table = run_pi0("plugins", pythonpath=[root], env=env)
+    table = run_pi0("plugins", pythonpath=[root], env={**env, "COLUMNS": "80"})
     assert table.returncode == 0, table.stderr
-    line = next(line for line in table.stdout.splitlines() if line.startswith("arm "))
-    assert "pi0-embodiment-arm" in line and "2.3.4" in line and "doctor_checks, embodiments" in line
+    lines = table.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("arm "))
+    assert "pi0-embodiment-arm" in lines[at] and "2.3.4" in lines[at]
+    # One hook a line, whole at 80 columns (a folded "dataset_converte/rs" could not be typed back).
+    assert lines[at].split()[3] == "doctor_checks" and lines[at + 1].split() == ["embodiments"]
     assert "failed to load" in table.stdout and table.stderr == ""  # the failure is in the table, once
 
 

@@ -32,14 +32,15 @@ def plugins(
         return
     from rich.table import Table
 
-    # Names and versions are never cut; the hook list (short names: pi0_register_presets is "presets") wraps.
+    # Names and versions are never cut; hooks (short names: pi0_register_presets is "presets") stand one a line,
+    # so a narrow terminal wraps between names, never inside one.
     table = Table(box=None, pad_edge=False)
     for column in ("plugin", "distribution", "version"):
         table.add_column(column, no_wrap=True)
-    table.add_column("hooks", overflow="fold")
+    table.add_column("hooks", no_wrap=True)
     table.add_column("embodiments")
     for row in rows:
-        hooks = ", ".join(hook.removeprefix("pi0_register_").removeprefix("pi0_") for hook in row["hooks"])
+        hooks = "\n".join(hook.removeprefix("pi0_register_").removeprefix("pi0_") for hook in row["hooks"])
         provides = ", ".join(row["embodiments"]) or "-"
         if row["error"] is not None:
             hooks, provides = f"[red]failed to load[/red]: {console.escape(row['error'])}", "-"
