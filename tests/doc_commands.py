@@ -208,7 +208,8 @@ def _prepare(command: Any, words: list[str], is_group: bool, complete: bool) -> 
             value = words[index + 1]
             if PLACEHOLDER.fullmatch(value):
                 value = _sample(param, value)
-            elif param.metavar and CHOICES.fullmatch(param.metavar) and value not in param.metavar.split("|"):
+            elif (param.metavar and CHOICES.fullmatch(param.metavar) and value not in param.metavar.split("|")
+                  and not any(alt.isupper() for alt in param.metavar.split("|"))):  # TASK|shifted: open
                 return out, f"{word} {value!r} is not one of {param.metavar}"
             out.append(value)
             index += 2

@@ -77,8 +77,10 @@ def test_unknown_embodiment_suggests_the_closest_name():
     registry = load_registry({})
     with pytest.raises(UnknownNameError, match="unknown embodiment 'droi'; did you mean 'droid'"):
         registry.embodiment("droi")
-    with pytest.raises(UnknownNameError, match="known: aloha, aloha_sim, droid, libero, ur5"):
+    with pytest.raises(UnknownNameError, match="known: ") as unknown:
         registry.embodiment("zzzzzz")
+    known = str(unknown.value).split("known: ")[1].split(", ")
+    assert {"aloha", "aloha_sim", "droid", "libero", "ur5"} <= set(known) and known == sorted(known)
 
 
 def test_cli_reports_a_plugin_that_fails_to_import_and_keeps_working(tmp_path):
@@ -246,7 +248,8 @@ def test_cli_finds_a_third_party_simulator_and_converter(tmp_path):
     # list of those that have one, and a task is looked up among the chosen simulator's own.
     refused = run_pi0("record", "ur5", "--scripted", "--out", str(tmp_path / "d"), pythonpath=[root])
     assert refused.returncode == 1
-    assert "embodiment 'ur5' has no simulator; simulated robots: aloha_sim, toy" in refused.stderr
+    assert "embodiment 'ur5' has no simulator; simulated robots: " in refused.stderr
+    assert {"aloha_sim", "toy"} <= set(refused.stderr.strip().split("simulated robots: ")[1].split(", "))
     unknown = run_pi0("eval", "toy", "--checkpoint", str(tmp_path), "--task", "stack", pythonpath=[root])
     assert unknown.returncode == 1 and "unknown toysim task 'stack'; known: push" in unknown.stderr
 
