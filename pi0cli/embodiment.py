@@ -21,20 +21,19 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
 from pi0cli.errors import ContractError, ObservationError
-from pi0cli.models.config import IMAGE_KEYS, ModelType
+from pi0cli.models.config import IMAGE_KEYS
+from pi0cli.models.families import family_names
 from pi0cli.observation_check import check_observation
 from pi0cli.observation_types import Array, Observation
 from pi0cli.transforms import Data, Repack, Transform, has_path, lookup, to_uint8_hwc
 
 #: The model's image slots (pi0 / pi0.5), in the order the model consumes them (the models' own list).
 MODEL_IMAGE_SLOTS: tuple[str, ...] = IMAGE_KEYS
-#: Model types an embodiment may name as its default.
-MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +146,8 @@ class Embodiment:
                    if k not in self.dataset_keys]
         if missing:
             fail(f"dataset_keys has no column for {missing}")
-        if self.default_model not in MODEL_TYPES:
-            fail(f"default_model must be one of {MODEL_TYPES}, got {self.default_model!r}")
+        if self.default_model not in family_names():  # any registered model family, as Pi0Config accepts
+            fail(f"default_model must be one of {family_names()}, got {self.default_model!r}")
         if not self.asset_id:
             fail("asset_id must name the norm-stats asset directory")
 

@@ -178,3 +178,13 @@ def test_one_fast_tokenizer_loader_and_one_asset_folder(tmp_path):
         fam.sequence_tokenizer(config, prompt, [tmp_path / "nowhere"], search=tmp_path / "nowhere")
     # A family without tokenizer assets tokenizes with the prompt tokenizer itself.
     assert preset("pi0_tiny").family.sequence_tokenizer(preset("pi0_tiny"), prompt, []) is prompt
+
+
+def test_a_robot_may_default_to_a_registered_family(toy_family):
+    """The embodiment contract accepts any registered model family as its default, as Pi0Config does."""
+    import dataclasses
+
+    from pi0cli.plugins.manager import load_registry
+
+    ur5 = load_registry({}).embodiment("ur5")
+    assert dataclasses.replace(ur5, default_model=toy_family.name).default_model == toy_family.name
