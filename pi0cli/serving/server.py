@@ -13,7 +13,8 @@ One path per request, whatever the policy (:class:`~pi0cli.serving.served.Served
 (:mod:`~pi0cli.serving.protocol`), validate (the embodiment's one check), ``policy.prepare`` -- all on a small
 thread pool -- then ``policy.run_prepared`` on the batcher's thread (:mod:`~pi0cli.serving.batching`), so the
 event loop only moves frames. Each connection has at most one request in flight and at most
-``max_buffered_frames`` frames buffered (the socket is not read further meanwhile). Costly refused frames
+``max_buffered_frames`` frames buffered, plus whatever the last read off the socket already held (it is not
+read further meanwhile). Costly refused frames
 draw on a server-wide budget and connections are capped (:mod:`~pi0cli.serving.limits`); a connection
 that sends nothing for ``idle_timeout_s`` is closed with code 1000, one beyond ``max_connections`` with 1013
 (try again later). ``/healthz``, ``/metrics`` and the API key: :mod:`~pi0cli.serving.endpoints`. Messages

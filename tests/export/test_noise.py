@@ -15,8 +15,9 @@ def test_policy_noise_is_jax_random_normal(seed, counter, shape):
     expected = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(seed), counter), shape))
     got = policy_noise(seed, counter, shape)
     assert got.dtype == np.float32 and got.shape == shape
-    # Bits and uniforms are exact; erfinv is a float32 polynomial (an ulp or two from XLA's).
-    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    # Bits and uniforms are exact; erfinv is a float32 polynomial. Near 0 it is an ulp or two from XLA's; in the
+    # tails (|x| > 3) XLA's own polynomial differs between host CPUs by up to ~5e-6 relative (seen on CI).
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
 
 
 def test_first_rows_do_not_depend_on_the_batch_size():

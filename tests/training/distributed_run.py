@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import fake_batches, tiny_config  # noqa: E402
+from train_helpers import fake_batches, tiny_config  # noqa: E402
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def test_a_mixture_batch_accumulates_exactly_and_reports_each_source():
     """Micro-batches carry the mask; the per-source losses are the same whichever way the batch ran."""
     import dataclasses
 
-    from conftest import fake_batches, tiny_config
+    from train_helpers import fake_batches, tiny_config
 
     from pi0cli.training import trainer
 

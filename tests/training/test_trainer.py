@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import fake_batches, tiny_config
+from train_helpers import fake_batches, tiny_config
 from flax import nnx
 
 from pi0cli.checkpoint import read_params
