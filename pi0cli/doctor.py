@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pi0cli.diagnostics import DoctorCheck, Row, Status
+from pi0cli.scheduling import keep_scheduling
 
 if TYPE_CHECKING:
     from pi0cli.plugins.manager import Registry
@@ -185,7 +186,7 @@ def check_video(codec: str = "libsvtav1") -> list[Row]:
         path = Path(tmp) / "probe.mp4"
         try:
             av.logging.set_level(av.logging.ERROR)  # the encoders' info lines are not findings
-            with av.open(str(path), "w") as container:
+            with keep_scheduling(), av.open(str(path), "w") as container:  # SVT-AV1 asks for real-time priority
                 stream = container.add_stream(codec, rate=10)
                 assert isinstance(stream, VideoStream)
                 stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pi0cli.errors import Pi0Error
+from pi0cli.scheduling import keep_scheduling
 from pi0cli.transforms import lookup, to_uint8_hwc
 
 if TYPE_CHECKING:
@@ -94,7 +95,8 @@ class DatasetWriter:
         """Close the current episode; returns its index."""
         if self._open_frames == 0:
             raise DatasetWriteError("an episode needs at least one frame")
-        self._dataset.save_episode()
+        with keep_scheduling():  # SVT-AV1 makes the encoding thread real-time when it can (see the module)
+            self._dataset.save_episode()
         self._open_frames = 0
         self.episodes += 1
         return self.episodes - 1
@@ -107,7 +109,8 @@ class DatasetWriter:
     def close(self) -> Path | None:
         """Finalise and publish the dataset; with no complete episode nothing is published (returns None)."""
         self.discard_episode()
-        self._dataset.finalize()
+        with keep_scheduling():
+            self._dataset.finalize()
         if self.episodes == 0:
             shutil.rmtree(self.staging, ignore_errors=True)
             return None

@@ -72,7 +72,9 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames[0].shape[:2]
-    with av.open(str(path), mode="w") as container:
+    from pi0cli.scheduling import keep_scheduling
+
+    with keep_scheduling(), av.open(str(path), mode="w") as container:  # encoders may ask for real-time priority
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
         for image in frames:
