@@ -120,6 +120,15 @@ def measure(step_dir: Path, seeds: list[int], open_loop_steps: int | None, fast_
     return result
 
 
+def earlier_pi0(result_json: Path, seeds: list[int]) -> dict[str, Any]:
+    """The pi0 row of an earlier run's JSON, refused unless it was measured on the same seeds."""
+    earlier = json.loads(result_json.read_text())
+    if earlier.get("seeds") != seeds:
+        raise SystemExit(f"{result_json} was measured on seeds {earlier.get('seeds')}, not {seeds}: pass the same "
+                         "--seed/--episodes, or measure pi0 again with --pi0")
+    return {**earlier["pi0"], "measured_in": str(result_json)}
+
+
 def _heldout_frames(step_dir: Path, dataset: str, episodes: int | None) -> tuple[Any, Any, list[int]]:
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
@@ -203,6 +212,7 @@ def markdown(pi0: dict[str, Any], fast: dict[str, Any], others: Sequence[dict[st
     for r in (pi0, fast, *others):
         low, high = r["success_rate_ci95"]
         name = r["preset"] + (f" ({r['fast_decode']} decoding)" if "fast_decode" in r else "")
+        name += " (earlier run)" if "measured_in" in r else ""
         tokens = f"{r['tokens_per_chunk']:.1f} ({r['decode_failures']} failed)" if "tokens_per_chunk" in r else "-"
         lines.append(f"| {name} | {r['train']['steps']} | {r['train']['step_seconds'] / 60:.1f} min | "
                      f"{r['train']['steps_per_s']:.2f} | {r['successes']}/{r['episodes']} ({low:.0%}-{high:.0%}) | "
@@ -217,7 +227,11 @@ def markdown(pi0: dict[str, Any], fast: dict[str, Any], others: Sequence[dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--pi0", type=Path, required=True, help="a pi0 step directory (pi0_aloha_sim_small)")
+    pi0_source = parser.add_mutually_exclusive_group(required=True)
+    pi0_source.add_argument("--pi0", type=Path, help="a pi0 step directory (pi0_aloha_sim_small)")
+    pi0_source.add_argument("--pi0-result", type=Path,
+                            help="instead of --pi0: the pi0 row of an earlier run's --out JSON (same seeds, same "
+                                 "recipe), so a new pi0-FAST is compared without retraining pi0; marked as such")
     parser.add_argument("--fast", type=Path, required=True, help="a pi0-FAST step directory (pi0_fast_aloha_sim_small)")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1000, help="first scene (recordings start at 0: unseen)")
@@ -234,14 +248,15 @@ def main() -> None:
 
     seeds = list(range(args.seed, args.seed + args.episodes))
     modes = [m.strip() for m in args.fast_decode.split(",")]
-    pi0 = measure(args.pi0, seeds, args.pi0_open_loop_steps)
+    pi0 = measure(args.pi0, seeds, args.pi0_open_loop_steps) if args.pi0 is not None else earlier_pi0(
+        args.pi0_result, seeds)
     fast = [measure(args.fast, seeds, args.fast_open_loop_steps, mode) for mode in modes]
     result = {"seeds": seeds, "pi0": pi0, "fast": fast[0], "fast_other_decoding": fast[1:]}
     if args.heldout is not None:
         n = args.heldout_episodes
         result["heldout"] = {
             "fast_teacher_forced": teacher_forced(args.fast, args.heldout, episodes=n),
-            "pi0_mae": heldout_mae(args.pi0, args.heldout, episodes=n),
+            "pi0_mae": heldout_mae(args.pi0, args.heldout, episodes=n) if args.pi0 is not None else None,
             "fast_mae": [heldout_mae(args.fast, args.heldout, mode, episodes=n) for mode in modes]}
         print(json.dumps(result["heldout"], indent=2), file=sys.stderr)
     if args.out is not None:
