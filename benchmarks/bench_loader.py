@@ -12,6 +12,17 @@ default the same robot so that the frames cost the same to decode; same episodes
 1:1, each through its own pipeline), thread workers, as a ratio of the single-dataset thread rate of the same run
 (``--no-mixture`` skips it). Another robot (``--mixture-with metaworld``: one camera, not two) changes the decode
 work per frame too, so its ratio is not the mixture's overhead alone.
+
+LeRobot: what a LeRobot user runs instead, measured in the same run (``--no-lerobot`` skips it): lerobot's own
+``LeRobotDataset`` over the same dataset on disk (the action column as chunks of ``--horizon`` via
+``delta_timestamps``, as lerobot's pi0 asks for them; lerobot's default video backend, which it prints) in a
+``torch.utils.data.DataLoader`` built as ``lerobot-train`` builds it (``--workers`` spawned worker processes,
+prefetch factor 4, default collate), fed the same batches of the same frames in the same order. Its rate is
+measured as the loader's (the first ``--workers`` + 1 batches are warm-up), and ``ours / lerobot`` is printed
+for the thread and the process workers. The work per sample is not the same: lerobot's items are float32
+images at the dataset's size, actions and state unnormalised and the task a string (lerobot's pi0 resizes,
+normalises and tokenises later, in its preprocessor), while ours include pi0's whole input pipeline (resize to
+224 px, normalisation, tokenisation). ``main`` returns every rate and ratio as a dict.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--embodiment", default="libero")
@@ -47,7 +58,8 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=10)
     parser.add_argument("--mixture-with", default=None, help="second robot of the mixture (default: the same)")
     parser.add_argument("--no-mixture", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--no-lerobot", action="store_true", help="skip lerobot's LeRobotDataset + torch DataLoader")
+    args = parser.parse_args(argv)
     frames = args.frames or (10 if args.quick else 50)
     size = args.image_size or (96 if args.quick else 224)
     steps = args.steps or (12 if args.quick else 30)
@@ -95,16 +107,28 @@ def main() -> None:
             # Steady state: the first batches carry the start-up (process workers import lerobot), so the
             # rate is measured from the batch after the first `prefetch` ones to the last.
             warm = loader.prefetch
-            stamps, sizes = [], []
-            for b in loader.batches(0, num_steps=steps + warm):
-                stamps.append(time.perf_counter())
-                sizes.append(len(b["state"]))
-            rate = sum(sizes[warm:]) / (stamps[-1] - stamps[warm - 1])
+            rate = steady_rate(loader.batches(0, num_steps=steps + warm), warm)
             results[workers] = rate
             rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
             extra = f"; worker peak RSS {rss:.0f} MiB" if workers == "process" else ""
             print(f"loader, {args.workers} {workers} workers: {rate:.1f} samples/s = {rate / base:.2f}x baseline; "
                   f"peak RSS {peak_rss_mib():.0f} MiB{extra}")
+        if not args.no_lerobot:
+            # The same frames in the same order as the loaders above (same seed), with the same warm-up.
+            warm = args.workers + 1
+            order = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=0).order
+            lerobot, backend = lerobot_loader(root, emb.action_key, args.horizon,
+                                              [order.local_indices(s).tolist() for s in range(steps + warm)],
+                                              args.workers)
+            rate = steady_rate(lerobot, warm, key="index")
+            del lerobot  # its persistent workers end with it
+            results["lerobot"] = rate
+            results["thread_vs_lerobot"] = results["thread"] / rate
+            results["process_vs_lerobot"] = results["process"] / rate
+            print(f"lerobot LeRobotDataset + torch DataLoader ({backend} decoding), "
+                  f"{args.workers} process workers: {rate:.1f} samples/s = {rate / base:.2f}x baseline; "
+                  f"ours / lerobot: thread workers {results['thread_vs_lerobot']:.2f}x, process workers "
+                  f"{results['process_vs_lerobot']:.2f}x")
         if not args.no_mixture:
             other = get_registry().embodiment(args.mixture_with or args.embodiment)
             second = write_synthetic_dataset(Path(tmp) / "ds2", other, episodes=args.episodes, frames=frames,
@@ -120,6 +144,43 @@ def main() -> None:
         image_mib = 3 * model.image_resolution[0] * model.image_resolution[1] * 3 * batch / 2**20
         print(f"memory: main-process peak RSS {peak_rss_mib():.0f} MiB (was {rss_start:.0f} MiB before loading; "
               f"one batch of images is {image_mib:.1f} MiB, at most {args.workers + 1} batches in flight)")
+    return {"baseline": base, **results}
+
+
+def steady_rate(batches, warm: int, key: str = "state") -> float:
+    """Steady-state samples/s of an iterable of batches: from the arrival of batch ``warm - 1`` to the last one
+    (the first batches carry the start-up: pools starting, process workers importing lerobot)."""
+    stamps, sizes = [], []
+    for b in batches:
+        stamps.append(time.perf_counter())
+        sizes.append(len(b[key]))
+    return sum(sizes[warm:]) / (stamps[-1] - stamps[warm - 1])
+
+
+def lerobot_loader(root: Path, action_key: str, horizon: int, batches: list[list[int]], workers: int):
+    """``(loader, video backend)``: what a LeRobot user would run, a ``torch.utils.data.DataLoader`` over lerobot's
+    ``LeRobotDataset`` of the dataset at ``root`` (``action_key`` as chunks of ``horizon`` via delta timestamps,
+    lerobot's default video backend) with batches of the frame indices in ``batches``, built as ``lerobot-train``
+    builds it (spawned workers, prefetch factor 4, default collate)."""
+    import json
+
+    import torch
+
+    from pi0cli.data.lerobot import quiet_lerobot_import
+
+    quiet_lerobot_import()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.utils.import_utils import get_safe_default_video_backend
+
+    fps = json.loads((Path(root) / "meta" / "info.json").read_text())["fps"]
+    backend = get_safe_default_video_backend()  # what LeRobotDataset picks when given none
+    dataset = LeRobotDataset(f"local/{Path(root).name}", root=root, video_backend=backend,
+                             delta_timestamps={action_key: [t / fps for t in range(horizon)]})
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, pin_memory=False,
+        prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+        multiprocessing_context="spawn" if workers else None,
+    ), backend
 
 
 def _mixture_rate(parts, model_action_dim: int, batch: int, steps: int, workers: int) -> float:
@@ -131,11 +192,7 @@ def _mixture_rate(parts, model_action_dim: int, batch: int, steps: int, workers:
     order = MixtureOrder(frames.sizes, [0.5, 0.5], batch, seed=0)
     loader = DataLoader(frames, None, batch_size=batch, seed=0, num_workers=workers, order=order)
     warm = loader.prefetch
-    stamps, sizes = [], []
-    for b in loader.batches(0, num_steps=steps + warm):
-        stamps.append(time.perf_counter())
-        sizes.append(len(b["state"]))
-    return sum(sizes[warm:]) / (stamps[-1] - stamps[warm - 1])
+    return steady_rate(loader.batches(0, num_steps=steps + warm), warm)
 
 
 if __name__ == "__main__":
