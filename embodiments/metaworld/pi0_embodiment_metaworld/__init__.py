@@ -24,6 +24,7 @@ from pi0cli.transforms import Data, SliceActions
 if TYPE_CHECKING:
     from pi0cli.doctor import DoctorCheck
     from pi0cli.simulator import Simulator
+    from pi0cli.training.config import TrainConfig
 
 DIM = 4
 IMAGE_SIZE = 224  # what the simulator renders; LeRobot's datasets hold 480x480, which the model resizes alike
@@ -75,3 +76,17 @@ def pi0_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
     from pi0_embodiment_metaworld.doctor import CHECK  # light: the probe renders in a subprocess
 
     register(CHECK)
+
+
+@hookimpl
+def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
+    from pi0cli.training.presets import standard_presets
+
+    # CPU presets only: the full-size ones are the standard set for any robot and carry no Meta-World choice.
+    # Chunks of 20 (the robot executes 10 of each): a scripted episode is 50-95 steps at 80 Hz, so 50-step chunks
+    # would span most of one while costing 2.5x the action-expert tokens per training step.
+    cpu = {"action_horizon": 20, "scan": False}
+    for config in standard_presets("metaworld", "metaworld", models=("pi0",), dataset="lerobot/metaworld_mt50",
+                                   num_train_steps=20_000, tiny={"image_resolution": (64, 64), **cpu}, small=cpu):
+        if config.name.endswith(("_tiny", "_small")):
+            register(config)

@@ -105,6 +105,15 @@ def test_registered_through_the_hooks(pi0_registry):
     assert simulator.parse_options(["shadows=true"]) == {"shadows": True}
 
 
+def test_cpu_presets_train_the_robot_with_short_chunks(pi0_registry):
+    pi0_registry.add_plugin(plugin, PluginInfo("metaworld", "pi0-embodiment-metaworld", "0.1.0"))
+    presets = {n: c for n, c in pi0_registry.presets.items() if c.embodiment == "metaworld"}
+    assert sorted(presets) == ["pi0_metaworld_small", "pi0_metaworld_tiny"]
+    for config in presets.values():
+        assert config.model.action_horizon == 20 and config.model.action_dim >= METAWORLD.action_dim
+        assert config.model.action_horizon >= METAWORLD.open_loop_steps
+
+
 def test_plugin_imports_cheaply():
     # Shell completion imports the plugin on every TAB: no simulator, no JAX.
     code = ("import sys, pi0_embodiment_metaworld, pi0_embodiment_metaworld.sim; "
