@@ -152,7 +152,7 @@ def test_the_set_up_commands_are_the_ones_ci_runs():
 def test_the_readme_says_how_long_the_tests_take_and_how_to_run_fewer():
     text = " ".join(README.read_text().split())
     after = text[text.index(".venv/bin/python -m pytest"):]
-    assert re.search(r"about 930 tests.*two halves side by side on a busy 2-core machine in \d+ and \d+ min", after)
+    assert re.search(r"about 940 tests.*took \d+ min in CI's last run", after)
     assert '-m "not slow"' in after
 
 
