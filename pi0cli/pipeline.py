@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pi0cli.errors import NormStatsError
+from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE
 from pi0cli.models.inputs import PAD_KEY, ModelInputs, PipelineError, PromptTokenizer, TokenLayout
 from pi0cli.normstats import NormStats
 from pi0cli.transforms import (
@@ -174,7 +175,7 @@ class Pipeline:
         # The default prompt is filled in by the model inputs (one place, for training rows and requests alike).
         return compose(self.robot_inputs(), self._normalize(), self._model_inputs())
 
-    def outputs(self, *, fast_decode: FastDecode = "strict") -> Compose:
+    def outputs(self, *, fast_decode: FastDecode = DEFAULT_FAST_DECODE) -> Compose:
         """``{"state": model-input state, "actions": model actions [H, action_dim]}`` -> robot actions
         (``fast_decode``: pi0-FAST's token decoding, see :class:`~pi0cli.models.tokenizer.FastActionOutputs`).
         The family's output step comes first (pi0-FAST: tokens -> actions); the keys it adds reach the client."""

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contracts", ("pi0cli", "pi0cli.errors", "pi0cli.transforms", "pi0cli.normstats", "pi0cli.models.config",
                    "pi0cli.models.families", "pi0cli.embodiment", "pi0cli.observation_types",
                    "pi0cli.observation_check", "pi0cli.simulator", "pi0cli.diagnostics")),
-    ("files", ("pi0cli.checkpoint", "pi0cli.downloads")),
+    ("files", ("pi0cli.checkpoint", "pi0cli.downloads", "pi0cli.scheduling")),
     # The model families' registry (pi0cli/models/families/__init__.py) is a contract the config checks
     # model_type against; the families themselves are model code.
     ("model", ("pi0cli.models", "pi0cli.models.families.base", "pi0cli.models.families.pi0",

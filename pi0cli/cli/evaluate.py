@@ -10,6 +10,7 @@ import typer
 
 from pi0cli.cli import console
 from pi0cli.cli.embodiments import complete_embodiment
+from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE, FAST_DECODE_RULES
 
 if TYPE_CHECKING:
     from pi0cli.client.policy import BasePolicy
@@ -89,11 +90,11 @@ def evaluate(
     fast_decode: Annotated[str, typer.Option(
         "--fast-decode", metavar="strict|lenient|constrained",
         help="A pi0-FAST --checkpoint's token decoding (see pi0 serve --fast-decode; a --server has its own).",
-    )] = "strict",
+    )] = DEFAULT_FAST_DECODE,
 ) -> None:
     """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
     report the action error per dimension and horizon step on recorded episodes, with plots."""
-    if fast_decode not in ("strict", "lenient", "constrained"):
+    if fast_decode not in FAST_DECODE_RULES:
         raise typer.BadParameter(f"{fast_decode!r} is not strict, lenient or constrained", param_hint="--fast-decode")
     if dataset is not None:
         _offline(embodiment, checkpoint, server, dataset, episodes, first_episode, stride, out, as_json, model,
@@ -240,7 +241,7 @@ def _fit_horizon(setting: Execution, policy: BasePolicy, emb: Embodiment, open_l
 
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,
              episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool,
-             model: str | None = None, vs_initial: bool = False, fast_decode: str = "strict") -> None:
+             model: str | None = None, vs_initial: bool = False, fast_decode: str = DEFAULT_FAST_DECODE) -> None:
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
     from pi0cli.errors import Pi0Error

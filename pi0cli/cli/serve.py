@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import Annotated
 
 import typer
 
 from pi0cli.cli import console
 from pi0cli.cli.embodiments import complete_embodiment
-
-if TYPE_CHECKING:
-    from pi0cli.models.tokenizer import FastDecode
+from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE, FAST_DECODE_RULES
 
 
 # The parameters below are a declarative table (typer reads the signature: one flag, its bounds and help each);
@@ -123,7 +121,7 @@ def serve(
         help="pi0-FAST: strict (the reference: a wrong number of DCT coefficients fails the chunk, zeros are sent), "
              "lenient (cut or zero-fill the highest frequencies) or constrained (only tokens that keep the output a "
              "well-formed chunk may be chosen: every chunk decodes).",
-    )] = "strict",
+    )] = DEFAULT_FAST_DECODE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
     artifact: Annotated[Path | None, typer.Option(
         "--artifact", help="Serve an ONNX artifact (`pi0 export`) on ONNX Runtime instead of a checkpoint (no JAX).",
@@ -134,7 +132,7 @@ def serve(
     )] = None,
 ) -> None:
     """Serve a policy over websockets (openpi-compatible; openpi-client works unchanged)."""
-    if fast_decode not in ("strict", "lenient", "constrained"):
+    if fast_decode not in FAST_DECODE_RULES:
         raise typer.BadParameter(f"{fast_decode!r} is not strict, lenient or constrained", param_hint="--fast-decode")
     import asyncio
     import logging
@@ -183,7 +181,7 @@ def serve(
             policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
                                  tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed,
                                  max_decoding_steps=max_decoding_steps, temperature=temperature,
-                                 fast_decode=cast("FastDecode", fast_decode),
+                                 fast_decode=fast_decode,
                                  rtc_max_guidance=rtc_max_guidance)
     policy.max_input_std = max_input_std
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

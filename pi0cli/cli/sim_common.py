@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pi0cli.errors import Pi0Error
+from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
@@ -59,7 +60,7 @@ def episode_count(episodes: int | None, episodes_per_task: int | None, *, severa
 
 def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | None, *, api_key: str | None = None,
                 default_prompt: str | None = None, connect_timeout: float = 30.0,
-                model: str | None = None, fast_decode: str = "strict") -> tuple[Any, dict[str, Any]]:
+                model: str | None = None, fast_decode: str = DEFAULT_FAST_DECODE) -> tuple[Any, dict[str, Any]]:
     """A policy answering ``infer(observation)``: loaded from ``checkpoint`` or reached at ``server``
     (``ws://host:port``, waiting up to ``connect_timeout`` seconds and saying so); returns it with its
     provenance. ``fast_decode``: a pi0-FAST checkpoint's decoding rule (a server has its own)."""

@@ -35,6 +35,7 @@ import numpy as np
 
 from pi0cli.downloads import cache_dir, fetch, offline, openpi_cache_dir
 from pi0cli.errors import Pi0Error
+from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE, FAST_DECODE_RULES, FastDecode  # re-exported
 
 if TYPE_CHECKING:
     from pi0cli.models.fast_grammar import ChunkGrammar
@@ -392,10 +393,6 @@ ACTION_TOKENS_KEY = "action_tokens"
 #: Key of the decoding rule a reply's chunk went through (``/metrics`` and eval reports count failures per rule).
 DECODE_RULE_KEY = "fast_decode"
 
-#: pi0-FAST's decoding rules (see :class:`FastActionOutputs`).
-FastDecode = Literal["strict", "lenient", "constrained"]
-FAST_DECODE_RULES: tuple[FastDecode, ...] = ("strict", "lenient", "constrained")
-
 
 def generated_length(output: np.ndarray | Sequence[int], eos_id: int) -> int:
     """Tokens a decoding loop generated for one row: up to and including its first ``eos_id``, else all."""
@@ -413,7 +410,7 @@ class FastActionOutputs:
     ``on_failure="zeros"`` (default) answers a failed decode with zeros in normalised units, as the reference
     does (after un-normalisation: the middle of each dim's range); ``"raise"`` raises :class:`FastDecodeError`
     so the caller can refuse the chunk instead. ``decode="lenient"`` repairs a wrong number of DCT coefficients
-    (cut or zero-filled at the highest frequencies) instead of failing; ``"strict"`` (default) is the reference;
+    (cut or zero-filled at the highest frequencies) instead of failing; ``"strict"`` is the reference;
     ``"constrained"``: the tokens were decoded under :meth:`FASTTokenizer.chunk_grammar`, so they always hold a
     chunk; they are read strictly (a failure would be counted, not hidden). Replies carry the rule
     (``fast_decode``).
@@ -424,7 +421,7 @@ class FastActionOutputs:
     action_dim: int
     pad_to: int | None = None
     on_failure: Literal["zeros", "raise"] = "zeros"
-    decode: FastDecode = "strict"
+    decode: FastDecode = DEFAULT_FAST_DECODE
 
     def __post_init__(self) -> None:
         if self.decode not in FAST_DECODE_RULES:

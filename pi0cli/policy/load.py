@@ -20,6 +20,7 @@ from pi0cli.checkpoint import (
     resolve_step,
 )
 from pi0cli.models.families import FamilyError
+from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE
 from pi0cli.normstats import NormStats, load_norm_stats
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def load_policy(
     initial_weights: bool = False,
     max_decoding_steps: int = 256,
     temperature: float = 0.0,
-    fast_decode: FastDecode = "strict",
+    fast_decode: FastDecode = DEFAULT_FAST_DECODE,
     rtc_max_guidance: float | None = None,
 ) -> Policy:
     """Load a policy for ``embodiment`` from a checkpoint directory.

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pi0cli.errors import ObservationError, Pi0Error
+from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE
 from pi0cli.policy import rtc as rtc_fields
 from pi0cli.transforms import Data, compose, stack_trees
 
@@ -110,7 +111,7 @@ def make_transforms(
     tokenizer: PromptTokenizer | FASTTokenizer | None,
     default_prompt: str | None = None,
     delta_action_mask: Sequence[bool] | None | str = "embodiment",
-    fast_decode: FastDecode = "strict",
+    fast_decode: FastDecode = DEFAULT_FAST_DECODE,
 ) -> tuple[Callable[[Data], Data], Callable[[Data], Data]]:
     """The inference chains of :class:`pi0cli.pipeline.Pipeline` (the same transforms training uses):
     default prompt, embodiment inputs, delta actions, normalise, resize, tokenize, pad; and back: unnormalise,
