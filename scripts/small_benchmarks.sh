@@ -37,8 +37,9 @@ print(int(median_steps_per_s(rates) * float(sys.argv[2])))
 EOF
 }
 
-echo "== 1/5 record $EPISODES scripted demonstrations"
+echo "== 1/5 record $EPISODES scripted demonstrations (scenes 0..), and 10 held-out ones (scenes 500..)"
 "$pi0" record aloha_sim --scripted --episodes "$EPISODES" --out demos --overwrite
+"$pi0" record aloha_sim --scripted --episodes 10 --seed 500 --out heldout --overwrite
 echo "== 2/5 norm stats (pi0: 50-step chunks; pi0-FAST: 10-step chunks and a FAST tokenizer of $FAST_VOCAB ids)"
 "$pi0" norm-stats aloha_sim --dataset demos --preset pi0_aloha_sim_small --out assets
 (cd fast && "$pi0" norm-stats aloha_sim --dataset ../demos --preset pi0_fast_aloha_sim_small --fast-tokenizer \
@@ -70,7 +71,7 @@ rtc=("$python" "$repo/benchmarks/bench_rtc.py" --checkpoint "$pi0_ckpt" --open-l
 taskset -c 0 "${rtc[@]}" --latencies 0,100 --out results/rtc_a.json > results/rtc_a.log 2>&1 &
 pid=$!
 taskset -c 1 "$python" "$repo/benchmarks/bench_fast_vs_pi0.py" --pi0 "$pi0_ckpt" --fast "$fast_ckpt" \
-  --episodes "$EVAL_EPISODES" --fast-decode strict,lenient --out results/fast_vs_pi0.json > results/fast_vs_pi0.md 2> results/fast_vs_pi0.log
+  --episodes "$EVAL_EPISODES" --fast-decode constrained,strict,lenient --heldout heldout --out results/fast_vs_pi0.json > results/fast_vs_pi0.md 2> results/fast_vs_pi0.log
 taskset -c 1 "${rtc[@]}" --latencies 200,300 --out results/rtc_b.json > results/rtc_b.log 2>&1
 wait "$pid"
 "$python" "$repo/benchmarks/bench_rtc.py" --merge results/rtc_a.json results/rtc_b.json --out results/rtc.json \
