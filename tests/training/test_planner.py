@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import fake_batches, tiny_config
 from flax import nnx
+from train_helpers import fake_batches, tiny_config
 
 from pi0cli.models.pi0 import Pi0
 from pi0cli.training import trainer

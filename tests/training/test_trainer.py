@@ -7,8 +7,8 @@ import json
 import jax
 import numpy as np
 import pytest
-from train_helpers import fake_batches, tiny_config
 from flax import nnx
+from train_helpers import fake_batches, tiny_config
 
 from pi0cli.checkpoint import read_params
 from pi0cli.models.config import preset
