@@ -45,6 +45,15 @@ def test_constrained_decoding_refuses_a_budget_too_small_for_a_chunk(fast_checkp
         load_policy(fast_checkpoint, embodiment=aloha_sim, fast_decode="constrained", max_decoding_steps=5)
 
 
+def test_the_default_rule_is_constrained_and_never_fails(fast_checkpoint, aloha_sim):
+    from pi0cli.policy.load import load_policy
+
+    policy = load_policy(fast_checkpoint, embodiment=aloha_sim, max_decoding_steps=200)
+    for seed in range(3):
+        reply = policy.infer({"prompt": "transfer cube", **aloha_sim.example_observation(seed)})
+        assert reply["fast_decode"] == "constrained" and int(reply["decode_failures"]) == 0
+
+
 def test_real_time_chunking_request_is_refused_naming_what_works(fast_checkpoint, aloha_sim):
     from pi0cli.policy.load import load_policy
     from pi0cli.policy.rtc import RTCRequestError

@@ -304,7 +304,7 @@ def test_fast_action_outputs_count_failures(paligemma, fast):
     cut = next(k for k in range(len(fast_ids) - 1, 0, -1)
                if "\ufffd" not in fast._bpe.decode(fast_ids[:k], skip_special_tokens=False))
     clipped = np.asarray([*paligemma.encode("Action: "), *ft.fast_to_model_ids(fast_ids[:cut]), paligemma.eos_id])
-    strict = FastActionOutputs(ft, H, D)({"actions": clipped})
+    strict = FastActionOutputs(ft, H, D, decode="strict")({"actions": clipped})
     lenient = FastActionOutputs(ft, H, D, decode="lenient")({"actions": clipped})
     assert strict["decode_failures"] == 1 and lenient["decode_failures"] == 0
     np.testing.assert_allclose(lenient["actions"], fast.decode_one(fast_ids[:cut], H, D, lenient=True), atol=1e-6)

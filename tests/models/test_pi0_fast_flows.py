@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE
+
 PI0 = str(Path(sys.executable).parent / "pi0")
 
 
@@ -92,7 +94,7 @@ def test_train_serve_eval_end_to_end_on_a_lerobot_dataset(tmp_path):
         report = json.loads((tmp_path / "eval" / "report.json").read_text())
         assert report["episodes"] == 1 and report["chunks"] > 0
         assert 0 <= report["decode_failures"] <= report["chunks"]
-        assert report["decode_failures_by_rule"] == {"strict": report["decode_failures"]}
+        assert report["decode_failures_by_rule"] == {DEFAULT_FAST_DECODE: report["decode_failures"]}
         assert 1 <= report["mean_action_tokens"] <= 64
 
         # 5. The server counts the same failures on /metrics (the first reply's included).
@@ -100,7 +102,7 @@ def test_train_serve_eval_end_to_end_on_a_lerobot_dataset(tmp_path):
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         counted = [line for line in text.splitlines()
-                   if line.startswith('pi0_action_decode_failures_total{rule="strict"} ')]
+                   if line.startswith(f'pi0_action_decode_failures_total{{rule="{DEFAULT_FAST_DECODE}"}} ')]
         assert counted, text
         assert float(counted[0].split()[1]) == report["decode_failures"] + int(reply["decode_failures"])
     finally:
