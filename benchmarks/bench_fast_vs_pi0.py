@@ -218,6 +218,8 @@ def markdown(pi0: dict[str, Any], fast: dict[str, Any], others: Sequence[dict[st
                      f"{r['train']['steps_per_s']:.2f} | {r['successes']}/{r['episodes']} ({low:.0%}-{high:.0%}) | "
                      f"{r['mean_return']:.1f} | {r['latency_ms_median']:.1f} ms, {r['latency_ms_p90']:.1f} ms | "
                      f"{r['open_loop_steps']} | {tokens} |")
+    if "measured_in" in pi0:  # another run, maybe another machine: its rates do not divide this run's
+        return "\n".join([*lines, "", f"pi0 row from {pi0['measured_in']}: no FAST / pi0 ratios across runs"])
     per_step = {name: r["latency_ms_median"] / r["open_loop_steps"] for name, r in (("pi0", pi0), ("fast", fast))}
     lines += ["", f"FAST / pi0: train steps/s {fast['train']['steps_per_s'] / pi0['train']['steps_per_s']:.2f}x, "
               f"latency per chunk {fast['latency_ms_median'] / pi0['latency_ms_median']:.2f}x, latency per executed "
