@@ -80,13 +80,19 @@ def pi0_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
 
 @hookimpl
 def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
+    from pathlib import Path
+
+    from pi0cli.training.peaks import PEAKS_FILENAME, read_peaks
     from pi0cli.training.presets import standard_presets
+
+    peaks = read_peaks(Path(__file__).with_name(PEAKS_FILENAME))  # python benchmarks/bench_memory.py --write-peaks
 
     # CPU presets only: the full-size ones are the standard set for any robot and carry no Meta-World choice.
     # Chunks of 20 (the robot executes 10 of each): a scripted episode is 50-95 steps at 80 Hz, so 50-step chunks
     # would span most of one while costing 2.5x the action-expert tokens per training step.
     cpu = {"action_horizon": 20, "scan": False}
     for config in standard_presets("metaworld", "metaworld", models=("pi0",), dataset="lerobot/metaworld_mt50",
-                                   num_train_steps=20_000, tiny={"image_resolution": (64, 64), **cpu}, small=cpu):
+                                   num_train_steps=20_000, peaks=peaks, tiny={"image_resolution": (64, 64), **cpu},
+                                   small=cpu):
         if config.name.endswith(("_tiny", "_small")):
             register(config)
