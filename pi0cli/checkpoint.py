@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -233,6 +234,14 @@ def _without_closed_loop_echoes(hook: Callable[[Any], object]) -> Callable[[Any]
     return filtered
 
 
+class _DropUnretrievedTaskEchoes(logging.Filter):
+    """The same echoes when they arrive as asyncio's "Task exception was never retrieved" log record instead
+    (whichever way a finished read is collected, timing decides)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+
 def read_params(params_dir: Path) -> dict[str, Any]:
     """The reference-named parameter tree of a ``params/`` item (numpy arrays; ``value`` leaves stripped).
 
@@ -253,6 +262,8 @@ def read_params(params_dir: Path) -> dict[str, Any]:
         tree = checkpointer.restore(params_dir.absolute(), restore_args=restore_args)
     except Exception as exc:  # orbax raises many types for unreadable directories
         reason = " ".join(str(exc).split())[:300]
+        if not os.environ.get("PI0_DEBUG"):
+            logging.getLogger("asyncio").addFilter(_DropUnretrievedTaskEchoes())
         raise CheckpointError(f"cannot read the parameters in {params_dir}: {reason}") from None  # echoes follow
     sys.unraisablehook = previous_hook
     if isinstance(tree, Mapping) and set(tree) == {"params"}:
