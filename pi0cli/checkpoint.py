@@ -242,6 +242,9 @@ class _DropUnretrievedTaskEchoes(logging.Filter):
         return not str(record.msg).startswith("Task exception was never retrieved")
 
 
+_UNRETRIEVED_TASK_ECHOES = _DropUnretrievedTaskEchoes()  # one instance: addFilter skips it when already there
+
+
 def read_params(params_dir: Path) -> dict[str, Any]:
     """The reference-named parameter tree of a ``params/`` item (numpy arrays; ``value`` leaves stripped).
 
@@ -263,7 +266,7 @@ def read_params(params_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # orbax raises many types for unreadable directories
         reason = " ".join(str(exc).split())[:300]
         if not os.environ.get("PI0_DEBUG"):
-            logging.getLogger("asyncio").addFilter(_DropUnretrievedTaskEchoes())
+            logging.getLogger("asyncio").addFilter(_UNRETRIEVED_TASK_ECHOES)
         raise CheckpointError(f"cannot read the parameters in {params_dir}: {reason}") from None  # echoes follow
     sys.unraisablehook = previous_hook
     if isinstance(tree, Mapping) and set(tree) == {"params"}:
