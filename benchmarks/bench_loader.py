@@ -3,6 +3,8 @@
 Baseline, measured in the same run: the same samples read one after another in the main thread
 (``dataset[i]`` then the training pipeline). Then the loader with thread workers and with process workers.
 Peak memory is the peak resident set size of this process (and of the worker processes, reported apart).
+Every loader runs once per round, ``--repeats`` rounds in alternation, and each rate and ratio is the median over
+the rounds: one pair of short runs on a shared machine swings by tens of percent. ``--out`` writes the JSON.
 
     .venv/bin/python benchmarks/bench_loader.py            # libero (2 cameras), 20 episodes x 50 frames, 224px
     .venv/bin/python benchmarks/bench_loader.py --quick    # 20 episodes x 10 frames, 96px
@@ -10,7 +12,8 @@ Peak memory is the peak resident set size of this process (and of the worker pro
 Mixture: the same loader over a two-dataset mixture (the dataset above and a second one of ``--mixture-with``,
 default the same robot so that the frames cost the same to decode; same episodes, frames and image size; weights
 1:1, each through its own pipeline), thread workers, as a ratio of the single-dataset thread rate of the same run
-(``--no-mixture`` skips it). Another robot (``--mixture-with metaworld``: one camera, not two) changes the decode
+(``--no-mixture`` skips it). Another robot
+(``--mixture-with metaworld``: one camera, not two) changes the decode
 work per frame too, so its ratio is not the mixture's overhead alone.
 
 LeRobot: what a LeRobot user runs instead, measured in the same run (``--no-lerobot`` skips it): lerobot's own
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import resource
@@ -36,6 +40,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--horizon", type=int, default=10)
     parser.add_argument("--mixture-with", default=None, help="second robot of the mixture (default: the same)")
     parser.add_argument("--no-mixture", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds of every loader (medians reported)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--no-lerobot", action="store_true", help="skip lerobot's LeRobotDataset + torch DataLoader")
     args = parser.parse_args(argv)
     frames = args.frames or (10 if args.quick else 50)
@@ -101,34 +109,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         base = n / (time.perf_counter() - t0)
         print(f"baseline (main thread, dataset[i] + pipeline): {base:.1f} samples/s; peak RSS {peak_rss_mib():.0f} MiB")
 
-        results = {}
-        for workers in ("thread", "process"):
-            loader = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=args.workers, workers=workers)
-            # Steady state: the first batches carry the start-up (process workers import lerobot), so the
-            # rate is measured from the batch after the first `prefetch` ones to the last.
-            warm = loader.prefetch
-            rate = steady_rate(loader.batches(0, num_steps=steps + warm), warm)
-            results[workers] = rate
-            rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
-            extra = f"; worker peak RSS {rss:.0f} MiB" if workers == "process" else ""
-            print(f"loader, {args.workers} {workers} workers: {rate:.1f} samples/s = {rate / base:.2f}x baseline; "
-                  f"peak RSS {peak_rss_mib():.0f} MiB{extra}")
-        if not args.no_lerobot:
-            # The same frames in the same order as the loaders above (same seed), with the same warm-up.
-            warm = args.workers + 1
-            order = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=0).order
-            lerobot, backend = lerobot_loader(root, emb.action_key, args.horizon,
-                                              [order.local_indices(s).tolist() for s in range(steps + warm)],
-                                              args.workers)
-            rate = steady_rate(lerobot, warm, key="index")
-            del lerobot  # its persistent workers end with it
-            results["lerobot"] = rate
-            results["thread_vs_lerobot"] = results["thread"] / rate
-            results["process_vs_lerobot"] = results["process"] / rate
-            print(f"lerobot LeRobotDataset + torch DataLoader ({backend} decoding), "
-                  f"{args.workers} process workers: {rate:.1f} samples/s = {rate / base:.2f}x baseline; "
-                  f"ours / lerobot: thread workers {results['thread_vs_lerobot']:.2f}x, process workers "
-                  f"{results['process_vs_lerobot']:.2f}x")
+        # One pair of short runs on a shared machine swings by tens of percent, so every loader runs once per
+        # round, the rounds alternate them, and each rate and ratio reported is the median over the rounds.
+        rounds: dict[str, list[float]] = {}
+        mixture_parts, backend = None, ""
         if not args.no_mixture:
             other = get_registry().embodiment(args.mixture_with or args.embodiment)
             second = write_synthetic_dataset(Path(tmp) / "ds2", other, episodes=args.episodes, frames=frames,
@@ -136,15 +120,62 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             pipe2 = Pipeline.create(other, model, compute_norm_stats(other, second, horizon=args.horizon),
                                     tokenizer=pipe.tokenizer)
             frames2 = LeRobotFrames(second, action_key=other.action_key, action_horizon=args.horizon)
-            rate = _mixture_rate([(dataset, transform, emb.action_dim), (frames2, pipe2.training_inputs(),
-                                  other.action_dim)], model.action_dim, batch, steps, args.workers)
-            results["mixture"] = rate
-            print(f"mixture of {emb.name} + {other.name} (1:1), {args.workers} thread workers: {rate:.1f} samples/s = "
-                  f"{rate / results['thread']:.2f}x the single dataset's thread rate")
+            frames2[0]  # opened before timing, as the first dataset was: the rates compare reading, not opening
+            mixture_parts = [(dataset, transform, emb.action_dim),
+                             (frames2, pipe2.training_inputs(), other.action_dim)]
+        for _ in range(args.repeats):
+            for workers in ("thread", "process"):
+                loader = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=args.workers,
+                                    workers=workers)
+                # Steady state: the first batches carry the start-up (process workers import lerobot), so the
+                # rate is measured from the batch after the first `prefetch` ones to the last.
+                warm = loader.prefetch
+                rounds.setdefault(workers, []).append(steady_rate(loader.batches(0, num_steps=steps + warm), warm))
+            if not args.no_lerobot:
+                # The same frames in the same order as the loaders above (same seed), with the same warm-up.
+                warm = args.workers + 1
+                order = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=0).order
+                lerobot, backend = lerobot_loader(root, emb.action_key, args.horizon,
+                                                  [order.local_indices(s).tolist() for s in range(steps + warm)],
+                                                  args.workers)
+                rounds.setdefault("lerobot", []).append(steady_rate(lerobot, warm, key="index"))
+                del lerobot  # its persistent workers end with it
+            if mixture_parts is not None:
+                rounds.setdefault("mixture", []).append(
+                    _mixture_rate(mixture_parts, model.action_dim, batch, steps, args.workers))
+
+        def median_ratio(a: str, b: str) -> float:
+            return float(np.median([x / y for x, y in zip(rounds[a], rounds[b], strict=True)]))
+
+        results: dict[str, float] = {name: float(np.median(rates)) for name, rates in rounds.items()}
+        rss = peak_rss_mib(resource.RUSAGE_CHILDREN)
+        for workers in ("thread", "process"):
+            extra = f"; worker peak RSS {rss:.0f} MiB" if workers == "process" else ""
+            print(f"loader, {args.workers} {workers} workers: {results[workers]:.1f} samples/s = "
+                  f"{results[workers] / base:.2f}x baseline; peak RSS {peak_rss_mib():.0f} MiB{extra}")
+        if "lerobot" in rounds:
+            results["thread_vs_lerobot"] = median_ratio("thread", "lerobot")
+            results["process_vs_lerobot"] = median_ratio("process", "lerobot")
+            print(f"lerobot LeRobotDataset + torch DataLoader ({backend} decoding), "
+                  f"{args.workers} process workers: {results['lerobot']:.1f} samples/s = "
+                  f"{results['lerobot'] / base:.2f}x baseline; ours / lerobot: thread workers "
+                  f"{results['thread_vs_lerobot']:.2f}x, process workers {results['process_vs_lerobot']:.2f}x")
+        if "mixture" in rounds:
+            results["mixture_vs_single"] = median_ratio("mixture", "thread")
+            print(f"mixture of {emb.name} + {other.name} (1:1), {args.workers} thread workers: "
+                  f"{results['mixture']:.1f} samples/s = {results['mixture_vs_single']:.2f}x the single "
+                  f"dataset's thread rate")
+        print(f"rates are medians of {args.repeats} alternating rounds; each round (samples/s): "
+              + "; ".join(f"{k} {', '.join(f'{r:.1f}' for r in v)}" for k, v in rounds.items()))
         image_mib = 3 * model.image_resolution[0] * model.image_resolution[1] * 3 * batch / 2**20
         print(f"memory: main-process peak RSS {peak_rss_mib():.0f} MiB (was {rss_start:.0f} MiB before loading; "
               f"one batch of images is {image_mib:.1f} MiB, at most {args.workers + 1} batches in flight)")
-    return {"baseline": base, **results}
+    out = {"baseline": base, **results}
+    if args.out is not None:
+        meta = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "rounds": rounds, "machine": f"{os.cpu_count()} CPU cores"}
+        args.out.write_text(json.dumps({"results": out, **meta}, indent=1) + "\n")
+    return out
 
 
 def steady_rate(batches, warm: int, key: str = "state") -> float:
@@ -162,8 +193,6 @@ def lerobot_loader(root: Path, action_key: str, horizon: int, batches: list[list
     ``LeRobotDataset`` of the dataset at ``root`` (``action_key`` as chunks of ``horizon`` via delta timestamps,
     lerobot's default video backend) with batches of the frame indices in ``batches``, built as ``lerobot-train``
     builds it (spawned workers, prefetch factor 4, default collate)."""
-    import json
-
     import torch
 
     from pi0cli.data.lerobot import quiet_lerobot_import
