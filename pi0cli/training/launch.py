@@ -76,8 +76,10 @@ def resolve_config(
         changes["lr_schedule"] = _with_peak_lr(config.lr_schedule, lr)
     if steps is not None and isinstance(config.lr_schedule, CosineDecaySchedule):
         schedule = changes.get("lr_schedule", config.lr_schedule)
-        changes["lr_schedule"] = dataclasses.replace(schedule, decay_steps=steps,
-                                                     warmup_steps=min(schedule.warmup_steps, max(steps // 10, 1)))
+        # optax needs at least one step after the warmup: `--steps 1` (a smoke test, an initial-weights baseline)
+        # warms up for 0 steps and decays over its one.
+        warmup = min(schedule.warmup_steps, max(steps // 10, 1), steps - 1)
+        changes["lr_schedule"] = dataclasses.replace(schedule, decay_steps=steps, warmup_steps=warmup)
     return dataclasses.replace(config, **changes) if changes else config
 
 

@@ -83,3 +83,15 @@ def test_the_planner_starts_from_the_presets_own_plan(registry):
 
     chosen = plan_memory(preset, 2**40, compile_peak=accumulation_fits)
     assert chosen.config.grad_accum_steps == 8 and chosen.config.model.mlp_chunk == 256
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 30])
+def test_any_step_count_gives_a_schedule_optax_accepts(steps):
+    """`pi0 train --steps N` shortens the preset's schedule; even one step leaves one step after the warmup."""
+    from pi0cli.training.optimizer import make_schedule
+
+    base = get_registry().preset("pi0_aloha_sim_tiny")
+    schedule = resolve_config(base, steps=steps).lr_schedule
+    assert schedule.decay_steps == steps and 0 <= schedule.warmup_steps < steps
+    lr = make_schedule(schedule)
+    assert float(lr(0)) > 0 and float(lr(steps - 1)) > 0
