@@ -12,8 +12,7 @@ the rounds: one pair of short runs on a shared machine swings by tens of percent
 Mixture: the same loader over a two-dataset mixture (the dataset above and a second one of ``--mixture-with``,
 default the same robot so that the frames cost the same to decode; same episodes, frames and image size; weights
 1:1, each through its own pipeline), thread workers, as a ratio of the single-dataset thread rate of the same run
-(``--no-mixture`` skips it). Another robot
-(``--mixture-with metaworld``: one camera, not two) changes the decode
+(``--no-mixture`` skips it). Another robot (``--mixture-with metaworld``: one camera, not two) changes the decode
 work per frame too, so its ratio is not the mixture's overhead alone.
 
 LeRobot: what a LeRobot user runs instead, measured in the same run (``--no-lerobot`` skips it): lerobot's own
@@ -68,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--no-lerobot", action="store_true", help="skip lerobot's LeRobotDataset + torch DataLoader")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     frames = args.frames or (10 if args.quick else 50)
     size = args.image_size or (96 if args.quick else 224)
     steps = args.steps or (12 if args.quick else 30)
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             frames2[0]  # opened before timing, as the first dataset was: the rates compare reading, not opening
             mixture_parts = [(dataset, transform, emb.action_dim),
                              (frames2, pipe2.training_inputs(), other.action_dim)]
+        # LeRobot reads the same frames in the same order as the loaders (same seed), with the same warm-up.
+        lerobot_warm = args.workers + 1
+        order = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=0).order
+        lerobot_batches = [order.local_indices(s).tolist() for s in range(steps + lerobot_warm)]
         for _ in range(args.repeats):
             for workers in ("thread", "process"):
                 loader = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=args.workers,
@@ -132,13 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 warm = loader.prefetch
                 rounds.setdefault(workers, []).append(steady_rate(loader.batches(0, num_steps=steps + warm), warm))
             if not args.no_lerobot:
-                # The same frames in the same order as the loaders above (same seed), with the same warm-up.
-                warm = args.workers + 1
-                order = DataLoader(dataset, transform, batch_size=batch, seed=0, num_workers=0).order
-                lerobot, backend = lerobot_loader(root, emb.action_key, args.horizon,
-                                                  [order.local_indices(s).tolist() for s in range(steps + warm)],
-                                                  args.workers)
-                rounds.setdefault("lerobot", []).append(steady_rate(lerobot, warm, key="index"))
+                lerobot, backend = lerobot_loader(root, emb.action_key, args.horizon, lerobot_batches, args.workers)
+                rounds.setdefault("lerobot", []).append(steady_rate(lerobot, lerobot_warm, key="index"))
                 del lerobot  # its persistent workers end with it
             if mixture_parts is not None:
                 rounds.setdefault("mixture", []).append(
