@@ -78,8 +78,14 @@ def norm_stats(
             raise Pi0Error(f"preset {preset!r} trains embodiment {train_preset.embodiment!r}, not {emb.name!r}; "
                            f"run `pi0 norm-stats {train_preset.embodiment} --preset {preset} ...`")
         horizon = horizon or train_preset.model.action_horizon
-        if vocab_size is None and fast_tokenizer:
-            vocab_size = _fast_vocab_for(train_preset.model)
+        if fast_tokenizer:
+            fits = _fast_vocab_for(train_preset.model)
+            if vocab_size is not None and vocab_size > fits:
+                # Caught here, not an hour later when `pi0 train` builds the model's tokenizer.
+                raise Pi0Error(f"--vocab-size {vocab_size} does not fit preset {preset!r}: its model leaves room "
+                               f"for {fits} FAST ids beside its text ids; pass --vocab-size {fits} or less (or "
+                               "leave it out to get that size)")
+            vocab_size = vocab_size or fits
     if check is not None and horizon is None:
         from pi0cli.normstats import norm_stats_path, read_computed_for
 

@@ -173,3 +173,12 @@ def test_check_reports_clip_rate_constant_dims_and_drift(pi0_exe, datasets, tmp_
     table = _run(pi0_exe, "ur5", "--dataset", str(datasets["ur5"]), "--horizon", str(HORIZON), "--check",
                  str(tmp_path / "old" / "norm_stats.json"))
     assert table.returncode == 0 and "drifted by more than one std: state[0]" in table.stdout
+
+
+def test_fast_vocab_that_does_not_fit_the_preset_fails_before_reading(pi0_exe, tmp_path):
+    # The small CPU model leaves room for 575 FAST ids (1024 - 1 - 128 reserved - 320 text ids); 1024 used to
+    # pass here and fail only when `pi0 train` built the tokenizer.
+    line = _one_red_line(_run(pi0_exe, "aloha_sim", "--dataset", str(tmp_path / "not_read"), "--preset",
+                              "pi0_fast_aloha_sim_small", "--fast-tokenizer", "--vocab-size", "1024", "--out",
+                              str(tmp_path)))
+    assert "--vocab-size 1024 does not fit preset 'pi0_fast_aloha_sim_small'" in line and "575" in line
