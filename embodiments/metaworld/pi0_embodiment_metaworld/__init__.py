@@ -90,7 +90,9 @@ def pi0_register_presets(register: Callable[[TrainConfig], None]) -> None:
     # CPU presets only: the full-size ones are the standard set for any robot and carry no Meta-World choice.
     # Chunks of 20 (the robot executes 10 of each): a scripted episode is 50-95 steps at 80 Hz, so 50-step chunks
     # would span most of one while costing 2.5x the action-expert tokens per training step.
-    cpu = {"action_horizon": 20, "scan": False}
+    # 32 prompt tokens: the CPU presets' tokenizer is fitted on the fly and nearly character-level, so the longest
+    # MT10 instruction ("Open a door with a revolving joint") is 31 tokens and 16 cut 8 of the 10.
+    cpu = {"action_horizon": 20, "scan": False, "max_token_len": 32}
     for config in standard_presets("metaworld", "metaworld", models=("pi0",), dataset="lerobot/metaworld_mt50",
                                    num_train_steps=20_000, peaks=peaks, tiny={"image_resolution": (64, 64), **cpu},
                                    small=cpu):
