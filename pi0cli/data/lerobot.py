@@ -2,12 +2,22 @@
 
 Two ways in:
 
-- :class:`LeRobotFrames`: frames through ``lerobot.LeRobotDataset`` (videos decoded with PyAV), the action
-  column as chunks of the model's horizon via delta timestamps: at an episode's end lerobot repeats the
-  last frame and ``<action>_is_pad`` marks the repeats. Each item is a flat dict of numpy arrays, uint8 CHW
+- :class:`LeRobotFrames`: frames as lerobot's ``LeRobotDataset`` gives them (videos decoded with PyAV, uint8),
+  the action column as chunks of the model's horizon via delta timestamps: at an episode's end lerobot repeats
+  the last frame and ``<action>_is_pad`` marks the repeats. Each item is a flat dict of numpy arrays, uint8 CHW
   images and ``prompt`` (the episode's task). Picklable: worker processes reopen the dataset lazily.
 - :func:`read_numeric` reads numeric parquet columns straight with pyarrow (no lerobot import, no video),
   which is what ``pi0 norm-stats`` uses.
+
+:class:`LeRobotFrames` reads a local v3.0 dataset through :class:`pi0cli.data.direct.DirectFrames` when it can:
+numeric columns loaded once into numpy, and video containers kept open per thread and seeked to the frame,
+instead of lerobot's per-item HF ``datasets`` row, tensor copies and fresh ``av.open`` of every camera's mp4
+(most of the cost of an item). The items are the same, key for key and bit for bit (tests/data compares every
+item of lerobot-written datasets). Whatever that reader does not reproduce exactly (a dataset that is not
+local yet, another format version, images stored as images, depth or language columns, another video backend,
+metadata that does not agree with the rows...) goes through ``LeRobotDataset`` as before: it is the reference,
+the direct reader only a faster way to the same items. ``backend`` says which one is in use and
+``fallback_reason`` why not the direct one.
 
 ``source`` is a dataset directory (anything holding ``meta/info.json``), or a repo id looked up under
 ``$HF_LEROBOT_HOME/<repo_id>`` (default ``$HF_HOME/lerobot``, ``~/.cache/huggingface/lerobot``). With
@@ -15,7 +25,7 @@ Two ways in:
 looked at;
 online, lerobot downloads the dataset into its cache.
 
-lerobot, torch and pyarrow are imported inside functions only.
+lerobot, torch, PyAV and pyarrow are imported inside functions only.
 """
 
 from __future__ import annotations
@@ -34,7 +44,10 @@ from pi0cli.downloads import hf_home, offline
 from pi0cli.errors import Pi0Error
 
 if TYPE_CHECKING:
+    from pi0cli.data.direct import DirectFrames
     from pi0cli.embodiment import Embodiment
+
+log = logging.getLogger(__name__)
 
 #: Columns lerobot adds to every dataset.
 INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -222,18 +235,25 @@ class LeRobotFrames:
     """Frames of a LeRobot dataset as flat dicts of numpy arrays (see the module docstring).
 
     ``action_horizon`` > 0 turns ``action_key`` into ``[H, dim]`` chunks with ``<action_key>_is_pad``;
-    ``None`` gives single actions. ``episodes`` restricts to some episodes.
+    ``None`` gives single actions. ``episodes`` restricts to some episodes. ``direct=False`` always reads
+    through ``LeRobotDataset`` (the reference the direct reader is tested against).
     """
 
     def __init__(self, source: str | os.PathLike[str], *, action_key: str = "actions",
-                 action_horizon: int | None = None, episodes: Sequence[int] | None = None, video_backend: str = "pyav"):
+                 action_horizon: int | None = None, episodes: Sequence[int] | None = None, video_backend: str = "pyav",
+                 direct: bool = True):
         self.source = str(source)
         self.repo_id, self.root = resolve_dataset(source)
         self.action_key = action_key
         self.action_horizon = action_horizon
         self.episodes = None if episodes is None else [int(e) for e in episodes]
         self.video_backend = video_backend
+        self.direct = direct
         self._dataset = None
+        self._direct: DirectFrames | None = None
+        self._direct_checked = False
+        #: Why items come from ``LeRobotDataset`` rather than the direct reader (None: not decided yet, or direct).
+        self.fallback_reason: str | None = None
         self._lock = threading.Lock()
         self.info: dict[str, Any] | None = None  # read on first use when the dataset is still to download
         if self.root.is_dir():
@@ -283,12 +303,52 @@ class LeRobotFrames:
             self.info = read_info(self.root)
         return dataset
 
+    def _direct_reader(self) -> DirectFrames | None:
+        """The direct reader when this dataset can use it (decided once, on first use; see the module)."""
+        if not self._direct_checked:
+            with self._lock:
+                if not self._direct_checked:
+                    self._direct, self.fallback_reason = self._open_direct()
+                    self._direct_checked = True
+                    if self.fallback_reason is not None:
+                        log.debug("reading %s through LeRobotDataset: %s", self.source, self.fallback_reason)
+        return self._direct
+
+    def _open_direct(self) -> tuple[DirectFrames | None, str | None]:
+        from pi0cli.data.direct import DirectFrames, Unsupported
+
+        if not self.direct:
+            return None, "direct reading turned off"
+        if self.video_backend != "pyav":
+            return None, f"video backend {self.video_backend!r} (the direct reader decodes as lerobot's pyav does)"
+        if self.info is None or not self.root.is_dir():
+            return None, "the dataset is not on this machine (lerobot downloads it)"
+        try:
+            reader = DirectFrames(self.root, self.info, action_key=self.action_key,
+                                  action_horizon=self.action_horizon, episodes=self.episodes)
+        except Unsupported as exc:
+            return None, f"unsupported by the direct reader: {exc}"
+        except Exception as exc:  # lerobot reports what is wrong with the dataset, if anything
+            return None, f"the direct reader failed to open it: {type(exc).__name__}: {exc}"
+        return reader, None
+
+    @property
+    def backend(self) -> str:
+        """``"direct"`` or ``"lerobot"``: which reader items come from (decides it if not yet decided)."""
+        return "direct" if self._direct_reader() is not None else "lerobot"
+
     def __len__(self) -> int:
         if self._dataset is None and self.episodes is None and self.info is not None:
             return int(self.info["total_frames"])
+        direct = self._direct_reader()
+        if direct is not None:
+            return len(direct)
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        direct = self._direct_reader()
+        if direct is not None:
+            return direct[int(index)]
         item = self.dataset[int(index)]
         out: dict[str, Any] = {}
         for key, value in item.items():
@@ -312,6 +372,8 @@ class LeRobotFrames:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_dataset"] = None
+        state["_direct"] = None  # reopened (and decided again) in the worker: arrays and open videos stay here
+        state["_direct_checked"] = False
         del state["_lock"]
         return state
 
