@@ -25,6 +25,12 @@ for the thread and the process workers. The work per sample is not the same: ler
 images at the dataset's size, actions and state unnormalised and the task a string (lerobot's pi0 resizes,
 normalises and tokenises later, in its preprocessor), while ours include pi0's whole input pipeline (resize to
 224 px, normalisation, tokenisation). ``main`` returns every rate and ratio as a dict.
+
+Reader: ours reads a local v3.0 dataset through the direct reader (:mod:`pi0cli.data.direct`: numeric columns
+once in numpy, video containers kept open per thread), which gives the items ``LeRobotDataset`` gives. The row
+``thread_via_lerobot`` is the same thread loader reading through ``LeRobotDataset`` instead (``direct=False``,
+what ours did before), in the same rounds, so ``direct_speedup`` is what the direct reader buys
+(``--no-reader-compare`` skips it).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds of every loader (medians reported)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--no-lerobot", action="store_true", help="skip lerobot's LeRobotDataset + torch DataLoader")
+    parser.add_argument("--no-reader-compare", action="store_true",
+                        help="skip our thread loader reading through LeRobotDataset instead of the direct reader")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -98,6 +106,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         transform = pipe.training_inputs()
         dataset = LeRobotFrames(root, action_key=emb.action_key, action_horizon=args.horizon)
         dataset[0]
+        print(f"our reader: {dataset.backend}" + (f" ({dataset.fallback_reason})" if dataset.fallback_reason else ""))
+        via_lerobot = None
+        if not args.no_reader_compare:
+            via_lerobot = LeRobotFrames(root, action_key=emb.action_key, action_horizon=args.horizon, direct=False)
+            via_lerobot[0]  # opened before timing, as the direct one was
         rss_start = peak_rss_mib()
         batch = args.batch_size
         n = steps * batch
@@ -136,6 +149,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 # rate is measured from the batch after the first `prefetch` ones to the last.
                 warm = loader.prefetch
                 rounds.setdefault(workers, []).append(steady_rate(loader.batches(0, num_steps=steps + warm), warm))
+            if via_lerobot is not None:
+                loader = DataLoader(via_lerobot, transform, batch_size=batch, seed=0, num_workers=args.workers,
+                                    workers="thread")
+                rounds.setdefault("thread_via_lerobot", []).append(
+                    steady_rate(loader.batches(0, num_steps=steps + loader.prefetch), loader.prefetch))
             if not args.no_lerobot:
                 lerobot, backend = lerobot_loader(root, emb.action_key, args.horizon, lerobot_batches, args.workers)
                 rounds.setdefault("lerobot", []).append(steady_rate(lerobot, lerobot_warm, key="index"))
@@ -160,6 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                   f"{args.workers} process workers: {results['lerobot']:.1f} samples/s = "
                   f"{results['lerobot'] / base:.2f}x baseline; ours / lerobot: thread workers "
                   f"{results['thread_vs_lerobot']:.2f}x, process workers {results['process_vs_lerobot']:.2f}x")
+        if "thread_via_lerobot" in rounds:
+            results["direct_speedup"] = median_ratio("thread", "thread_via_lerobot")
+            print(f"ours, {args.workers} thread workers reading through LeRobotDataset instead of the direct reader: "
+                  f"{results['thread_via_lerobot']:.1f} samples/s; the direct reader is "
+                  f"{results['direct_speedup']:.2f}x that")
         if "mixture" in rounds:
             results["mixture_vs_single"] = median_ratio("mixture", "thread")
             print(f"mixture of {emb.name} + {other.name} (1:1), {args.workers} thread workers: "

@@ -40,3 +40,16 @@ def test_lerobot_baseline_batches_have_the_right_shapes(datasets):
         assert first[key].shape == (3, 3, 32, 32) and first[key].dtype == torch.float32  # lerobot's default
     assert len(first["task"]) == 3 and isinstance(first["task"][0], str)
     assert got[1][emb.action_key].shape == (2, HORIZON, emb.action_dim)
+
+
+def test_the_benchmark_runs_end_to_end_and_reports_every_ratio(tmp_path):
+    """A miniature run of the whole benchmark: every loader of a round, the ratios the docs quote, the JSON."""
+    import json
+
+    out = tmp_path / "loader.json"
+    results = load_bench().main(["--quick", "--episodes", "2", "--frames", "6", "--image-size", "32", "--steps", "2",
+                                 "--batch-size", "2", "--workers", "1", "--repeats", "1", "--out", str(out)])
+    for key in ("baseline", "thread", "process", "lerobot", "thread_via_lerobot", "mixture", "thread_vs_lerobot",
+                "process_vs_lerobot", "direct_speedup", "mixture_vs_single"):
+        assert results[key] > 0, key
+    assert json.loads(out.read_text())["results"] == results
