@@ -77,6 +77,29 @@ def test_step_api_and_episode_limit():
     assert MAX_STEPS == 300
 
 
+def test_diverging_physics_ends_the_episode_as_a_failure(monkeypatch, caplog):
+    """A policy's joint targets that make MuJoCo diverge end that episode (a failure), not the evaluation."""
+    from dm_control.rl.control import PhysicsError
+
+    with AlohaSim("transfer_cube", cameras=(), max_steps=50) as env:
+        first = env.reset(seed=0)
+        obs, _, done, info = env.step(first["agent_pos"])
+        assert not done and not env.unstable
+
+        def diverge(action):
+            raise PhysicsError("Physics state is invalid. Warning(s) raised: mjWARN_BADQACC")
+
+        monkeypatch.setattr(env._env, "step", diverge)
+        with caplog.at_level("WARNING"):
+            after, reward, done, info = env.step(first["agent_pos"])
+        assert done and reward == 0.0 and not info["success"] and info["unstable"] and env.unstable
+        assert info["step"] == 2 and np.array_equal(after["agent_pos"], obs["agent_pos"])
+        assert "seed 0: the simulation diverged at step 2" in caplog.text
+        monkeypatch.undo()
+        env.reset(seed=0)
+        assert not env.unstable
+
+
 def test_insertion_env_steps():
     with AlohaSim("insertion", cameras=()) as env:
         obs = env.reset(seed=1)

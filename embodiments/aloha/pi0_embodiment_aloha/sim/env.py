@@ -18,6 +18,7 @@ Two differences from ``gym.make("gym_aloha/AlohaTransferCube-v0")``, neither of 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +32,12 @@ ensure_headless_gl()
 import gym_aloha.tasks.sim as _aloha_tasks  # noqa: E402  (MUJOCO_GL must be set before MuJoCo loads)
 from dm_control import mujoco as dm_mujoco  # noqa: E402
 from dm_control.rl import control  # noqa: E402
+from dm_control.rl.control import PhysicsError  # noqa: E402
 from dm_control.suite import base as dm_base  # noqa: E402
 from gym_aloha.constants import ASSETS_DIR, DT, START_ARM_POSE  # noqa: E402
 from gym_aloha.utils import sample_box_pose, sample_insertion_pose  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 FPS = 50
 MAX_STEPS = 300
@@ -152,6 +156,8 @@ class AlohaSim:
         self.steps = 0
         self.max_reward = 0.0
         self.success = False
+        self.unstable = False  # the physics diverged this episode (see step)
+        self._last_observation: dict[str, Any] = {}
 
     # ---- gym-like interface -------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> dict[str, Any]:
@@ -162,8 +168,10 @@ class AlohaSim:
         self.seed = int(seed)
         self._task.object_pose = sample_object_poses(self.task, self.seed)
         self.steps, self.max_reward, self.success = 0, 0.0, False
+        self.unstable = False
         timestep = self._env.reset()
-        return self._format(timestep.observation)
+        self._last_observation = self._format(timestep.observation)
+        return self._last_observation
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
         """Apply 14 joint targets for one control step (20 ms)."""
@@ -172,7 +180,18 @@ class AlohaSim:
             raise ValueError(f"expected {ACTION_DIM} joint targets, got shape {action.shape}")
         if not np.all(np.isfinite(action)):
             raise ValueError("action contains NaN or inf")
-        timestep = self._env.step(action)
+        try:
+            timestep = self._env.step(action)
+        except PhysicsError as exc:
+            # Joint targets far outside what the arms can reach (an untrained or diverging policy) can make the
+            # contact solver blow up. That ends this episode as a failure, not the whole evaluation.
+            log.warning("seed %s: the simulation diverged at step %d (%s); the episode ends as a failure",
+                        self.seed, self.steps + 1, " ".join(str(exc).split()))
+            self.steps += 1
+            self.unstable = True
+            info = {"is_success": False, "success": self.success, "max_reward": self.max_reward,
+                    "step": self.steps, "truncated": True, "unstable": True}
+            return self._last_observation, 0.0, True, info
         reward = float(timestep.reward or 0.0)
         self.steps += 1
         self.max_reward = max(self.max_reward, reward)
@@ -187,7 +206,8 @@ class AlohaSim:
             "step": self.steps,
             "truncated": truncated and not (is_success and self.terminate_on_success),
         }
-        return self._format(timestep.observation), reward, done, info
+        self._last_observation = self._format(timestep.observation)
+        return self._last_observation, reward, done, info
 
     def close(self) -> None:
         physics = getattr(self._env, "physics", None)
