@@ -46,9 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from pi0cli.data.lerobot import INDEX_COLUMNS  # columns every LeRobot dataset has (lerobot's item needs them all)
 from pi0cli.errors import Pi0Error
 
+#: Columns every LeRobot dataset has (lerobot's item needs them all; ``pi0cli.data.lerobot`` uses this one).
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 #: lerobot's default timestamp tolerance (seconds) between a queried time and the decoded frame's.
 TOLERANCE_S = 1e-4
 #: Open video containers kept per thread (least recently used closed first).

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pi0cli.data.direct import INDEX_COLUMNS  # columns lerobot adds to every dataset (numpy-only import)
 from pi0cli.downloads import hf_home, offline
 from pi0cli.errors import Pi0Error
 
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Columns lerobot adds to every dataset.
-INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
 class DatasetError(Pi0Error):
