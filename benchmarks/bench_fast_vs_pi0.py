@@ -9,7 +9,8 @@ Given one trained step directory of each model it reports, per model, measured i
 - inference latency per chunk: median and 90th percentile of every policy call made in those episodes (this
   process, batch 1, the first call after warm-up included);
 - pi0-FAST only: tokens generated per chunk and chunks that did not decode (``--fast-decode
-  strict,lenient,constrained`` evaluates it once per decoding rule);
+  strict,lenient,constrained`` evaluates it once per decoding rule, ``--fast-state-input visible,hidden`` once
+  per state input: hidden serves a checkpoint trained with state dropout without its state);
 - with ``--heldout DATASET`` (demonstrations the checkpoints never trained on), pi0-FAST's teacher-forced
   next-token accuracy on the action tokens and its exact-chunk rate (every postfix token the argmax), and the
   action MAE against the recorded chunks per decoding rule (pi0 beside it), as ``pi0 eval --dataset`` computes it.
@@ -80,8 +81,8 @@ def median_steps_per_s(rates: list[float]) -> float:
     return statistics.median(intervals[1:] or intervals)
 
 
-def measure(step_dir: Path, seeds: list[int], open_loop_steps: int | None, fast_decode: str = "strict"
-            ) -> dict[str, Any]:
+def measure(step_dir: Path, seeds: list[int], open_loop_steps: int | None, fast_decode: str = "strict",
+            state_input: str | None = None) -> dict[str, Any]:
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.evaluation import closed_loop
     from pi0cli.plugins.manager import load_registry
@@ -93,7 +94,8 @@ def measure(step_dir: Path, seeds: list[int], open_loop_steps: int | None, fast_
     simulator = registry.simulator_for(emb.name)
     if simulator is None:
         raise SystemExit(f"embodiment {emb.name!r} has no simulator")
-    policy: Any = load_policy(step_dir, embodiment=emb, batch_sizes=(1,), fast_decode=fast_decode)
+    policy: Any = load_policy(step_dir, embodiment=emb, batch_sizes=(1,), fast_decode=fast_decode,
+                              state_input=state_input)
     policy.warmup()
     timed = TimedPolicy(policy)
     model = saved.get("model", {})
@@ -105,6 +107,7 @@ def measure(step_dir: Path, seeds: list[int], open_loop_steps: int | None, fast_
     result = {
         "checkpoint": str(step_dir), "preset": (saved.get("train_config") or {}).get("name"),
         **({"fast_decode": fast_decode} if model.get("model_type") == "pi0_fast" else {}),
+        **({"state_input": state_input} if state_input is not None else {}),
         "model_type": model.get("model_type"), "action_horizon": model.get("action_horizon"),
         "open_loop_steps": steps, "train": training_summary(step_dir),
         "episodes": report["episodes"], "successes": report["successes"], "success_rate": report["success_rate"],
@@ -144,7 +147,7 @@ def _heldout_frames(step_dir: Path, dataset: str, episodes: int | None) -> tuple
 
 
 def teacher_forced(step_dir: Path, dataset: str, *, episodes: int | None = None, stride: int = 5,
-                   batch_size: int = 8) -> dict[str, Any]:
+                   batch_size: int = 8, state_input: str | None = None) -> dict[str, Any]:
     """pi0-FAST on held-out demonstrations, teacher forced: the share of postfix tokens (``"Action: "``, the FAST
     ids, ``"|"``, EOS) whose argmax is the recorded chunk's token, and the share of chunks where every one is."""
     import jax
@@ -156,7 +159,7 @@ def teacher_forced(step_dir: Path, dataset: str, *, episodes: int | None = None,
     from pi0cli.transforms import stack_trees
 
     emb, frames, chosen = _heldout_frames(step_dir, dataset, episodes)
-    model, pipeline = load_training_pipeline(step_dir, embodiment=emb)
+    model, pipeline = load_training_pipeline(step_dir, embodiment=emb, state_input=state_input)  # type: ignore[arg-type]
     example = pipeline.training_inputs()
     graphdef, state = nnx.split(model)
 
@@ -173,21 +176,24 @@ def teacher_forced(step_dir: Path, dataset: str, *, episodes: int | None = None,
         hit = (guess == target) & mask
         right, tokens = right + int(hit.sum()), tokens + int(mask.sum())
         exact += int(((guess == target) | ~mask).all(axis=-1).sum())
-    return {"episodes": chosen, "chunks": len(indices), "token_accuracy": right / max(tokens, 1),
+    return {**({"state_input": state_input} if state_input is not None else {}),
+            "episodes": chosen, "chunks": len(indices), "token_accuracy": right / max(tokens, 1),
             "exact_chunk_rate": exact / max(len(indices), 1), "tokens_per_chunk": tokens / max(len(indices), 1)}
 
 
 def heldout_mae(step_dir: Path, dataset: str, fast_decode: str = "strict", *, episodes: int | None = None,
-                stride: int = 5) -> dict[str, Any]:
+                stride: int = 5, state_input: str | None = None) -> dict[str, Any]:
     """Action MAE against the recorded chunks of held-out demonstrations (``pi0 eval --dataset``'s measure)."""
     from pi0cli.evaluation.offline import evaluate_offline
     from pi0cli.policy import load_policy
 
     emb, frames, chosen = _heldout_frames(step_dir, dataset, episodes)
-    policy: Any = load_policy(step_dir, embodiment=emb, batch_sizes=(1, 8), fast_decode=fast_decode)
+    policy: Any = load_policy(step_dir, embodiment=emb, batch_sizes=(1, 8), fast_decode=fast_decode,
+                              state_input=state_input)
     counter = _FailureCounter(policy)
     report = evaluate_offline(frames, counter, emb, stride=stride)
-    return {"fast_decode": fast_decode, "episodes": chosen, "mae": report["mae"], "rmse": report["rmse"],
+    return {"fast_decode": fast_decode, **({"state_input": state_input} if state_input is not None else {}),
+            "episodes": chosen, "mae": report["mae"], "rmse": report["rmse"],
             "frames": report["frames_compared"], "decode_failures": counter.failures}
 
 
@@ -212,6 +218,7 @@ def markdown(pi0: dict[str, Any], fast: dict[str, Any], others: Sequence[dict[st
     for r in (pi0, fast, *others):
         low, high = r["success_rate_ci95"]
         name = r["preset"] + (f" ({r['fast_decode']} decoding)" if "fast_decode" in r else "")
+        name += f" (state {r['state_input']})" if "state_input" in r else ""
         name += " (earlier run)" if "measured_in" in r else ""
         tokens = f"{r['tokens_per_chunk']:.1f} ({r['decode_failures']} failed)" if "tokens_per_chunk" in r else "-"
         lines.append(f"| {name} | {r['train']['steps']} | {r['train']['step_seconds'] / 60:.1f} min | "
@@ -242,6 +249,10 @@ def main() -> None:
     parser.add_argument("--fast-decode", default="strict",
                         help="pi0-FAST token decoding, comma-separated: strict (the reference), lenient, constrained "
                              "(see FastActionOutputs); the first is the one the ratios use")
+    parser.add_argument("--fast-state-input", default=None,
+                        help="pi0-FAST state input, comma-separated: visible, hidden (a checkpoint trained with state "
+                             "dropout, served without its state); default: the checkpoint's; crossed with "
+                             "--fast-decode")
     parser.add_argument("--heldout", default=None, help="held-out demonstrations (a LeRobot dataset): teacher-forced "
                                                          "token accuracy and action MAE per decoding rule")
     parser.add_argument("--heldout-episodes", type=int, default=None, help="its last N episodes (default: all)")
@@ -252,14 +263,20 @@ def main() -> None:
     modes = [m.strip() for m in args.fast_decode.split(",")]
     pi0 = measure(args.pi0, seeds, args.pi0_open_loop_steps) if args.pi0 is not None else earlier_pi0(
         args.pi0_result, seeds)
-    fast = [measure(args.fast, seeds, args.fast_open_loop_steps, mode) for mode in modes]
+    states: list[str | None] = [None]
+    if args.fast_state_input:
+        states = [s.strip() for s in args.fast_state_input.split(",")]
+    fast = [measure(args.fast, seeds, args.fast_open_loop_steps, mode, state) for state in states for mode in modes]
     result = {"seeds": seeds, "pi0": pi0, "fast": fast[0], "fast_other_decoding": fast[1:]}
     if args.heldout is not None:
         n = args.heldout_episodes
         result["heldout"] = {
-            "fast_teacher_forced": teacher_forced(args.fast, args.heldout, episodes=n),
+            "fast_teacher_forced": teacher_forced(args.fast, args.heldout, episodes=n, state_input=states[0]),
+            "fast_teacher_forced_other_state": [teacher_forced(args.fast, args.heldout, episodes=n, state_input=state)
+                                                for state in states[1:]],
             "pi0_mae": heldout_mae(args.pi0, args.heldout, episodes=n) if args.pi0 is not None else None,
-            "fast_mae": [heldout_mae(args.fast, args.heldout, mode, episodes=n) for mode in modes]}
+            "fast_mae": [heldout_mae(args.fast, args.heldout, mode, episodes=n, state_input=state)
+                         for state in states for mode in modes]}
         print(json.dumps(result["heldout"], indent=2), file=sys.stderr)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

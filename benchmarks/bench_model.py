@@ -92,7 +92,7 @@ def full_size(num_steps: int, do_flops: bool) -> dict:
 
         def prefill(st, o):
             m = nnx.merge(ugraph, st)
-            return m.prefill(m._preprocess(None, o, False))
+            return m.prefill(m.preprocess(None, o, False))
 
         t0 = time.perf_counter()
         pc = jax.jit(prefill).lower(ustate, obs).compile()
@@ -102,7 +102,7 @@ def full_size(num_steps: int, do_flops: bool) -> dict:
 
         def one_step(st, o, pm, kv, x):
             m = nnx.merge(ugraph, st)
-            return m._velocity_cached(m._preprocess(None, o, False), pm, kv, x, jnp.float32(1.0))
+            return m._velocity_cached(m.preprocess(None, o, False), pm, kv, x, jnp.float32(1.0))
 
         sc = jax.jit(one_step).lower(ustate, obs, prefix_mask, cache, noise).compile()
         f_step = _flops(sc)

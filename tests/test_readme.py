@@ -45,6 +45,7 @@ PROBES: list[tuple[list[str], bool, bool]] = [  # words after pi0, complete, acc
     (["train", "no_such_preset", "--dataset", "demos"], True, False),
     (["serve", "--embodiment", "aloha", "--port", "eighty"], True, False),
     (["serve", "--embodiment", "aloha", "--fast-decode", "sloppy"], True, False),
+    (["serve", "--embodiment", "aloha", "--state-input", "blind"], True, False),
     (["record", "aloha_sim", "--episodes", "3"], True, False),  # --out is required
     (["record", "aloha_sim", "--episodes", "3"], False, True),  # ... but a fragment may leave it out
     (["eval", "no_such_robot", "--checkpoint", "DIR"], False, False),

@@ -10,6 +10,7 @@ import typer
 
 from pi0cli.cli import console
 from pi0cli.cli.embodiments import complete_embodiment
+from pi0cli.cli.sim_common import check_state_input
 from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE, FAST_DECODE_RULES
 
 if TYPE_CHECKING:
@@ -91,14 +92,23 @@ def evaluate(
         "--fast-decode", metavar="strict|lenient|constrained",
         help="A pi0-FAST --checkpoint's token decoding (see pi0 serve --fast-decode; a --server has its own).",
     )] = DEFAULT_FAST_DECODE,
+    state_input: Annotated[str | None, typer.Option(
+        "--state-input", metavar="visible|hidden",
+        help="A --checkpoint's state input: hidden runs it without the robot's state (for a model trained with "
+             "state dropout); default: the checkpoint's (visible).",
+    )] = None,
 ) -> None:
     """Run closed-loop episodes and report the success rate with a 95% confidence interval; or, with --dataset,
     report the action error per dimension and horizon step on recorded episodes, with plots."""
     if fast_decode not in FAST_DECODE_RULES:
         raise typer.BadParameter(f"{fast_decode!r} is not strict, lenient or constrained", param_hint="--fast-decode")
+    check_state_input(state_input)
+    if state_input is not None and server is not None:
+        raise typer.BadParameter("a --server has its own state input (pi0 serve --state-input); drop --state-input",
+                                 param_hint="--state-input")
     if dataset is not None:
         _offline(embodiment, checkpoint, server, dataset, episodes, first_episode, stride, out, as_json, model,
-                 vs_initial, fast_decode)
+                 vs_initial, fast_decode, state_input)
         return
     if embodiment is None:
         raise typer.BadParameter("name the simulated embodiment (e.g. aloha_sim), or pass --dataset",
@@ -124,7 +134,8 @@ def evaluate(
     plan = prompt_plan(simulator, selection, prompt_from) if several else ()
     sim_options = simulator.parse_options(sim_option or ())  # record and evaluate with the same settings
     policy, provenance = open_policy(emb, checkpoint, server, api_key=api_key, default_prompt=sim_task.prompt,
-                                     connect_timeout=connect_timeout, model=model, fast_decode=fast_decode)
+                                     connect_timeout=connect_timeout, model=model, fast_decode=fast_decode,
+                                     state_input=state_input)
     if setting is not None and setting.strategy == "rtc" and getattr(policy, "rtc_shape", ()) is None:
         from pi0cli.errors import Pi0Error
 
@@ -241,7 +252,8 @@ def _fit_horizon(setting: Execution, policy: BasePolicy, emb: Embodiment, open_l
 
 def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None, dataset: str,
              episodes: int | None, first_episode: int | None, stride: int, out: Path | None, as_json: bool,
-             model: str | None = None, vs_initial: bool = False, fast_decode: str = DEFAULT_FAST_DECODE) -> None:
+             model: str | None = None, vs_initial: bool = False, fast_decode: str = DEFAULT_FAST_DECODE,
+             state_input: str | None = None) -> None:
     from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.data.lerobot import resolve_dataset
     from pi0cli.errors import Pi0Error
@@ -278,9 +290,11 @@ def _offline(embodiment: str | None, checkpoint: Path | None, server: str | None
         require_matplotlib()
     with console.err.status(f"loading {checkpoint}"):
         policy = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8),
-                             fast_decode=fast_decode)  # type: ignore[arg-type]  # FastActionOutputs checks it
+                             fast_decode=fast_decode,  # type: ignore[arg-type]  # eval() checked both
+                             state_input=state_input)  # type: ignore[arg-type]
         initial = load_policy(checkpoint, embodiment=emb, model=model, batch_sizes=(1, 8), initial_weights=True,
-                              fast_decode=fast_decode) if vs_initial else None  # type: ignore[arg-type]
+                              fast_decode=fast_decode,  # type: ignore[arg-type]
+                              state_input=state_input) if vs_initial else None  # type: ignore[arg-type]
     horizon = len(policy.infer(emb.example_observation(0))["actions"])
     frames = open_frames(dataset, emb, horizon, chosen)
     with console.Progress("offline eval", unit="frames") as progress:

@@ -9,6 +9,7 @@ import typer
 
 from pi0cli.cli import console
 from pi0cli.cli.embodiments import complete_embodiment
+from pi0cli.cli.sim_common import check_state_input
 from pi0cli.models.fast_decode import DEFAULT_FAST_DECODE, FAST_DECODE_RULES
 
 
@@ -122,6 +123,11 @@ def serve(
              "lenient (cut or zero-fill the highest frequencies) or constrained (only tokens that keep the output a "
              "well-formed chunk may be chosen: every chunk decodes).",
     )] = DEFAULT_FAST_DECODE,
+    state_input: Annotated[str | None, typer.Option(
+        "--state-input", metavar="visible|hidden",
+        help="hidden: the model never sees the robot's state (for a checkpoint trained with state dropout, whose "
+             "training showed it both ways); default: the checkpoint's (visible).",
+    )] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise.")] = 0,
     artifact: Annotated[Path | None, typer.Option(
         "--artifact", help="Serve an ONNX artifact (`pi0 export`) on ONNX Runtime instead of a checkpoint (no JAX).",
@@ -134,6 +140,10 @@ def serve(
     """Serve a policy over websockets (openpi-compatible; openpi-client works unchanged)."""
     if fast_decode not in FAST_DECODE_RULES:
         raise typer.BadParameter(f"{fast_decode!r} is not strict, lenient or constrained", param_hint="--fast-decode")
+    check_state_input(state_input)
+    if state_input is not None and artifact is not None:
+        raise typer.BadParameter("an ONNX artifact keeps the state input it was exported with; drop --state-input",
+                                 param_hint="--state-input")
     import asyncio
     import logging
     import signal
@@ -181,7 +191,7 @@ def serve(
             policy = load_policy(directory, embodiment=emb, model=model_name, default_prompt=default_prompt,
                                  tokenizer=tokenizer, batch_sizes=sizes, num_steps=num_steps, seed=seed,
                                  max_decoding_steps=max_decoding_steps, temperature=temperature,
-                                 fast_decode=fast_decode,
+                                 fast_decode=fast_decode, state_input=state_input,  # type: ignore[arg-type]
                                  rtc_max_guidance=rtc_max_guidance)
     policy.max_input_std = max_input_std
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -58,12 +58,24 @@ def episode_count(episodes: int | None, episodes_per_task: int | None, *, severa
     return episodes_per_task or episodes or default
 
 
+def check_state_input(state_input: str | None) -> None:
+    """``--state-input`` is visible, hidden or left out."""
+    import typer
+
+    from pi0cli.models.config import STATE_INPUTS
+
+    if state_input is not None and state_input not in STATE_INPUTS:
+        raise typer.BadParameter(f"{state_input!r} is not {' or '.join(STATE_INPUTS)}", param_hint="--state-input")
+
+
 def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | None, *, api_key: str | None = None,
                 default_prompt: str | None = None, connect_timeout: float = 30.0,
-                model: str | None = None, fast_decode: str = DEFAULT_FAST_DECODE) -> tuple[Any, dict[str, Any]]:
+                model: str | None = None, fast_decode: str = DEFAULT_FAST_DECODE,
+                state_input: str | None = None) -> tuple[Any, dict[str, Any]]:
     """A policy answering ``infer(observation)``: loaded from ``checkpoint`` or reached at ``server``
     (``ws://host:port``, waiting up to ``connect_timeout`` seconds and saying so); returns it with its
-    provenance. ``fast_decode``: a pi0-FAST checkpoint's decoding rule (a server has its own)."""
+    provenance. ``fast_decode``: a pi0-FAST checkpoint's decoding rule; ``state_input``: a checkpoint's state
+    input (None: its own; a server has its own of both)."""
     if (checkpoint is None) == (server is None):
         raise Pi0Error("pass exactly one of --checkpoint DIR and --server ws://HOST:PORT")
     if checkpoint is not None:
@@ -76,9 +88,11 @@ def open_policy(embodiment: Embodiment, checkpoint: Path | None, server: str | N
         checkpoint = step_dir(checkpoint)  # an experiment folder: its latest complete step, said on stderr
 
         policy = load_policy(checkpoint, embodiment=embodiment, model=model, default_prompt=default_prompt,
-                             fast_decode=fast_decode)  # type: ignore[arg-type]  # FastActionOutputs checks it
+                             fast_decode=fast_decode,  # type: ignore[arg-type]  # FastActionOutputs checks it
+                             state_input=state_input)  # type: ignore[arg-type]  # check_state_input checked it
         config = read_checkpoint_config(Path(checkpoint)) or {}
         provenance = {"checkpoint": str(Path(checkpoint).absolute()), "step": Path(checkpoint).name,
+                      **({"state_input": state_input} if state_input is not None else {}),
                       "config": json.loads(json.dumps(config)), "dataset": config.get("dataset")}
         return policy, provenance
     from urllib.parse import urlparse

@@ -21,6 +21,9 @@ ModelType = Literal["pi0", "pi05", "pi0_fast"]
 #: pi0-FAST decoding conventions: ``"training"`` decodes exactly as the model was trained (positions and
 #: attention as in ``compute_loss``); ``"reference"`` replicates the reference's decoder (see ``pi0_fast``).
 FastDecoding = Literal["training", "reference"]
+#: Whether the model reads the robot's state (``hidden``: never, in training and at inference).
+StateInput = Literal["visible", "hidden"]
+STATE_INPUTS: tuple[StateInput, ...] = ("visible", "hidden")
 DType = Literal["float32", "bfloat16"]
 #: What a layer keeps for the backward pass: everything ("none": no recomputation), only the outputs of its
 #: weight matmuls ("dots"; attention and elementwise work is recomputed), or nothing ("nothing": the whole
@@ -166,7 +169,11 @@ class Pi0Config:
     training-time random crop and rotation of non-wrist cameras (reference: on); off when the target position
     in the image must be read to a pixel. ``state_dropout`` is the training-time probability of hiding an
     example's continuous state (zeros: the dataset mean after normalisation) so that the policy has to read
-    the scene from its cameras instead of continuing the trajectory its joint positions imply (reference: 0).
+    the scene from its cameras instead of continuing the trajectory its joint positions imply (reference: 0);
+    pi0-FAST reads its state as text, so there the example's state tokens are hidden from attention instead.
+    ``state_input="hidden"`` hides the state from every example, in training and at inference: a model trained
+    with ``state_dropout`` has learnt that mode too, so it can be served without its state (``pi0 eval/serve
+    --state-input hidden``); pi0.5's text state has no hidden mode.
 
     ``model_type="pi0_fast"`` is the autoregressive pi0-FAST: one Gemma (``paligemma_variant``; the action
     expert variant is unused) with a tied LM head predicting FAST action tokens. Its defaults differ: the
@@ -190,6 +197,7 @@ class Pi0Config:
     image_crop: tuple[float, float, float, float] | None = None
     augment_geometric: bool = True
     state_dropout: float = 0.0
+    state_input: StateInput = "visible"
     scan: bool = True
     remat: bool = True
     #: per-module remat policies; None follows ``remat`` (True: "nothing", False: "none").
@@ -246,6 +254,11 @@ class Pi0Config:
             )
         if not 0.0 <= self.state_dropout < 1.0:
             raise ModelConfigError(f"state_dropout {self.state_dropout} must be a probability in [0, 1)")
+        if self.state_input not in STATE_INPUTS:
+            raise ModelConfigError(f"state_input {self.state_input!r} must be one of {', '.join(STATE_INPUTS)}")
+        if self.state_input == "hidden" and self.uses_discrete_state and not self.fast:
+            raise ModelConfigError("state_input 'hidden' needs pi0 (continuous state) or pi0-FAST (state tokens "
+                                   "it can mask); this model reads a discretised state in its prompt")
         if self.image_crop is not None:
             if len(self.image_crop) != 4:
                 raise ModelConfigError(f"image_crop {self.image_crop} must be (top, left, height, width) fractions")

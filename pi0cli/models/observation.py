@@ -33,7 +33,8 @@ class Observation:
 
     images ``{slot: [B, H, W, 3]}``; image_masks ``{slot: [B]}`` bool; state ``[B, S]``;
     tokenized_prompt ``[B, L]`` int32 with tokenized_prompt_mask ``[B, L]`` bool; token_ar_mask /
-    token_loss_mask ``[B, L]`` (pi0-FAST style inputs, unused by pi0/pi0.5 but carried along).
+    token_loss_mask ``[B, L]`` (pi0-FAST style inputs, unused by pi0/pi0.5 but carried along);
+    state_token_mask ``[B, L]``: which text positions carry the state (pi0-FAST, for ``state_dropout``).
     """
 
     images: dict[str, jax.Array]
@@ -43,6 +44,7 @@ class Observation:
     tokenized_prompt_mask: jax.Array | None = None
     token_ar_mask: jax.Array | None = None
     token_loss_mask: jax.Array | None = None
+    state_token_mask: jax.Array | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Observation:
@@ -70,6 +72,7 @@ class Observation:
             tokenized_prompt_mask=data.get("tokenized_prompt_mask"),
             token_ar_mask=data.get("token_ar_mask"),
             token_loss_mask=data.get("token_loss_mask"),
+            state_token_mask=data.get("state_token_mask"),
         )
 
 
@@ -157,10 +160,11 @@ def preprocess_observation(
     image_resolution: tuple[int, int],
     augment_geometric: bool = True,
     state_dropout: float = 0.0,
+    hide_state: bool = False,
 ) -> Observation:
     """Select ``image_keys``, resize-with-pad to ``image_resolution``, augment when ``train`` (random crop and
     rotation only for non-wrist cameras and only with ``augment_geometric``; each example's state zeroed with
-    probability ``state_dropout``), default masks."""
+    probability ``state_dropout``), default masks; ``hide_state`` zeroes every example's state, training or not."""
     missing = [k for k in image_keys if k not in obs.images]
     if missing:
         raise ModelInputError(
@@ -184,7 +188,9 @@ def preprocess_observation(
         images[key] = img
         masks[key] = obs.image_masks.get(key, jnp.ones(batch, dtype=bool)) if obs.image_masks else jnp.ones(batch, bool)
     state = obs.state
-    if train and rng is not None and state_dropout > 0:
+    if hide_state:
+        state = jnp.zeros_like(state)
+    elif train and rng is not None and state_dropout > 0:
         # A key of its own (folded in), so the image augmentations stay those of a model without dropout.
         keep = jax.random.uniform(jax.random.fold_in(rng, 0x57A7E), batch) >= state_dropout
         state = jnp.where(keep[..., None], state, jnp.zeros_like(state))

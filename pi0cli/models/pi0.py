@@ -159,10 +159,12 @@ class Pi0(nnx.Module):
         return tokens, jnp.ones(tokens.shape[:2], dtype=bool), jnp.concatenate(ar), cond
 
     # ------------------------------------------------------------------------------------------------ training
-    def _preprocess(self, rng, obs: Observation, train: bool) -> Observation:
+    def preprocess(self, rng: jax.Array | None, obs: Observation, train: bool) -> Observation:
+        """The model's own :func:`preprocess_observation` (its cameras, resolution, augmentations, state rules)."""
         return preprocess_observation(
             rng, obs, train=train, image_keys=self.config.image_keys, image_resolution=self.config.image_resolution,
             augment_geometric=self.config.augment_geometric, state_dropout=self.config.state_dropout,
+            hide_state=self.config.state_input == "hidden",
         )
 
     def compute_loss(
@@ -185,7 +187,7 @@ class Pi0(nnx.Module):
         """
         pre_rng, noise_rng, time_rng = jax.random.split(rng, 3)
         if not preprocessed:
-            obs = self._preprocess(pre_rng, obs, train)
+            obs = self.preprocess(pre_rng, obs, train)
         actions = actions.astype(jnp.float32)
         batch = actions.shape[:-2]
         if noise is None:
@@ -272,7 +274,7 @@ class Pi0(nnx.Module):
         previous chunk runs the plain loop (bit for bit the result without ``rtc``).
         """
         cfg = self.config
-        obs = self._preprocess(None, obs, train=False)
+        obs = self.preprocess(None, obs, train=False)
         b = obs.state.shape[0]
         shape = (b, cfg.action_horizon, cfg.action_dim)
         if noise is None:

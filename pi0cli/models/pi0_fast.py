@@ -155,16 +155,40 @@ class Pi0FAST(nnx.Module):
         self.PaliGemma = PaliGemma(vision_tower(config, rngs), llm)
 
     # ----------------------------------------------------------------------------------------------- pieces
-    def _preprocess(self, rng: jax.Array | None, obs: Observation, train: bool) -> Observation:
+    def preprocess(self, rng: jax.Array | None, obs: Observation, train: bool) -> Observation:
+        """:func:`preprocess_observation` with this model's settings, then its state rules (hidden state tokens)."""
         for name in ("tokenized_prompt", "tokenized_prompt_mask", "token_ar_mask"):
             if getattr(obs, name) is None:
                 raise ModelInputError(
                     f"pi0-FAST needs {name} in the observation; tokenize with pi0cli.models.tokenizer.FASTTokenizer"
                 )
-        return preprocess_observation(
+        obs = preprocess_observation(
             rng, obs, train=train, image_keys=self.config.image_keys, image_resolution=self.config.image_resolution,
             augment_geometric=self.config.augment_geometric,
         )
+        if self.config.state_input == "hidden" or (train and self.config.state_dropout > 0):
+            obs = self._hide_state_tokens(rng, obs)
+        return obs
+
+    def _hide_state_tokens(self, rng: jax.Array | None, obs: Observation) -> Observation:
+        """``state_input="hidden"`` (every example) or, in training, ``state_dropout`` (a random share): the state
+        is text here, so the hidden examples' state tokens leave the attention mask (their positions stay, so
+        every later token keeps its position and the sequence its layout)."""
+        if obs.state_token_mask is None:
+            raise ModelInputError(
+                "hiding the state (state_dropout, state_input 'hidden') needs state_token_mask in the observation "
+                "(which tokens are the state); tokenize with pi0cli.models.families.pi0_fast.FastTokenLayout"
+            )
+        assert obs.tokenized_prompt_mask is not None
+        batch = obs.tokenized_prompt_mask.shape[0]
+        if self.config.state_input == "hidden":
+            drop = jnp.ones((batch,), bool)
+        else:
+            assert rng is not None  # train=True: preprocess_observation checked it
+            # The same fold-in as pi0's state zeroing, so the image augmentations stay those of a model without it.
+            drop = jax.random.uniform(jax.random.fold_in(rng, 0x57A7E), (batch,)) < self.config.state_dropout
+        hidden = drop[:, None] & obs.state_token_mask.astype(bool)
+        return dataclasses.replace(obs, tokenized_prompt_mask=obs.tokenized_prompt_mask.astype(bool) & ~hidden)
 
     def embed_inputs(self, obs: Observation) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(tokens [B, S, D], input_mask bool [B, S], ar_mask int32 [B, S])`` of images then text."""
@@ -195,7 +219,7 @@ class Pi0FAST(nnx.Module):
 
         One forward over ``[images | text]`` minus the last token, prefix-LM mask, ``arange`` positions."""
         if not preprocessed:
-            obs = self._preprocess(rng, obs, train)
+            obs = self.preprocess(rng, obs, train)
         x, mask, ar = self.embed_inputs(obs)
         attn = make_attn_mask(mask, ar)
         b, s = mask.shape
@@ -275,7 +299,7 @@ class Pi0FAST(nnx.Module):
         decoding = decoding or self.config.fast_decoding
         if decoding not in ("training", "reference"):
             raise ModelInputError(f"decoding {decoding!r} is not supported; use training or reference")
-        obs = self._preprocess(None, obs, train=False)
+        obs = self.preprocess(None, obs, train=False)
         (k, v), prefix_ok, logits, first_pos = self.prefill(obs, decoding)
         b, s = prefix_ok.shape
         steps = int(max_decoding_steps)

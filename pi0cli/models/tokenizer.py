@@ -302,6 +302,25 @@ class FASTTokenizer:
         text = f"Task: {fast_clean_text(prompt)}, State: {bins};\n"
         return [self.paligemma.bos_id, *self.paligemma.encode(text)]
 
+    def state_token_mask(self, prompt: str, state: np.ndarray) -> np.ndarray:
+        """Which positions of the token sequence carry the state: bool ``[max_len]``, True from the first
+        token after ``"State:"`` up to, not including, the prefix's last token (whose output predicts the first
+        action token, so it must stay visible).
+
+        Found by comparing the prefix with the tokens of its text up to ``"State:"``; where the tokenizer merges
+        across that boundary the mask starts at the first token that differs, so it never misses a state
+        token. Training hides these positions from a random share of examples (``state_dropout``)."""
+        prefix = self.prefix_ids(prompt, state)
+        head = [self.paligemma.bos_id, *self.paligemma.encode(f"Task: {fast_clean_text(prompt)}, State:")]
+        start = 0
+        for a, b in zip(head, prefix, strict=False):
+            if a != b:
+                break
+            start += 1
+        mask = np.zeros(self.max_len, bool)
+        mask[min(start, self.max_len):min(len(prefix) - 1, self.max_len)] = True
+        return mask
+
     def postfix_ids(self, actions: np.ndarray) -> list[int]:
         """``tokens("Action: ") + mapped FAST ids + tokens("|") + EOS`` of one normalised chunk ``[H, D]``."""
         fast_ids = self.fast.encode(np.asarray(actions)[None])[0]

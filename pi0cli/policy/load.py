@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from pi0cli.normstats import NormStats, load_norm_stats
 
 if TYPE_CHECKING:
     from pi0cli.embodiment import Embodiment
-    from pi0cli.models.config import Pi0Config
+    from pi0cli.models.config import Pi0Config, StateInput
     from pi0cli.models.families import PolicyModel
     from pi0cli.models.tokenizer import FastDecode, PaligemmaTokenizer
     from pi0cli.pipeline import Pipeline
@@ -48,6 +49,7 @@ def load_policy(
     temperature: float = 0.0,
     fast_decode: FastDecode = DEFAULT_FAST_DECODE,
     rtc_max_guidance: float | None = None,
+    state_input: StateInput | None = None,
 ) -> Policy:
     """Load a policy for ``embodiment`` from a checkpoint directory.
 
@@ -63,12 +65,13 @@ def load_policy(
     most; 0 = greedy; ``"lenient"`` repairs a wrong coefficient count instead of failing the chunk,
     ``"constrained"`` decodes only well-formed chunks: :meth:`~pi0cli.models.tokenizer.FASTTokenizer.chunk_grammar`);
     ``num_steps`` (denoising steps) and ``rtc_max_guidance`` (the clip of real-time chunking's guidance weight;
-    default the paper's 5) to pi0 and pi0.5.
+    default the paper's 5) to pi0 and pi0.5. ``state_input="hidden"`` serves the model without the robot's
+    state (a model trained with ``state_dropout`` has learnt that mode; ``None`` keeps the checkpoint's).
     """
     from pi0cli.models.tokenizer import FASTTokenizer
     from pi0cli.policy.policy import Policy, make_transforms
 
-    loaded = _load(directory, embodiment, model, tokenizer, asset_id, initial_weights)
+    loaded = _load(directory, embodiment, model, tokenizer, asset_id, initial_weights, state_input)
     grammar = None
     if fast_decode == "constrained" and isinstance(loaded.tokenizer, FASTTokenizer):
         grammar = loaded.tokenizer.chunk_grammar(loaded.model_config.action_horizon, embodiment.action_dim,
@@ -96,12 +99,14 @@ def load_training_pipeline(
     embodiment: Embodiment,
     model: str | Pi0Config | None = None,
     initial_weights: bool = False,
+    state_input: StateInput | None = None,
 ) -> tuple[PolicyModel, Pipeline]:
     """A checkpoint's model (its trained or, with ``initial_weights``, its initial weights) and the training
-    pipeline it learned through (dataset row -> model example), to measure its loss on held-out data."""
+    pipeline it learned through (dataset row -> model example), to measure its loss on held-out data
+    (``state_input`` as for :func:`load_policy`)."""
     from pi0cli.pipeline import Pipeline
 
-    loaded = _load(directory, embodiment, model, None, None, initial_weights)
+    loaded = _load(directory, embodiment, model, None, None, initial_weights, state_input)
     mask = loaded.delta_action_mask
     pipeline = Pipeline.create(
         embodiment, loaded.model_config, loaded.norm_stats, tokenizer=loaded.tokenizer,
@@ -123,7 +128,8 @@ class _Loaded:
 
 
 def _load(directory: str | os.PathLike[str], embodiment: Embodiment, model: str | Pi0Config | None,
-          tokenizer: str | os.PathLike[str] | None, asset_id: str | None, initial_weights: bool) -> _Loaded:
+          tokenizer: str | os.PathLike[str] | None, asset_id: str | None, initial_weights: bool,
+          state_input: StateInput | None = None) -> _Loaded:
     """What every use of a checkpoint reads: its step folder, config, weights, norm stats, tokenizer, mask."""
     from pi0cli.models.params import build_any_model
 
@@ -136,6 +142,16 @@ def _load(directory: str | os.PathLike[str], embodiment: Embodiment, model: str 
             f"{directory} has no {CONFIG_FILENAME} (a reference openpi checkpoint?); name its model with "
             "--model (pi0 or pi05, or another preset)"
         )
+    if state_input is not None and state_input != model_config.state_input:
+        from pi0cli.models.config import ModelConfigError
+
+        try:
+            model_config = dataclasses.replace(model_config, state_input=state_input)
+        except ModelConfigError as exc:
+            raise CheckpointError(f"{directory}: {exc}") from None
+        if state_input == "hidden" and model_config.state_dropout == 0:
+            warnings.warn(f"{directory} was trained with its state always visible (state_dropout 0): served "
+                          "without it, it sees inputs it never trained on", stacklevel=3)
     norm_stats = _norm_stats(directory, asset_id or saved.get("asset_id") or embodiment.asset_id, asset_id is None)
 
     params = _initial_params(directory, saved, model_config) if initial_weights else read_params(params_dir)

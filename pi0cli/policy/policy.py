@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from pi0cli.pipeline import PromptTokenizer
 
 #: Keys of the model's input batch (everything else the input transforms produce stays per request).
-MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask", "token_ar_mask")
+MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask", "token_ar_mask",
+              "state_token_mask")
 
 SampleFn = Callable[[Any, Mapping[str, Any]], Any]
 

@@ -23,7 +23,7 @@ from flax import nnx
 from pi0cli.errors import Pi0Error
 from pi0cli.models.config import Pi0Config
 from pi0cli.models.freeze import trainable_filter
-from pi0cli.models.observation import Observation, preprocess_observation
+from pi0cli.models.observation import Observation
 from pi0cli.models.pi0 import Pi0
 from pi0cli.training import sharding
 from pi0cli.training.checkpoints import Assets, CheckpointManager
@@ -155,11 +155,8 @@ def make_train_step(
         else:
             # The draws compute_loss would make for the whole batch, from the same keys.
             pre_rng, noise_rng, time_rng = jax.random.split(rng, 3)
-            cfg = static.config
-            obs = preprocess_observation(
-                pre_rng, obs, train=True, image_keys=cfg.image_keys, image_resolution=cfg.image_resolution,
-                augment_geometric=cfg.augment_geometric, state_dropout=cfg.state_dropout,
-            )
+            # The model's own preprocessing: pi0-FAST hides state tokens where pi0 zeroes the state.
+            obs = static.merge(state.params, state.frozen).preprocess(pre_rng, obs, True)
             actions = actions.astype(jnp.float32)
             noise = jax.random.normal(noise_rng, actions.shape)
             times = jax.random.beta(time_rng, 1.5, 1.0, actions.shape[:-2]) * 0.999 + 0.001

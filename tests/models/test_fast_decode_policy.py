@@ -103,3 +103,10 @@ def test_bench_fast_vs_pi0_heldout_measures_on_a_tiny_checkpoint(fast_checkpoint
     assert forced["exact_chunk_rate"] in (0.0, 0.5, 1.0)
     mae = bench.heldout_mae(fast_checkpoint, str(dataset), "constrained", stride=8)
     assert mae["decode_failures"] == 0 and mae["frames"] == 2 and np.isfinite(mae["mae"])
+    # The same measures without the state (this checkpoint never trained so: it warns, and still measures).
+    with pytest.warns(UserWarning, match="state_dropout 0"):
+        blind = bench.teacher_forced(fast_checkpoint, str(dataset), stride=8, state_input="hidden")
+    assert blind["state_input"] == "hidden" and blind["chunks"] == 2
+    with pytest.warns(UserWarning, match="state_dropout 0"):
+        blind_mae = bench.heldout_mae(fast_checkpoint, str(dataset), "constrained", stride=8, state_input="hidden")
+    assert blind_mae["state_input"] == "hidden" and blind_mae["decode_failures"] == 0

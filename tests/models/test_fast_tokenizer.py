@@ -224,6 +224,41 @@ def test_prefix_is_bos_task_and_state_bins(paligemma, fast):
     assert ar.tolist() == [0] * 64 and loss.tolist() == [False] * 64
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(hnp.arrays(np.float64, 5, elements=st.floats(-1.2, 1.2)), min_size=2, max_size=4),
+       st.sampled_from(["fold the towel", "Transfer cube", "open the drawer slowly"]))
+def test_state_token_mask_covers_every_state_token_and_nothing_else(paligemma, fast, states, prompt):
+    ft = FASTTokenizer(paligemma, fast, max_len=64, vocab_size=1024)
+    head = [2, *paligemma.encode(f"Task: {fast_clean_text(prompt)}, State:")]
+    rows = [ft.tokenize(prompt, s) for s in states]
+    masks = [ft.state_token_mask(prompt, s) for s in states]
+    visible = []
+    for (tokens, valid, _, _), mask in zip(rows, masks, strict=True):
+        n = int(valid.sum())
+        # The head (BOS, task, "State:") stays visible, and so does the prefix's last token.
+        assert tokens[: len(head)].tolist() == head
+        assert np.flatnonzero(mask).tolist() == list(range(len(head), n - 1))
+        visible.append(tokens[valid & ~mask].tolist())
+    # With the mask hidden, every state reads the same: nothing the state says leaks outside the mask.
+    assert all(v == visible[0] for v in visible)
+
+
+def test_state_token_mask_hides_exactly_the_bins(paligemma, fast):
+    ft = FASTTokenizer(paligemma, fast, max_len=64, vocab_size=1024)
+    state = np.array([-1.0, 0.0, 0.5, 1.0])
+    tokens, valid, _, _ = ft.tokenize("Pick up the cube", state)
+    mask = ft.state_token_mask("Pick up the cube", state)
+    # Hand computation: the bins are -1+... -> 0 128 192 255 (see test_prefix_is_bos_task_and_state_bins).
+    hidden_text = paligemma.decode(tokens[mask].tolist())
+    visible_text = paligemma.decode(tokens[valid & ~mask].tolist()[1:])
+    assert hidden_text.strip().startswith("0 128 192 255") and "Task" not in hidden_text
+    assert visible_text.startswith("Task: pick up the cube, State:") and "192" not in visible_text
+    assert not mask[int(valid.sum()) - 1:].any()  # the last prefix token and the padding stay as they are
+    # Cut by max_len like the tokens.
+    short = FASTTokenizer(paligemma, fast, max_len=10, vocab_size=1024).state_token_mask("Pick up the cube", state)
+    assert short.shape == (10,) and short.tolist() == mask[:10].tolist()
+
+
 def test_postfix_is_action_marker_mapped_ids_bar_eos(paligemma, fast):
     ft = FASTTokenizer(paligemma, fast, max_len=120, vocab_size=1024)
     state, chunk = np.zeros(3), smooth_chunks(1)[0]

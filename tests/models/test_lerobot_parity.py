@@ -196,7 +196,7 @@ def test_sample_actions_matches(pair):
     assert _report("sample_actions_10_steps_f32_time_embedding", o, t32) < 1e-4
     # Remaining difference: LeRobot sets t = 1 + k * dt, the reference accumulates t += dt in float32. Our
     # velocity field integrated on LeRobot's time grid:
-    pre = ours._preprocess(None, obs, False)
+    pre = ours.preprocess(None, obs, False)
     pmask, cache = ours.prefill(pre)
     x = jnp.asarray(noise)
     for k in range(10):

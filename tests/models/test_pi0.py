@@ -40,7 +40,7 @@ def test_cached_sampling_equals_uncached_euler(name):
     # An independent Euler loop in Python, each step a full prefix+suffix forward via compute_loss's path.
     # time accumulates in float32 as in the jitted loop (the 4e-3 period makes the embedding sensitive to it)
     x, t, dt = noise, np.float32(1.0), np.float32(-1.0 / 10)
-    pre = model._preprocess(None, obs, False)
+    pre = model.preprocess(None, obs, False)
     prefix, pmask, par = model.embed_prefix(pre)
     steps = 0
     while t >= -dt / 2:
@@ -65,7 +65,7 @@ def test_compute_loss_conventions(name):
     loss = model.compute_loss(jax.random.key(0), obs, actions, noise=noise, time=time)
     assert loss.shape == (2, cfg.action_horizon)
     # x_t = t * noise + (1 - t) * actions, target u = noise - actions, v from one joint forward
-    pre = model._preprocess(None, obs, False)
+    pre = model.preprocess(None, obs, False)
     prefix, pmask, par = model.embed_prefix(pre)
     x_t = time[:, None, None] * noise + (1 - time[:, None, None]) * actions
     v = model._velocity_full(pre, prefix, pmask, par, x_t, time)
@@ -170,6 +170,22 @@ def test_state_dropout_hides_whole_states_in_training_only():
     np.testing.assert_array_equal(np.asarray(preprocess_observation(None, obs, **kwargs).state), state)  # inference
     with pytest.raises(C.ModelConfigError, match="state_dropout 1.0 must be a probability"):
         C.preset("pi0_tiny", state_dropout=1.0)
+
+
+def test_hidden_state_input_zeroes_every_state_in_training_and_at_inference():
+    cfg = C.preset("pi0_tiny", state_input="hidden", state_dropout=0.5)
+    state = np.random.default_rng(0).uniform(1, 2, (8, cfg.action_dim)).astype(np.float32)
+    obs = Observation.from_dict({"image": {k: np.zeros((8, 8, 8, 3), np.uint8) for k in cfg.image_keys},
+                                 "state": state})
+    model = Pi0(cfg, nnx.Rngs(0))
+    for rng, train in ((None, False), (jax.random.key(0), True)):
+        assert (np.asarray(model.preprocess(rng, obs, train).state) == 0).all()
+    visible = Pi0(C.preset("pi0_tiny"), nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(visible.preprocess(None, obs, False).state), state)
+    with pytest.raises(C.ModelConfigError, match="state_input 'hidden' needs pi0"):
+        C.preset("pi05_tiny", state_input="hidden")
+    with pytest.raises(C.ModelConfigError, match="state_input 'blind' must be one of visible, hidden"):
+        C.preset("pi0_tiny", state_input="blind")
 
 
 def test_bfloat16_forward_runs_and_is_close():

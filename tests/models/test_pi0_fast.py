@@ -13,7 +13,7 @@ from flax import nnx
 
 from pi0cli.models import config as C
 from pi0cli.models.freeze import freeze_mode_for, trainable_filter
-from pi0cli.models.observation import Observation
+from pi0cli.models.observation import ModelInputError, Observation
 from pi0cli.models.params import count_params, export_flat, import_params
 from pi0cli.models.pi0_fast import Pi0FAST, left_to_right_align, reference_decode_window
 
@@ -137,6 +137,44 @@ def test_loss_is_postfix_cross_entropy_normalised_per_example():
         # Hand computation: tokens n..n+m-1 are predicted by logits n-1..n+m-2; mean over the m of them.
         want = -np.mean([logp[b, j - 1, tokens[b, j]] for j in range(n, n + m)])
         np.testing.assert_allclose(loss[b], want, rtol=2e-5)
+
+
+def test_state_dropout_hides_the_state_tokens_of_a_share_of_training_examples():
+    model = tiny(state_dropout=0.5)
+    b, prefix, postfix = 16, 12, 6
+    base = make_obs(model.config, [prefix] * b, [postfix] * b, seed=3)
+    state_mask = np.zeros(base.tokenized_prompt.shape, bool)
+    state_mask[:, 4:prefix - 1] = True  # as FASTTokenizer.state_token_mask: the bins, not the last prefix token
+    other_tokens = np.asarray(base.tokenized_prompt).copy()
+    other_tokens[state_mask] = (other_tokens[state_mask] + 7) % model.config.vlm.vocab_size
+    obs = dataclasses.replace(base, state_token_mask=jnp.asarray(state_mask))
+    other = dataclasses.replace(obs, tokenized_prompt=jnp.asarray(other_tokens))
+    loss = nnx.jit(lambda m, o, train: m.compute_loss(jax.random.key(5), o, train=train), static_argnums=2)
+
+    changed = ~np.isclose(np.asarray(loss(model, obs, True)), np.asarray(loss(model, other, True)), rtol=1e-6)
+    # Training: the examples whose state was dropped do not see their state tokens; the others do.
+    assert 3 <= int(changed.sum()) <= b - 3
+    # Inference and a model without dropout read every example's state.
+    assert (~np.isclose(np.asarray(loss(model, obs, False)), np.asarray(loss(model, other, False)), rtol=1e-6)).all()
+    plain = tiny()
+    assert (~np.isclose(np.asarray(loss(plain, obs, True)), np.asarray(loss(plain, other, True)), rtol=1e-6)).all()
+    # Without the mask there is nothing to hide: one clear error rather than a silent no-op.
+    with pytest.raises(ModelInputError, match="state_token_mask"):
+        loss(model, base, True)
+    # state_input "hidden": no example sees its state, in training or at inference (decoding included).
+    hidden = tiny(state_dropout=0.5, state_input="hidden")
+    for train in (True, False):
+        np.testing.assert_allclose(np.asarray(loss(hidden, obs, train)), np.asarray(loss(hidden, other, train)),
+                                   rtol=1e-6)
+    prompt_only = make_obs(hidden.config, [prefix] * 2, seed=3)
+    state_mask_2 = jnp.asarray(state_mask[:2])
+    a = dataclasses.replace(prompt_only, state_token_mask=state_mask_2)
+    b = dataclasses.replace(a, tokenized_prompt=jnp.asarray(np.where(state_mask[:2], 5, np.asarray(a.tokenized_prompt))))
+    gen_a, gen_b = _generate(hidden, a, 6, "training"), _generate(hidden, b, 6, "training")
+    np.testing.assert_array_equal(np.asarray(gen_a.tokens), np.asarray(gen_b.tokens))
+    np.testing.assert_allclose(np.asarray(gen_a.logits), np.asarray(gen_b.logits), rtol=1e-5, atol=1e-5)
+    seen_a, seen_b = _generate(model, a, 6, "training"), _generate(model, b, 6, "training")  # state visible
+    assert not np.allclose(np.asarray(seen_a.logits), np.asarray(seen_b.logits), rtol=1e-5, atol=1e-5)
 
 
 def test_prefix_lm_attention_and_padding():

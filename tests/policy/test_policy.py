@@ -121,3 +121,15 @@ def test_non_finite_actions_are_never_returned(policy, monkeypatch):
     assert isinstance(huge, NonFiniteActionsError), huge
     assert "norm stats" in str(huge) and "dimension 3" in str(huge)
     assert np.isfinite(fine["actions"]).all()
+
+
+def test_a_checkpoint_can_be_served_without_its_state(tiny_checkpoint, aloha_sim):
+    visible = load_policy(tiny_checkpoint, embodiment=aloha_sim, batch_sizes=(1,))
+    # This checkpoint never trained without its state (state_dropout 0): allowed, with a warning saying so.
+    with pytest.warns(UserWarning, match="state_dropout 0"):
+        hidden = load_policy(tiny_checkpoint, embodiment=aloha_sim, batch_sizes=(1,), state_input="hidden")
+    same = load_policy(tiny_checkpoint, embodiment=aloha_sim, batch_sizes=(1,), state_input="visible")
+    obs = sim_obs(7)
+    seen, blind, again = (p.infer(obs)["actions"] for p in (visible, hidden, same))
+    np.testing.assert_array_equal(seen, again)  # "visible" is what the checkpoint already does
+    assert blind.shape == seen.shape and not np.allclose(blind, seen)

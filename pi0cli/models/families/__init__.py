@@ -91,10 +91,14 @@ class PolicyModel(Protocol):
     ``compute_loss(rng, obs, actions, train=..., noise=..., time=..., preprocessed=...)`` returns per-example
     losses (any shape with the batch first; the train step averages them). ``noise`` and ``time`` are
     flow-matching draws the train step makes for the whole batch under gradient accumulation; a family that
-    draws none accepts and ignores them. Sampling is the family's business (:meth:`ModelFamily.sampler`)."""
+    draws none accepts and ignores them. ``preprocess(rng, obs, train)`` is the model's own input preparation
+    (what ``preprocessed=True`` means has happened). Sampling is the family's business
+    (:meth:`ModelFamily.sampler`)."""
 
     @property
     def config(self) -> Pi0Config: ...
+
+    def preprocess(self, rng: jax.Array | None, obs: Observation, train: bool) -> Observation: ...
 
     def compute_loss(self, rng: jax.Array, obs: Observation, actions: jax.Array, *, train: bool = False,
                      noise: jax.Array | None = None, time: jax.Array | None = None,

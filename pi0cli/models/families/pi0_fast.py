@@ -66,7 +66,7 @@ class FastTokenLayout:
         tokenizer = cast("FASTTokenizer", inputs.tokenizer)
         tokens, mask, ar, loss = tokenizer.tokenize(prompt, state, actions)
         out.update(tokenized_prompt=tokens, tokenized_prompt_mask=mask, token_ar_mask=ar, token_loss_mask=loss,
-                   state=state)
+                   state=state, state_token_mask=tokenizer.state_token_mask(prompt, state))
         if actions is not None:  # carried for the train step's batch layout (the model reads the tokens)
             out.update(inputs.padded_actions(data, actions))
         return out
@@ -97,7 +97,8 @@ class Pi0FastFamily(FamilyBase):
         shape = (batch_size, config.token_len)
         spec: Any = jax.ShapeDtypeStruct  # untyped in JAX's stubs
         return super().abstract_batch(config, batch_size) | {
-            "token_ar_mask": spec(shape, jnp.int32), "token_loss_mask": spec(shape, jnp.bool_)}
+            "token_ar_mask": spec(shape, jnp.int32), "token_loss_mask": spec(shape, jnp.bool_),
+            "state_token_mask": spec(shape, jnp.bool_)}
 
     # ------------------------------------------------------------------------------------------ data
     def check_tokenizer(self, tokenizer: object) -> None:
