@@ -167,13 +167,16 @@ class Pi0FAST(nnx.Module):
             augment_geometric=self.config.augment_geometric,
         )
         if self.config.state_input == "hidden" or (train and self.config.state_dropout > 0):
-            obs = self._hide_state_tokens(rng, obs)
-        return obs
+            return self._hide_state_tokens(rng, obs)
+        # From here on state_token_mask means "hidden from this example": none are.
+        return dataclasses.replace(obs, state_token_mask=None)
 
     def _hide_state_tokens(self, rng: jax.Array | None, obs: Observation) -> Observation:
         """``state_input="hidden"`` (every example) or, in training, ``state_dropout`` (a random share): the state
-        is text here, so the hidden examples' state tokens leave the attention mask (their positions stay, so
-        every later token keeps its position and the sequence its layout)."""
+        is text here, so the hidden examples' state tokens leave the attention mask, and take no positions
+        (:meth:`positions`): how many tokens a state's text takes would otherwise tell the model about the state
+        it cannot see, and a one-token shift turned a trained model's chunks to noise (docs/benchmarks.md). The
+        returned ``state_token_mask`` marks the tokens hidden from each example."""
         if obs.state_token_mask is None:
             raise ModelInputError(
                 "hiding the state (state_dropout, state_input 'hidden') needs state_token_mask in the observation "
@@ -188,7 +191,20 @@ class Pi0FAST(nnx.Module):
             # The same fold-in as pi0's state zeroing, so the image augmentations stay those of a model without it.
             drop = jax.random.uniform(jax.random.fold_in(rng, 0x57A7E), (batch,)) < self.config.state_dropout
         hidden = drop[:, None] & obs.state_token_mask.astype(bool)
-        return dataclasses.replace(obs, tokenized_prompt_mask=obs.tokenized_prompt_mask.astype(bool) & ~hidden)
+        return dataclasses.replace(obs, tokenized_prompt_mask=obs.tokenized_prompt_mask.astype(bool) & ~hidden,
+                                   state_token_mask=hidden)
+
+    @staticmethod
+    def positions(obs: Observation, length: int) -> jax.Array:
+        """Positions ``[B, length]`` of the ``[images | text]`` sequence in the training convention: ``arange``,
+        less the hidden state tokens before each (a preprocessed ``obs``; none hidden: plain ``arange``)."""
+        assert obs.tokenized_prompt is not None
+        b, n_text = obs.tokenized_prompt.shape
+        plain = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+        if obs.state_token_mask is None:
+            return plain
+        hidden = jnp.pad(obs.state_token_mask.astype(jnp.int32), ((0, 0), (length - n_text, 0)))
+        return plain - jnp.cumsum(hidden, axis=-1)
 
     def embed_inputs(self, obs: Observation) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(tokens [B, S, D], input_mask bool [B, S], ar_mask int32 [B, S])`` of images then text."""
@@ -223,7 +239,7 @@ class Pi0FAST(nnx.Module):
         x, mask, ar = self.embed_inputs(obs)
         attn = make_attn_mask(mask, ar)
         b, s = mask.shape
-        positions = jnp.broadcast_to(jnp.arange(s - 1, dtype=jnp.int32), (b, s - 1))
+        positions = self.positions(obs, s)[:, :-1]
         (out,), _ = self.PaliGemma.llm([x[:, :-1]], mask=attn[:, :-1, :-1], positions=positions)
         assert out is not None and obs.tokenized_prompt is not None
         n_text = obs.tokenized_prompt.shape[1] - 1
@@ -268,12 +284,13 @@ class Pi0FAST(nnx.Module):
         b, s = mask.shape
         llm = self.PaliGemma.llm
         if decoding == "training":
-            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+            positions = self.positions(obs, s)
             (out,), kv = llm([x], mask=attn, positions=positions)
             assert out is not None
             last = jnp.max(mask * jnp.arange(s), axis=-1)  # index of the last valid prefix token
             last_out = jnp.take_along_axis(out, last[:, None, None], axis=1)[:, 0]
-            return kv, mask, self.lm_head(last_out), (last + 1).astype(jnp.int32)
+            first = jnp.take_along_axis(positions, last[:, None], axis=1)[:, 0] + 1
+            return kv, mask, self.lm_head(last_out), first.astype(jnp.int32)
         x, mask, attn = left_to_right_align(x, mask, attn)
         positions = (jnp.cumsum(mask, axis=-1) - 1).astype(jnp.int32)
         (out,), kv = llm([x], mask=attn, positions=positions)

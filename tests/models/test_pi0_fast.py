@@ -169,12 +169,44 @@ def test_state_dropout_hides_the_state_tokens_of_a_share_of_training_examples():
     prompt_only = make_obs(hidden.config, [prefix] * 2, seed=3)
     state_mask_2 = jnp.asarray(state_mask[:2])
     a = dataclasses.replace(prompt_only, state_token_mask=state_mask_2)
-    b = dataclasses.replace(a, tokenized_prompt=jnp.asarray(np.where(state_mask[:2], 5, np.asarray(a.tokenized_prompt))))
+    other_state = np.where(state_mask[:2], 5, np.asarray(a.tokenized_prompt))
+    b = dataclasses.replace(a, tokenized_prompt=jnp.asarray(other_state))
     gen_a, gen_b = _generate(hidden, a, 6, "training"), _generate(hidden, b, 6, "training")
     np.testing.assert_array_equal(np.asarray(gen_a.tokens), np.asarray(gen_b.tokens))
     np.testing.assert_allclose(np.asarray(gen_a.logits), np.asarray(gen_b.logits), rtol=1e-5, atol=1e-5)
     seen_a, seen_b = _generate(model, a, 6, "training"), _generate(model, b, 6, "training")  # state visible
     assert not np.allclose(np.asarray(seen_a.logits), np.asarray(seen_b.logits), rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_state_tokens_take_no_positions_so_their_count_tells_nothing():
+    """How many tokens a state's text takes varies with the state; hidden, that count must not reach the model."""
+    model = tiny(state_dropout=0.5, state_input="hidden")
+    rng = np.random.default_rng(4)
+    head, tail = rng.integers(4, 300, 4).tolist(), rng.integers(4, 300, 1).tolist()
+    postfix = rng.integers(4, 300, 5).tolist()
+    rows, masks = [], []
+    for span in (7, 9):  # the same visible tokens around state texts of 7 and of 9 tokens
+        text = head + rng.integers(4, 300, span).tolist() + tail + postfix
+        row = np.zeros(model.config.token_len, np.int32)
+        row[: len(text)] = text
+        rows.append(row)
+        mask = np.zeros(model.config.token_len, bool)
+        mask[len(head): len(head) + span] = True
+        masks.append(mask)
+    n_prefix = [len(head) + 7 + 1, len(head) + 9 + 1]
+    obs = make_obs(model.config, n_prefix, [len(postfix)] * 2, seed=2, tokens=np.stack(rows))
+    obs = dataclasses.replace(obs, images={k: jnp.broadcast_to(v[:1], v.shape) for k, v in obs.images.items()},
+                              state_token_mask=jnp.asarray(np.stack(masks)))
+    loss = np.asarray(nnx.jit(lambda m, o: m.compute_loss(jax.random.key(0), o))(model, obs))
+    np.testing.assert_allclose(loss[0], loss[1], rtol=1e-5)
+    # Decoding from the prefix alone: the same logits whichever count the hidden text had.
+    prefix_only = make_obs(model.config, n_prefix, seed=2, tokens=np.stack(rows))
+    prefix_only = dataclasses.replace(prefix_only, images=obs.images, state_token_mask=obs.state_token_mask)
+    generated = _generate(model, prefix_only, 4, "training")
+    np.testing.assert_allclose(np.asarray(generated.logits[0]), np.asarray(generated.logits[1]), rtol=1e-4, atol=1e-5)
+    # Visible, the two rows differ (the check can fail).
+    seen = np.asarray(nnx.jit(lambda m, o: m.compute_loss(jax.random.key(0), o))(tiny(), obs))
+    assert not np.isclose(seen[0], seen[1], rtol=1e-5)
 
 
 def test_prefix_lm_attention_and_padding():
