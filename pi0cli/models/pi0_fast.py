@@ -233,7 +233,7 @@ class Pi0FAST(nnx.Module):
     ) -> jax.Array:
         """Next-token logits of the text ``[B, L - 1, V]``: entry ``j`` predicts ``tokenized_prompt[:, j + 1]``.
 
-        One forward over ``[images | text]`` minus the last token, prefix-LM mask, ``arange`` positions."""
+        One forward over ``[images | text]`` minus the last token, prefix-LM mask, :meth:`positions`."""
         if not preprocessed:
             obs = self.preprocess(rng, obs, train)
         x, mask, ar = self.embed_inputs(obs)
