@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from pi0cli.models.config import Pi0Config
-from pi0cli.models.observation import Observation, preprocess_observation
+from pi0cli.models.observation import Observation
 from pi0cli.models.params import build_any_model, export_params
 from pi0cli.models.pi0 import Pi0
 
@@ -84,14 +84,12 @@ def sampler(model: Pi0, num_steps: int) -> tuple[Callable[..., jax.Array], Any]:
     The same arithmetic as ``Pi0.sample_actions`` with the KV cache and without real-time chunking.
     """
     graphdef, state = nnx.split(model)
-    cfg = model.config
     dt = -1.0 / num_steps
     times = euler_times(num_steps)
 
     def fn(state: Any, batch: dict[str, Any], noise: jax.Array) -> jax.Array:
         module = nnx.merge(graphdef, state)
-        obs = preprocess_observation(None, Observation.from_dict(batch), train=False, image_keys=cfg.image_keys,
-                                     image_resolution=cfg.image_resolution)
+        obs = module.preprocess(None, Observation.from_dict(batch), False)  # the model's own rules (state_input)
         prefix_mask, kv_cache = module.prefill(obs)
         x_t = noise.astype(jnp.float32)
         for time in times:
