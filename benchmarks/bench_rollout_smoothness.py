@@ -46,6 +46,26 @@ class RecordingPolicy:
         getattr(self.inner, "reset", lambda: None)()
 
 
+def simulated_checkpoint(checkpoint: Path) -> tuple[Any, Any, int]:
+    """``(embodiment, simulator, action horizon)`` of a step directory trained for a simulated robot."""
+    from pi0cli.checkpoint import read_checkpoint_config
+    from pi0cli.plugins.manager import load_registry
+
+    saved = read_checkpoint_config(checkpoint) or {}
+    registry = load_registry({})
+    emb = registry.embodiment(saved.get("embodiment") or "aloha_sim")
+    simulator = registry.simulator_for(emb.name)
+    if simulator is None:
+        raise SystemExit(f"embodiment {emb.name!r} has no simulator")
+    return emb, simulator, int(saved.get("model", {}).get("action_horizon", emb.open_loop_steps))
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding and state-input options both closed-loop diagnostics take."""
+    parser.add_argument("--fast-decode", default="constrained")
+    parser.add_argument("--state-input", default=None, help="visible or hidden (default: the checkpoint's)")
+
+
 def demo_actions(root: Path) -> list[np.ndarray]:
     """Each recorded episode's actions ``[T, D]`` (the parquet ``action`` column, split by episode)."""
     import pyarrow.parquet as pq
@@ -75,23 +95,14 @@ def main() -> None:
     parser.add_argument("--demos", type=Path, required=True, help="the LeRobot dataset it trained on")
     parser.add_argument("--episodes", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1000, help="first scene (recordings start at 0: unseen)")
-    parser.add_argument("--fast-decode", default="constrained")
-    parser.add_argument("--state-input", default=None, help="visible or hidden (default: the checkpoint's)")
+    add_policy_arguments(parser)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.evaluation import closed_loop
-    from pi0cli.plugins.manager import load_registry
     from pi0cli.policy import load_policy
 
-    saved = read_checkpoint_config(args.checkpoint) or {}
-    registry = load_registry({})
-    emb = registry.embodiment(saved.get("embodiment") or "aloha_sim")
-    simulator = registry.simulator_for(emb.name)
-    if simulator is None:
-        raise SystemExit(f"embodiment {emb.name!r} has no simulator")
-    horizon = int(saved.get("model", {}).get("action_horizon", emb.open_loop_steps))
+    emb, simulator, horizon = simulated_checkpoint(args.checkpoint)
     executed = min(horizon, 50)
     policy: Any = RecordingPolicy(load_policy(args.checkpoint, embodiment=emb, batch_sizes=(1,),
                                          fast_decode=args.fast_decode, state_input=args.state_input))

@@ -27,6 +27,9 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # Mesa EGL (llvmpipe): headless, no GPU
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_rollout_smoothness import add_policy_arguments, simulated_checkpoint  # noqa: E402
 
 
 def rollout_observations(simulator: Any, task: str, seed: int, steps: int, act: Any,
@@ -52,30 +55,21 @@ def main() -> None:
     parser.add_argument("--demos", required=True, help="the LeRobot dataset it trained on")
     parser.add_argument("--episode", type=int, default=0, help="the demonstration (its scene is its seed)")
     parser.add_argument("--chunks", type=int, default=3)
-    parser.add_argument("--fast-decode", default="constrained")
-    parser.add_argument("--state-input", default=None, help="visible or hidden (default: the checkpoint's)")
+    add_policy_arguments(parser)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from pi0cli.checkpoint import read_checkpoint_config
     from pi0cli.evaluation.offline import open_frames
-    from pi0cli.plugins.manager import load_registry
     from pi0cli.policy import load_policy
 
-    saved = read_checkpoint_config(args.checkpoint) or {}
-    registry = load_registry({})
-    emb = registry.embodiment(saved.get("embodiment") or "aloha_sim")
-    simulator = registry.simulator_for(emb.name)
-    if simulator is None:
-        raise SystemExit(f"embodiment {emb.name!r} has no simulator")
-    horizon = int(saved.get("model", {}).get("action_horizon", emb.open_loop_steps))
+    emb, simulator, horizon = simulated_checkpoint(args.checkpoint)
     frames = open_frames(args.demos, emb, horizon, [args.episode])
     seed = int(args.episode)  # `pi0 record --scripted` starts at seed 0 and the scripts succeed every scene
     starts = [k * horizon for k in range(args.chunks)]
     steps = starts[-1] + 1
     recorded = np.stack([np.asarray(frames[i]["action"][0]) for i in range(steps)])
     policy = load_policy(args.checkpoint, embodiment=emb, batch_sizes=(1,), fast_decode=args.fast_decode,
-                         state_input=args.state_input)  # type: ignore[arg-type]
+                         state_input=args.state_input)
     task = simulator.task(None).name
 
     replayed = rollout_observations(simulator, task, seed, steps, lambda step, obs: recorded[step], set(starts))
